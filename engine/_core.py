@@ -1,0 +1,207 @@
+"""Model and Session: Python objects that own the C handles (tier 2 over engine._ffi)."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from ._ffi import ffi, lib
+from .errors import EngineError
+
+_KV_TYPES = {"f16": lib.RK_TYPE_F16, "f32": lib.RK_TYPE_F32}
+_DEVICES = {"cpu": lib.RK_DEVICE_CPU, "cuda": lib.RK_DEVICE_CUDA}
+_LOGITS = {None: lib.RK_LOGITS_NONE, "none": lib.RK_LOGITS_NONE, "last": lib.RK_LOGITS_LAST, "all": lib.RK_LOGITS_ALL}
+
+
+def _check(status: int) -> None:
+    if status != lib.RK_OK:
+        msg = ffi.string(lib.rk_last_error()).decode("utf-8", "replace")
+        raise EngineError(msg or ffi.string(lib.rk_status_str(status)).decode(), status=status)
+
+
+def _token_array(ids: Iterable[int], n_vocab: int) -> np.ndarray:
+    arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
+    if arr.ndim != 1:
+        raise EngineError(f"token ids must be a 1-D sequence, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise EngineError(f"token ids must be integers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def has_cuda() -> bool:
+    """True if this build of the engine has a CUDA backend."""
+    return bool(lib.rk_has_cuda())
+
+
+def cpu_features() -> str:
+    return ffi.string(lib.rk_cpu_features()).decode()
+
+
+class Model:
+    """Immutable weights of a GGUF Llama-family model.
+
+    >>> with Model("model.gguf") as m:
+    ...     for piece in m.generate("Hello", max_tokens=16):
+    ...         print(piece, end="")
+    """
+
+    def __init__(self, path: str | os.PathLike, n_threads: Optional[int] = None, device: str = "cpu"):
+        self.path = os.fspath(path)
+        if device not in _DEVICES:
+            raise EngineError(f"unknown device {device!r} (expected one of {sorted(_DEVICES)})")
+        if n_threads is not None and (not isinstance(n_threads, int) or n_threads <= 0):
+            raise EngineError(f"n_threads must be a positive integer, got {n_threads!r}")
+        params = ffi.new("rk_model_params *", lib.rk_model_default_params())
+        params.n_threads = n_threads or 0
+        params.device = _DEVICES[device]
+        out = ffi.new("rk_model **")
+        _check(lib.rk_model_load(out, self.path.encode(), params))
+        self._ptr = ffi.gc(out[0], lib.rk_model_free)
+        self._sessions: "weakref.WeakSet[Session]" = weakref.WeakSet()
+        self._tokenizer = None
+        self.device = device
+
+    # ---- lifetime ----
+    def _handle(self):
+        if self._ptr is None:
+            raise EngineError("the model is closed")
+        return self._ptr
+
+    def close(self) -> None:
+        """Frees the weights now (sessions of this model are closed first)."""
+        for s in list(self._sessions):
+            s.close()
+        if self._ptr is not None:
+            ffi.release(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- facts ----
+    n_vocab = property(lambda self: int(lib.rk_model_n_vocab(self._handle())))
+    n_layers = property(lambda self: int(lib.rk_model_n_layers(self._handle())))
+    n_heads = property(lambda self: int(lib.rk_model_n_heads(self._handle())))
+    n_kv_heads = property(lambda self: int(lib.rk_model_n_kv_heads(self._handle())))
+    n_embd = property(lambda self: int(lib.rk_model_n_embd(self._handle())))
+    head_dim = property(lambda self: int(lib.rk_model_head_dim(self._handle())))
+    n_ctx_train = property(lambda self: int(lib.rk_model_n_ctx_train(self._handle())))
+    n_params = property(lambda self: int(lib.rk_model_n_params(self._handle())))
+    weight_bytes = property(lambda self: int(lib.rk_model_weight_bytes(self._handle())))
+    desc = property(lambda self: ffi.string(lib.rk_model_desc(self._handle())).decode())
+
+    def __repr__(self) -> str:
+        return f"Model({self.path!r}: {self.desc})" if self._ptr is not None else f"Model({self.path!r}, closed)"
+
+    # ---- tokenizer ----
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer.from_gguf(self.path)
+        return self._tokenizer
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    # ---- sessions and generation ----
+    def session(self, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, n_batch: int = 512,
+                kv_type: str = "f16") -> "Session":
+        s = Session(self, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, kv_type=kv_type)
+        self._sessions.add(s)
+        return s
+
+    def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
+                 top_p: float = 0.95, seed: Optional[int] = None, stop: Optional[Sequence[str]] = None,
+                 n_ctx: Optional[int] = None):
+        """Streams generated text pieces; see engine.generate.generate for the parameters."""
+        from .generate import generate
+
+        return generate(self, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        seed=seed, stop=stop, n_ctx=n_ctx)
+
+
+class Session:
+    """One timeline over a model: its KV cache, scratch buffers and threads."""
+
+    def __init__(self, model: Model, n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
+                 n_batch: int = 512, kv_type: str = "f16"):
+        if kv_type not in _KV_TYPES:
+            raise EngineError(f"unknown kv_type {kv_type!r} (expected one of {sorted(_KV_TYPES)})")
+        for name, v in (("n_ctx", n_ctx), ("n_threads", n_threads), ("n_batch", n_batch)):
+            if v is not None and (not isinstance(v, (int, np.integer)) or v <= 0):
+                raise EngineError(f"{name} must be a positive integer, got {v!r}")
+        params = ffi.new("rk_session_params *", lib.rk_session_default_params())
+        params.n_ctx = n_ctx or 0
+        params.n_threads = n_threads or 0
+        params.n_batch = n_batch
+        params.kv_type = _KV_TYPES[kv_type]
+        out = ffi.new("rk_session **")
+        _check(lib.rk_session_init(out, model._handle(), params))
+        self._ptr = ffi.gc(out[0], lib.rk_session_free)
+        self.model = model  # keeps the weights alive as long as the session
+        self._n_vocab = model.n_vocab
+
+    def _handle(self):
+        if self._ptr is None:
+            raise EngineError("the session is closed")
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            ffi.release(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    n_past = property(lambda self: int(lib.rk_session_n_past(self._handle())))
+    n_ctx = property(lambda self: int(lib.rk_session_n_ctx(self._handle())))
+    n_threads = property(lambda self: int(lib.rk_session_n_threads(self._handle())))
+    kv_bytes_alloc = property(lambda self: int(lib.rk_session_kv_bytes_alloc(self._handle())))
+    kv_bytes_used = property(lambda self: int(lib.rk_session_kv_bytes_used(self._handle())))
+
+    def eval(self, ids: Iterable[int], logits: Optional[str] = "last") -> Optional[np.ndarray]:
+        """Appends tokens; returns logits of the last token ([n_vocab]), of all ([n, n_vocab]) or None."""
+        if logits not in _LOGITS:
+            raise EngineError(f"logits must be 'last', 'all' or None, got {logits!r}")
+        toks = _token_array(ids, self._n_vocab)
+        h = self._handle()
+        mode = _LOGITS[logits]
+        out = None
+        if mode == lib.RK_LOGITS_LAST:
+            out = np.empty(self._n_vocab, dtype=np.float32)
+        elif mode == lib.RK_LOGITS_ALL:
+            out = np.empty((len(toks), self._n_vocab), dtype=np.float32)
+        buf = ffi.from_buffer("float[]", out) if out is not None else ffi.NULL
+        _check(lib.rk_session_eval(h, ffi.from_buffer("int32_t[]", toks), len(toks), buf, mode))
+        return out
+
+    def logprobs(self, ids: Iterable[int], return_argmax: bool = False):
+        """Appends tokens; returns log p(ids[i+1] | ids[..i]) for i < len(ids)-1 (float32, n-1 values)."""
+        toks = _token_array(ids, self._n_vocab)
+        h = self._handle()
+        n = len(toks)
+        out = np.empty(max(n - 1, 0), dtype=np.float32)
+        am = np.empty(max(n - 1, 0), dtype=np.int32) if return_argmax else None
+        _check(lib.rk_session_logprobs(h, ffi.from_buffer("int32_t[]", toks), n,
+                                       ffi.from_buffer("float[]", out) if n > 1 else ffi.NULL,
+                                       ffi.from_buffer("int32_t[]", am) if am is not None and n > 1 else ffi.NULL))
+        return (out, am) if return_argmax else out
+
+    def reset(self) -> None:
+        """Empties the KV cache."""
+        _check(lib.rk_session_reset(self._handle()))

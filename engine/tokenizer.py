@@ -1,0 +1,1124 @@
+"""Tokenizer configured from a GGUF's own metadata, with token ids identical to llama.cpp's.
+
+    from engine.tokenizer import Tokenizer
+    tok = Tokenizer.from_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
+    ids = tok.encode("Hello world")            # == llama_tokenize(vocab, text, add_special=True, parse_special=False)
+    text = tok.decode(ids)
+
+Two vocabulary families are supported, chosen by ``tokenizer.ggml.model``:
+
+``"gpt2"`` (byte-level BPE)
+    The text is pre-tokenized with the regex sequence that llama.cpp selects from
+    ``tokenizer.ggml.pre`` (see ``_PRE_TOKENIZERS``), every word is byte-encoded with the
+    GPT-2 byte->unicode map and then merged by BPE rank (``tokenizer.ggml.merges``, rank = index).
+    The merges run in the HF ``tokenizers`` BPE model when it accepts the vocabulary (it
+    refuses merges whose result is not a token), else in a pure-Python port of llama.cpp's
+    ``llm_tokenizer_bpe_session``; both give llama.cpp's ids, the Rust one is faster.
+    The pre-tokenizer itself is not HF's: llama.cpp splits with hand-written splitters
+    (``unicode_regex_split_custom_gpt2/llama3/qwen2``) and std::regex over its own Unicode
+    tables (Unicode 15.1 categories, the White_Space property for ``\\s``).  We reproduce those
+    with Python ``re`` patterns whose character classes are built from the same Unicode
+    version (``_char_classes``), so ids do not depend on the Unicode version of onig/Rust.
+
+``"llama"`` (SentencePiece)
+    A port of llama.cpp's ``llm_tokenizer_spm_session``: spaces become ``U+2581``, a space is
+    prefixed to each raw-text fragment that starts the text or follows a special token
+    (``tokenizer.ggml.add_space_prefix``), then adjacent symbols are greedily merged by highest
+    vocabulary score (ties: leftmost first), and pieces that are not tokens fall back to
+    ``<0xXX>`` byte tokens.  The ``sentencepiece`` library is *not* used: its encoder differs
+    from llama.cpp's where it matters for parity (it matches user-defined pieces inside the
+    text instead of splitting them out first, it never merges into unused pieces, it adds the
+    dummy prefix once per call instead of once per fragment after a special token, and it has
+    no counterpart of ``parse_special``); building its ModelProto would also need protobuf.
+    The tests check the port against llama.cpp on a vocabulary trained with sentencepiece.
+
+Special and control tokens are split out of the text first, exactly as llama.cpp's
+``tokenizer_st_partition`` does (longest token text first; with ``parse_special=False`` only
+user-defined tokens are recognised, control/unknown ones are tokenized as plain text).
+Token attributes follow llama.cpp's loader, including its text-based fix-ups (EOT/EOG/FIM
+tokens forced to control, the gpt-oss/harmony and phi-3 rules).
+
+Known, deliberate limits: other vocabulary types (bert, t5, rwkv, ...) and pre-tokenizers
+that llama.cpp runs through std::regex with non-trivial patterns (deepseek, bloom, tekken,
+gpt-4o, ...) raise EngineError rather than risk different ids.  Two orders that llama.cpp
+leaves unspecified are made deterministic here: special tokens of equal text length are tried
+in id order (llama.cpp uses an unstable sort), and when a vocabulary holds several candidate
+texts for one auto-detected special token (EOT, FIM, ...), the lowest id wins (llama.cpp takes
+whichever its hash map yields first).  The ids produced from text are unaffected by either
+except in contrived vocabularies.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import os
+import re
+import unicodedata
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .errors import EngineError
+
+__all__ = ["Tokenizer"]
+
+# --------------------------------------------------------------------------------------
+# llama.cpp enums
+# --------------------------------------------------------------------------------------
+
+# tokenizer.ggml.token_type values (llama_token_type, also SentencePiece's piece types)
+TOKEN_TYPE_UNDEFINED = 0
+TOKEN_TYPE_NORMAL = 1
+TOKEN_TYPE_UNKNOWN = 2
+TOKEN_TYPE_CONTROL = 3
+TOKEN_TYPE_USER_DEFINED = 4
+TOKEN_TYPE_UNUSED = 5
+TOKEN_TYPE_BYTE = 6
+
+# llama_token_attr bits
+ATTR_UNDEFINED = 0
+ATTR_UNKNOWN = 1 << 0
+ATTR_UNUSED = 1 << 1
+ATTR_NORMAL = 1 << 2
+ATTR_CONTROL = 1 << 3
+ATTR_USER_DEFINED = 1 << 4
+ATTR_BYTE = 1 << 5
+ATTR_NORMALIZED = 1 << 6
+ATTR_LSTRIP = 1 << 7
+ATTR_RSTRIP = 1 << 8
+ATTR_SINGLE_WORD = 1 << 9
+
+_TYPE_TO_ATTR = {
+    TOKEN_TYPE_UNKNOWN: ATTR_UNKNOWN,
+    TOKEN_TYPE_UNUSED: ATTR_UNUSED,
+    TOKEN_TYPE_NORMAL: ATTR_NORMAL,
+    TOKEN_TYPE_CONTROL: ATTR_CONTROL,
+    TOKEN_TYPE_USER_DEFINED: ATTR_USER_DEFINED,
+    TOKEN_TYPE_BYTE: ATTR_BYTE,
+    TOKEN_TYPE_UNDEFINED: ATTR_UNDEFINED,
+}
+
+_SPM_SPACE = "\u2581"  # '▁'
+_C_ISSPACE = " \t\n\v\f\r"  # isspace() in the C locale, used by llama.cpp's lstrip/rstrip
+
+# --------------------------------------------------------------------------------------
+# Unicode tables (llama.cpp's unicode-data.cpp is generated from Unicode 15.1)
+# --------------------------------------------------------------------------------------
+
+# Code points whose general category (first letter; U = unassigned) under Unicode 15.1
+# differs from the category in the given version of Python's unicodedata.  Generated by
+# comparing each version's database with llama.cpp's table; "start[-end]:C" in hex.
+_CATEGORY_FIXES = {
+    "14.0.0": (
+        "cf3:M ece:M 2ffc-2fff:S 31ef:S 10efd-10eff:M 1123f-11240:L 11241:M 11b00-11b09:P "
+        "11f00-11f01:M 11f02:L 11f03:M 11f04-11f10:L 11f12-11f33:L 11f34-11f3a:M 11f3e-11f42:M "
+        "11f43-11f4f:P 11f50-11f59:N 1342f:L 13439-1343f:C 13440:M 13441-13446:L 13447-13455:M "
+        "1b132:L 1b155:L 1d2c0-1d2d3:N 1df25-1df2a:L 1e030-1e06d:L 1e08f:M 1e4d0-1e4eb:L "
+        "1e4ec-1e4ef:M 1e4f0-1e4f9:N 1f6dc:S 1f774-1f776:S 1f77b-1f77f:S 1f7d9:S 1fa75-1fa77:S "
+        "1fa87-1fa88:S 1faad-1faaf:S 1fabb-1fabd:S 1fabf:S 1face-1facf:S 1fada-1fadb:S 1fae8:S "
+        "1faf7-1faf8:S 2b739:L 2ebf0-2ee5d:L 31350-323af:L"
+    ),
+    "15.0.0": "2ffc-2fff:S 31ef:S 2ebf0-2ee5d:L",
+    "15.1.0": "",
+    "16.0.0": (
+        "897:U 1b4e-1b4f:U 1b7f:U 1c89-1c8a:U 2427-2429:U 31e4-31e5:U a7cb-a7cd:U a7da-a7dc:U "
+        "105c0-105f3:U 10d40-10d65:U 10d69-10d85:U 10d8e-10d8f:U 10ec2-10ec4:U 10efc:U "
+        "11380-11389:U 1138b:U 1138e:U 11390-113b5:U 113b7-113c0:U 113c2:U 113c5:U 113c7-113ca:U "
+        "113cc-113d5:U 113d7-113d8:U 113e1-113e2:U 116d0-116e3:U 11bc0-11be1:U 11bf0-11bf9:U "
+        "11f5a:U 13460-143fa:U 16100-16139:U 16d40-16d79:U 18cff:U 1cc00-1ccf9:U 1cd00-1ceb3:U "
+        "1e5d0-1e5fa:U 1e5ff:U 1f8b2-1f8bb:U 1f8c0-1f8c1:U 1fa89:U 1fa8f:U 1fabe:U 1fac6:U "
+        "1fadc:U 1fadf:U 1fae9:U 1fbcb-1fbef:U"
+    ),
+}
+
+# llama.cpp's unicode_set_whitespace (the Unicode White_Space property): its \s.
+_WHITESPACE = (
+    [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680]
+    + list(range(0x2000, 0x200B))
+    + [0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
+)
+
+
+def _ranges_to_class(ranges: Iterable[Tuple[int, int]]) -> str:
+    parts = []
+    for a, b in ranges:
+        parts.append("\\U%08x" % a if a == b else "\\U%08x-\\U%08x" % (a, b))
+    return "".join(parts)
+
+
+@functools.lru_cache(maxsize=None)
+def _char_classes() -> Dict[str, str]:
+    """Bodies of regex character classes with llama.cpp's \\p{L}, \\p{N}, \\p{P} and \\s.
+
+    Built once (about 0.3 s) from unicodedata plus the fix-ups to Unicode 15.1.
+    """
+    import numpy as np
+
+    codes = {"L": 1, "N": 2, "P": 3}
+    n = 0x110000
+    table = bytearray(n)
+    cat = unicodedata.category
+    get = codes.get
+    for cp in range(n):
+        c = get(cat(chr(cp))[0])
+        if c:
+            table[cp] = c
+    for item in _CATEGORY_FIXES.get(unicodedata.unidata_version, "").split():
+        span, c = item.split(":")
+        a, _, b = span.partition("-")
+        lo, hi = int(a, 16), int(b or a, 16)
+        table[lo:hi + 1] = bytes([codes.get(c, 0)]) * (hi - lo + 1)
+    arr = np.frombuffer(bytes(table), dtype=np.uint8)
+    out = {}
+    for name, code in codes.items():
+        mask = np.concatenate(([False], arr == code, [False]))
+        edges = np.flatnonzero(mask[1:] != mask[:-1])
+        starts, ends = edges[0::2], edges[1::2] - 1
+        out[name] = _ranges_to_class(zip(starts.tolist(), ends.tolist()))
+    ws = sorted(_WHITESPACE)
+    out["W"] = _ranges_to_class((c, c) for c in ws)
+    # whitespace code points are never L/N/P in llama.cpp's collapsed regexes either
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Pre-tokenizers (llama.cpp's llm_tokenizer_bpe regex_exprs, stage by stage)
+# --------------------------------------------------------------------------------------
+
+# Each stage refines the list of pieces: it is applied to every piece separately and keeps
+# both its matches and the text between them (llama.cpp's offsets pipeline).
+_STAGE_PATTERNS = {
+    # unicode_regex_split_custom_gpt2: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)
+    # (plus its trailing \s+ fallback)
+    "gpt2": r"'s|'t|'re|'ve|'m|'ll|'d| ?[{L}]+| ?[{N}]+| ?[^{W}{L}{N}]+|[{W}]+(?![^{W}])|[{W}]+",
+    # unicode_regex_split_custom_llama3 (case-insensitive contractions, digits by 3)
+    "llama3": (
+        r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n{L}{N}]?[{L}]+|[{N}]{{1,3}}"
+        r"| ?[^{W}{L}{N}]+[\r\n]*|[{W}]*[\r\n]+|[{W}]+(?![^{W}])|[{W}]+"
+    ),
+    # unicode_regex_split_custom_qwen2 (as llama3, single digits)
+    "qwen2": (
+        r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n{L}{N}]?[{L}]+|[{N}]"
+        r"| ?[^{W}{L}{N}]+[\r\n]*|[{W}]*[\r\n]+|[{W}]+(?![^{W}])|[{W}]+"
+    ),
+    # std::regex stages on llama.cpp's "collapsed" text
+    "N": r"[{N}]",                              # \p{N}
+    "N+": r"[{N}]+",                            # \p{N}+
+    "P": r"[{P}\$\+<=>\^~\|]+",                 # [\p{P}\$\+<=>\^~\|]+
+    "P_falcon": r"[{P}\$\+<=>\^~\|`]+",         # [\p{P}\$\+<=>\^~\|`]+
+    "ddd": r"[0-9][0-9][0-9]",                  # [0-9][0-9][0-9]
+}
+# stages whose matches cover every character (so re.findall is enough)
+_FULL_COVER = {"gpt2", "llama3", "qwen2"}
+
+
+class _PreSpec:
+    __slots__ = ("stages", "clean_spaces", "ignore_merges", "add_bos", "bos_null")
+
+    def __init__(self, stages, clean_spaces=True, ignore_merges=False, add_bos=False, bos_null=False):
+        self.stages = tuple(stages)
+        self.clean_spaces = clean_spaces
+        self.ignore_merges = ignore_merges
+        self.add_bos = add_bos
+        self.bos_null = bos_null
+
+
+def _build_pre_table() -> Dict[str, _PreSpec]:
+    t: Dict[str, _PreSpec] = {}
+    t["default"] = _PreSpec(["P", "gpt2", "N+", "ddd"])
+    for name in ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0",
+                 "lfm2", "jina-v5-nano"):
+        t[name] = _PreSpec(["llama3"], ignore_merges=True, add_bos=True)
+    for name in ("dbrx", "smaug-bpe"):
+        t[name] = _PreSpec(["llama3"])
+    t["chatglm-bpe"] = _PreSpec(["llama3"], bos_null=True)
+    for name in ("glm4", "glm5"):
+        t[name] = _PreSpec(["llama3"], bos_null=True, ignore_merges=True)
+    t["falcon"] = _PreSpec(["P_falcon", "gpt2", "ddd"])
+    for name in ("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de",
+                 "a.x-4.0", "mellum", "modern-bert", "mpt", "olmo", "jais", "exaone4"):
+        t[name] = _PreSpec(["gpt2"])
+    for name in ("trillion", "granite-docling"):
+        t[name] = _PreSpec(["gpt2"], clean_spaces=False)
+    for name in ("starcoder", "refact", "codeshell", "exaone", "minerva-7b", "mellum2"):
+        t[name] = _PreSpec(["N", "gpt2"])
+    for name in ("smollm", "command-r"):
+        t[name] = _PreSpec(["N", "gpt2"], clean_spaces=False)
+    for name in ("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "hunyuan", "solar-open"):
+        t[name] = _PreSpec(["qwen2"], clean_spaces=False)
+    for name in ("megrez", "stablelm2"):
+        t[name] = _PreSpec(["qwen2"])
+    return t
+
+
+_PRE_TOKENIZERS = _build_pre_table()
+
+# pre-tokenizer names that llama.cpp knows but this engine does not implement
+_PRE_KNOWN_UNSUPPORTED = frozenset("""
+minicpm5 deepseek-llm deepseek-coder deepseek-v3 spark2_5 youtu jais-2 gemma4
+granite-embed-multi-311m sarvam-moe jina-v1-en jina-v2-code roberta-bpe whitespace qwen35
+poro-chat viking tekken bloom gpt3-finnish exaone-moe chameleon gpt-4o llama4 kanana2 talkie
+granite-embed-multi-97m tiny_aya cohere2moe superbpe bailingmoe bailingmoe2 llada-moe
+seed-coder hunyuan-dense hy_v4 joyai-llm kimi-k2 ufakzeka grok-2 afmoe laguna minimax-m2
+""".split())
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_stage(name: str) -> "re.Pattern[str]":
+    pat = _STAGE_PATTERNS[name].format(**_char_classes())
+    if name in _FULL_COVER:
+        return re.compile(pat)
+    return re.compile("(" + pat + ")")  # split() keeps the matches
+
+
+def _pre_tokenize(text: str, stages: Sequence[str]) -> List[str]:
+    pieces = [text]
+    for name in stages:
+        rx = _compiled_stage(name)
+        if name in _FULL_COVER:
+            findall = rx.findall
+            out: List[str] = []
+            for p in pieces:
+                out.extend(findall(p))
+        else:
+            split = rx.split
+            out = []
+            for p in pieces:
+                out.extend(s for s in split(p) if s)
+        pieces = out
+    return pieces
+
+
+# --------------------------------------------------------------------------------------
+# GPT-2 byte <-> unicode map
+# --------------------------------------------------------------------------------------
+
+def _byte_to_unicode() -> List[str]:
+    keep = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table = [""] * 256
+    for b in keep:
+        table[b] = chr(b)
+    n = 0
+    for b in range(256):
+        if not table[b]:
+            table[b] = chr(256 + n)
+            n += 1
+    return table
+
+
+_BYTE_TO_UNICODE = _byte_to_unicode()
+_UNICODE_TO_BYTE = {c: b for b, c in enumerate(_BYTE_TO_UNICODE)}
+_LATIN1_TO_BYTELEVEL = {b: c for b, c in enumerate(_BYTE_TO_UNICODE)}  # str.translate table
+
+
+def _byte_encode(word: str) -> str:
+    return word.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_BYTELEVEL)
+
+
+def _single_byte_key(b: int) -> str:
+    """The vocabulary key of a token whose text is the single raw byte b."""
+    return chr(b) if b < 0x80 else chr(0xDC00 + b)  # surrogateescape form of a lone byte
+
+
+# --------------------------------------------------------------------------------------
+# GGUF metadata
+# --------------------------------------------------------------------------------------
+
+def read_gguf_metadata(source: Union[str, os.PathLike, Any]) -> Dict[str, Any]:
+    """The tokenizer.* and general.* key/values of a GGUF, as plain Python values.
+
+    `source` is a path or an already-open ``gguf.GGUFReader``.  Strings come back as bytes,
+    arrays of strings as lists of bytes, numeric arrays as numpy arrays, scalars as Python
+    scalars.
+    """
+    import numpy as np
+    from gguf import GGUFReader, GGUFValueType
+
+    if isinstance(source, (str, bytes, os.PathLike)):
+        try:
+            reader = GGUFReader(source, "r")
+        except FileNotFoundError as e:
+            raise EngineError(f"no such GGUF file: {os.fsdecode(source)}") from e
+        except Exception as e:  # bad magic, truncated file, ...
+            raise EngineError(f"cannot read GGUF {os.fsdecode(source)}: {e}") from e
+    else:
+        reader = source
+    meta: Dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        if not (key.startswith("tokenizer.") or key.startswith("general.")):
+            continue
+        types = field.types
+        if not types:
+            continue
+        if types[0] == GGUFValueType.ARRAY:
+            sub = types[1] if len(types) > 1 else None
+            if sub == GGUFValueType.STRING:
+                meta[key] = [bytes(field.parts[i]) for i in field.data]
+            elif sub == GGUFValueType.ARRAY:
+                continue  # nested arrays: nothing the tokenizer reads
+            elif len(field.data):
+                meta[key] = np.concatenate([field.parts[i] for i in field.data])
+            else:
+                meta[key] = np.zeros(0)
+        elif types[0] == GGUFValueType.STRING:
+            meta[key] = bytes(field.parts[field.data[0]])
+        else:
+            meta[key] = field.parts[field.data[0]][0].item()
+    return meta
+
+
+def _as_str(v: Any) -> str:
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v).decode("utf-8", "surrogateescape")
+    return str(v)
+
+
+# --------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------
+
+_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+              "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>")
+_EOM_TEXTS = ("<|eom_id|>",)
+_FIM_PRE_TEXTS = ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+                  "<|code_prefix|>", "<|prefix|>")
+_FIM_SUF_TEXTS = ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+                  "<|code_suffix|>", "<|suffix|>")
+_FIM_MID_TEXTS = ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+                  "<|code_middle|>", "<|middle|>")
+_FIM_PAD_TEXTS = ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]")
+_FIM_REP_TEXTS = ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>")
+_FIM_SEP_TEXTS = ("<|file_sep|>",)
+_EOG_TEXTS = frozenset((
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<｜end▁of▁sentence｜>", "[e~[",
+))
+
+# GGUF key -> name of the special id
+_SPECIAL_KEYS = (
+    ("tokenizer.ggml.bos_token_id", "bos"),
+    ("tokenizer.ggml.eos_token_id", "eos"),
+    ("tokenizer.ggml.eot_token_id", "eot"),
+    ("tokenizer.ggml.eom_token_id", "eom"),
+    ("tokenizer.ggml.unknown_token_id", "unk"),
+    ("tokenizer.ggml.seperator_token_id", "sep"),
+    ("tokenizer.ggml.padding_token_id", "pad"),
+    ("tokenizer.ggml.mask_token_id", "mask"),
+    ("tokenizer.ggml.fim_pre_token_id", "fim_pre"),
+    ("tokenizer.ggml.fim_suf_token_id", "fim_suf"),
+    ("tokenizer.ggml.fim_mid_token_id", "fim_mid"),
+    ("tokenizer.ggml.fim_pad_token_id", "fim_pad"),
+    ("tokenizer.ggml.fim_rep_token_id", "fim_rep"),
+    ("tokenizer.ggml.fim_sep_token_id", "fim_sep"),
+    # deprecated names
+    ("tokenizer.ggml.prefix_token_id", "fim_pre"),
+    ("tokenizer.ggml.suffix_token_id", "fim_suf"),
+    ("tokenizer.ggml.middle_token_id", "fim_mid"),
+)
+
+_CACHE_LIMIT = 1 << 18  # words kept in the per-tokenizer word cache
+
+
+class Tokenizer:
+    """llama.cpp-compatible tokenizer of a GGUF vocabulary (``gpt2`` BPE or ``llama`` SPM).
+
+    Build it with :meth:`from_gguf` (a path or an open ``gguf.GGUFReader``) or
+    :meth:`from_metadata` (a mapping of GGUF keys to values).
+    """
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def from_gguf(cls, source: Union[str, os.PathLike, Any], *, bpe_backend: str = "auto") -> "Tokenizer":
+        """Tokenizer of a GGUF file (path) or of an open ``gguf.GGUFReader``."""
+        return cls(read_gguf_metadata(source), bpe_backend=bpe_backend)
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any], *, bpe_backend: str = "auto") -> "Tokenizer":
+        """Tokenizer from GGUF key/values (strings as str or bytes, arrays as lists or numpy)."""
+        return cls(metadata, bpe_backend=bpe_backend)
+
+    def __init__(self, metadata: Mapping[str, Any], *, bpe_backend: str = "auto"):
+        if bpe_backend not in ("auto", "hf", "python"):
+            raise EngineError(f"bpe_backend must be 'auto', 'hf' or 'python', got {bpe_backend!r}")
+        meta = metadata
+        model = meta.get("tokenizer.ggml.model")
+        if model is None:
+            raise EngineError("GGUF has no tokenizer (missing key tokenizer.ggml.model)")
+        model = _as_str(model)
+        pre_raw = meta.get("tokenizer.ggml.pre")
+        pre = _as_str(pre_raw) if pre_raw is not None else None
+        self._model = model
+        self._pre = pre
+
+        special: Dict[str, Optional[int]] = {k: None for _, k in _SPECIAL_KEYS}
+        self._pre_spec: Optional[_PreSpec] = None
+        if model == "llama":
+            self._is_spm = True
+            special.update(bos=1, eos=2, unk=0)
+            add_space_prefix, add_bos, add_eos, clean_spaces = True, True, False, False
+            ignore_merges = False
+        elif model == "gpt2":
+            self._is_spm = False
+            special.update(bos=11, eos=11)
+            name = pre if pre else "default"  # llama.cpp: missing pre -> 'default' (with a warning)
+            spec = _PRE_TOKENIZERS.get(name)
+            if spec is None:
+                if name in _PRE_KNOWN_UNSUPPORTED:
+                    raise EngineError(f"pre-tokenizer type {name!r} is not supported by this engine")
+                raise EngineError(f"unknown pre-tokenizer type: {name!r}")
+            self._pre_spec = spec
+            if spec.bos_null:
+                special["bos"] = None
+            add_space_prefix, add_bos, add_eos = False, spec.add_bos, False
+            clean_spaces, ignore_merges = spec.clean_spaces, spec.ignore_merges
+        elif model in ("no_vocab", "none"):
+            raise EngineError("the GGUF has no vocabulary (tokenizer.ggml.model = %r)" % model)
+        elif model in ("bert", "t5", "rwkv", "plamo2", "gemma4", "hybriddna", "whitespace", "test"):
+            raise EngineError(f"tokenizer model {model!r} is not supported by this engine")
+        else:
+            raise EngineError(f"unknown tokenizer: {model!r}")
+
+        v = meta.get("tokenizer.ggml.add_space_prefix")
+        if v is not None:
+            add_space_prefix = bool(v)
+
+        # ---- vocabulary
+        tokens = meta.get("tokenizer.ggml.tokens")
+        if tokens is None:
+            raise EngineError("cannot find tokenizer vocab in model file (tokenizer.ggml.tokens)")
+        n = len(tokens)
+        scores = meta.get("tokenizer.ggml.scores")
+        if scores is not None and len(scores) < n:
+            raise EngineError(f"Index out of array bounds for scores ({len(scores)} < {n})")
+        types = meta.get("tokenizer.ggml.token_type")
+        if types is not None and len(types) < n:
+            raise EngineError(f"Index out of array bounds for toktypes ({len(types)} < {n})")
+        id2tok: List[str] = []
+        tok2id: Dict[str, int] = {}
+        attrs: List[int] = []
+        for i in range(n):
+            t = _as_str(tokens[i])
+            if not t:
+                t = f"[EMPTY_{i}]"
+            id2tok.append(t)
+            tok2id[t] = i  # duplicates: the last one wins, as in llama.cpp
+        if types is not None:
+            types_l = [int(x) for x in (types.tolist() if hasattr(types, "tolist") else types)][:n]
+            attrs = [_TYPE_TO_ATTR.get(x, ATTR_UNDEFINED) for x in types_l]
+        else:
+            attrs = [ATTR_NORMAL] * n
+        if scores is not None:
+            sc = scores.tolist() if hasattr(scores, "tolist") else list(scores)
+            self._scores = [float(x) for x in sc[:n]]
+        else:
+            self._scores = [0.0] * n
+        self._id2tok = id2tok
+        self._tok2id = tok2id
+        self._attrs = attrs
+
+        # ---- BPE merges
+        self._ranks: Dict[Tuple[str, str], int] = {}
+        self._merges: List[Tuple[str, str]] = []
+        if not self._is_spm:
+            merges = meta.get("tokenizer.ggml.merges")
+            if merges is None:
+                raise EngineError("cannot find tokenizer merges in model file (tokenizer.ggml.merges)")
+            ranks = self._ranks
+            for i, m in enumerate(merges):
+                s = _as_str(m)
+                p = s.find(" ", 1)
+                pair = (s[:p], s[p + 1:]) if p >= 0 else ("", "")
+                if pair not in ranks:  # emplace: the first rank wins
+                    ranks[pair] = i
+                    if p >= 0:
+                        self._merges.append(pair)
+
+        # ---- special ids
+        for key, name in _SPECIAL_KEYS:
+            cur = special[name]
+            if cur is not None and cur >= n:
+                special[name] = cur = None  # "default special token ... out of vocab range, disabling"
+            val = meta.get(key)
+            if val is None:
+                continue
+            val = int(val)
+            if 0 <= val < n:
+                special[name] = val
+            # else: "bad special token", keep the default
+        v = meta.get("tokenizer.ggml.add_bos_token")
+        if v is not None:
+            add_bos = bool(v)
+        v = meta.get("tokenizer.ggml.add_eos_token")
+        if v is not None:
+            add_eos = bool(v)
+
+        self._detect_special_tokens(special)
+        self._special = special
+        self._add_space_prefix = add_space_prefix
+        self._add_bos = add_bos
+        self._add_eos = add_eos
+        self._clean_spaces = clean_spaces
+        self._ignore_merges = ignore_merges
+
+        # ---- special-token cache: ids of control/user-defined/unknown tokens, longest text first
+        cache = [i for i in range(n) if attrs[i] & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)]
+        cache.sort(key=lambda i: (-len(id2tok[i].encode("utf-8", "surrogateescape")), i))
+        self._special_cache = cache
+
+        self._apply_model_name_attrs(meta)
+
+        tmpl = meta.get("tokenizer.chat_template")
+        self._chat_template = _as_str(tmpl) if tmpl is not None else None
+        self._word_cache: Dict[str, Tuple[int, ...]] = {}
+        self._piece_cache: Dict[int, bytes] = {}
+
+        # ---- backends
+        self._hf_bpe = None
+        if self._is_spm:
+            self._init_spm()
+        elif bpe_backend in ("auto", "hf"):
+            try:
+                from tokenizers.models import BPE
+
+                self._hf_bpe = BPE(vocab=dict(tok2id), merges=list(self._merges), ignore_merges=ignore_merges)
+            except Exception as e:  # e.g. a merge whose result is not a token
+                if bpe_backend == "hf":
+                    raise EngineError(f"HF tokenizers refused this vocabulary: {e}") from e
+                self._hf_bpe = None
+
+    def _detect_special_tokens(self, special: Dict[str, Optional[int]]) -> None:
+        """llama.cpp's text-based fix-ups of special ids and attributes (llama_vocab::impl::load)."""
+        attrs, tok2id, id2tok = self._attrs, self._tok2id, self._id2tok
+
+        def find(texts: Sequence[str]) -> Optional[int]:
+            ids = [tok2id[t] for t in texts if t in tok2id]
+            return min(ids) if ids else None
+
+        for name, texts in (("eot", _EOT_TEXTS), ("eom", _EOM_TEXTS), ("fim_pre", _FIM_PRE_TEXTS),
+                            ("fim_suf", _FIM_SUF_TEXTS), ("fim_mid", _FIM_MID_TEXTS),
+                            ("fim_pad", _FIM_PAD_TEXTS), ("fim_rep", _FIM_REP_TEXTS),
+                            ("fim_sep", _FIM_SEP_TEXTS)):
+            if special[name] is None:
+                tid = find(texts)
+                if tid is not None:
+                    special[name] = tid
+                    attrs[tid] |= ATTR_CONTROL
+
+        # control tokens whose text contains "unused" are unused
+        for t, i in tok2id.items():
+            if attrs[i] & ATTR_CONTROL and "unused" in t:
+                attrs[i] |= ATTR_UNUSED
+
+        eog = set()
+        for name in ("fim_pad", "fim_rep", "fim_sep"):
+            if special[name] is not None:
+                eog.add(special[name])
+        for t, i in tok2id.items():
+            if t in _EOG_TEXTS:
+                eog.add(i)
+                attrs[i] |= ATTR_CONTROL
+        # gpt-oss: always render these tokens
+        for t in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):
+            if t in tok2id:
+                attrs[tok2id[t]] = ATTR_USER_DEFINED
+        for name in ("eos", "eot", "eom"):
+            if special[name] is not None:
+                eog.add(special[name])
+        # o200k_harmony / solar-open: "<|end|>" is not end-of-generation
+        texts = {id2tok[i]: i for i in eog if 0 <= i < len(id2tok)}
+        has_call = "<|call|>" in texts or "<|calls|>" in texts
+        if "<|end|>" in texts and has_call and ("<|return|>" in texts or "<|flush|>" in texts):
+            end_id = texts["<|end|>"]
+            eog.discard(end_id)
+            attrs[end_id] = ATTR_USER_DEFINED
+        # gemma4 / plamo: "</s>" is a normal token
+        if "</s>" in texts and ("<|tool_response>" in texts or "<|plamo:eos|>" in texts):
+            s_id = texts["</s>"]
+            eog.discard(s_id)
+            attrs[s_id] = ATTR_NORMAL
+        self._eog = frozenset(eog)
+
+    def _apply_model_name_attrs(self, meta: Mapping[str, Any]) -> None:
+        """Per-model lstrip/rstrip attributes, set by llama.cpp from names (after the cache)."""
+        attrs, tok2id = self._attrs, self._tok2id
+        name = _as_str(meta.get("general.name", b"")).lower()
+        arch = _as_str(meta.get("general.architecture", b""))
+        pre = self._pre or ""
+        if any(s in pre for s in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) or \
+                any(s in arch for s in ("nomic-bert-moe", "jina-bert-v3")):
+            if "<mask>" in tok2id:
+                attrs[tok2id["<mask>"]] |= ATTR_LSTRIP
+        elif "phi-3" in name or "phi3" in name:
+            for i in self._special_cache:
+                attrs[i] |= ATTR_RSTRIP
+            if "</s>" in tok2id:
+                attrs[tok2id["</s>"]] |= ATTR_RSTRIP
+            for t in ("<unk>", "<s>", "<|endoftext|>"):
+                if t in tok2id:
+                    attrs[tok2id[t]] &= ~ATTR_RSTRIP
+        elif "modern-bert" in name:
+            if "[MASK]" in tok2id:
+                attrs[tok2id["[MASK]"]] |= ATTR_LSTRIP
+
+    def _init_spm(self) -> None:
+        # Characters x such that some token contains x followed by '▁': a merge can only
+        # cross a "x▁" boundary for these x, so the text can be cut before every other '▁'
+        # and the pieces tokenized (and cached) independently with identical results.
+        bad = set()
+        for t in self._id2tok:
+            j = t.find(_SPM_SPACE, 1)
+            while j > 0:
+                bad.add(t[j - 1])
+                j = t.find(_SPM_SPACE, j + 1)
+        if bad:
+            cls = "".join(re.escape(c) for c in sorted(bad))
+            self._spm_cut = re.compile(f"(?<![{cls}])(?={_SPM_SPACE})")
+        else:
+            self._spm_cut = re.compile(f"(?={_SPM_SPACE})")
+
+    # ---------------------------------------------------------------- properties
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self._id2tok)
+
+    @property
+    def model(self) -> str:
+        """``tokenizer.ggml.model``: "gpt2" (BPE) or "llama" (SentencePiece)."""
+        return self._model
+
+    @property
+    def pre(self) -> Optional[str]:
+        """``tokenizer.ggml.pre`` as stored in the GGUF (None if absent)."""
+        return self._pre
+
+    @property
+    def bos_id(self) -> Optional[int]:
+        return self._special["bos"]
+
+    @property
+    def eos_id(self) -> Optional[int]:
+        return self._special["eos"]
+
+    @property
+    def eot_id(self) -> Optional[int]:
+        return self._special["eot"]
+
+    @property
+    def eom_id(self) -> Optional[int]:
+        return self._special["eom"]
+
+    @property
+    def unk_id(self) -> Optional[int]:
+        return self._special["unk"]
+
+    @property
+    def pad_id(self) -> Optional[int]:
+        return self._special["pad"]
+
+    @property
+    def special_ids(self) -> Dict[str, Optional[int]]:
+        """All special ids llama.cpp tracks: bos, eos, eot, eom, unk, sep, pad, mask, fim_*."""
+        return dict(self._special)
+
+    @property
+    def eog_ids(self) -> frozenset:
+        """Ids that end generation (llama_vocab_is_eog)."""
+        return self._eog
+
+    @property
+    def add_bos(self) -> bool:
+        return self._add_bos
+
+    @property
+    def add_eos(self) -> bool:
+        return self._add_eos
+
+    @property
+    def add_space_prefix(self) -> bool:
+        return self._add_space_prefix
+
+    @property
+    def clean_spaces(self) -> bool:
+        return self._clean_spaces
+
+    @property
+    def chat_template(self) -> Optional[str]:
+        """``tokenizer.chat_template`` (the raw Jinja string) or None."""
+        return self._chat_template
+
+    @property
+    def bpe_backend(self) -> Optional[str]:
+        """"hf" or "python" for BPE vocabularies, None for SentencePiece."""
+        if self._is_spm:
+            return None
+        return "hf" if self._hf_bpe is not None else "python"
+
+    def is_eog(self, token: int) -> bool:
+        return token in self._eog
+
+    def is_control(self, token: int) -> bool:
+        return bool(self._attrs[token] & ATTR_CONTROL)
+
+    def token_attr(self, token: int) -> int:
+        """llama_token_attr bits of a token."""
+        return self._attrs[token]
+
+    def id_to_token(self, token: int) -> str:
+        """The token's text as stored in the vocabulary (byte-level / '▁' form)."""
+        return self._id2tok[token]
+
+    def token_to_id(self, text: str) -> Optional[int]:
+        return self._tok2id.get(text)
+
+    def __len__(self) -> int:
+        return len(self._id2tok)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(model={self._model!r}, pre={self._pre!r}, n_vocab={self.n_vocab})"
+
+    # ---------------------------------------------------------------- encoding
+
+    def encode(self, text: str, add_special: bool = True, parse_special: bool = False) -> List[int]:
+        """Token ids of `text`, as llama.cpp's ``llama_tokenize(vocab, text, add_special, parse_special)``.
+
+        add_special: add BOS/EOS as the vocabulary asks (``add_bos``/``add_eos``).
+        parse_special: recognise control tokens such as ``<|im_start|>`` written in the text.
+        """
+        if not isinstance(text, str):
+            raise EngineError(f"text must be a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise EngineError(f"text is not encodable as UTF-8: {e}") from e
+        frags = self._partition(text, parse_special)
+        out: List[int] = []
+        if add_special and self._add_bos:
+            if self.bos_id is None:
+                raise EngineError("the vocabulary asks for a BOS token but has none")
+            out.append(self.bos_id)
+        if self._is_spm:
+            is_prev_special = True
+            for f in frags:
+                if isinstance(f, str):
+                    if self._add_space_prefix and is_prev_special:
+                        f = " " + f
+                    self._spm_encode(f.replace(" ", _SPM_SPACE), out)
+                    is_prev_special = False
+                else:
+                    out.append(f)
+                    is_prev_special = True
+        else:
+            for f in frags:
+                if isinstance(f, str):
+                    self._bpe_encode(f, out)
+                else:
+                    out.append(f)
+        if add_special and self._add_eos:
+            if self.eos_id is None:
+                raise EngineError("the vocabulary asks for an EOS token but has none")
+            out.append(self.eos_id)
+        return out
+
+    def _partition(self, text: str, parse_special: bool) -> List[Union[str, int]]:
+        """llama.cpp's tokenizer_st_partition: split special-token texts out of the raw text."""
+        frags: List[Union[str, int]] = [text] if text else []
+        attrs, id2tok = self._attrs, self._id2tok
+        for tid in self._special_cache:
+            a = attrs[tid]
+            if not parse_special and a & (ATTR_CONTROL | ATTR_UNKNOWN):
+                continue
+            st = id2tok[tid]
+            if not any(isinstance(f, str) and st in f for f in frags):
+                continue
+            lstrip, rstrip = a & ATTR_LSTRIP, a & ATTR_RSTRIP
+            new: List[Union[str, int]] = []
+            for f in frags:
+                if not isinstance(f, str) or st not in f:
+                    new.append(f)
+                    continue
+                pos, end = 0, len(f)
+                while True:
+                    m = f.find(st, pos)
+                    if m < 0:
+                        if pos < end:
+                            new.append(f[pos:])
+                        break
+                    left = f[pos:m]
+                    if lstrip:
+                        left = left.rstrip(_C_ISSPACE)
+                    if left:
+                        new.append(left)
+                    new.append(tid)
+                    pos = m + len(st)
+                    if rstrip:
+                        while pos < end and f[pos] in _C_ISSPACE:
+                            pos += 1
+            frags = new
+        return frags
+
+    # BPE ----------------------------------------------------------------
+
+    def _bpe_encode(self, text: str, out: List[int]) -> None:
+        cache = self._word_cache
+        words = _pre_tokenize(text, self._pre_spec.stages)
+        missing = [w for w in set(words) if w not in cache]
+        if missing:
+            if len(cache) + len(missing) > _CACHE_LIMIT:
+                cache.clear()
+            hf = self._hf_bpe
+            if hf is not None:
+                for w in missing:
+                    cache[w] = tuple(t.id for t in hf.tokenize(_byte_encode(w)))
+            else:
+                for w in missing:
+                    cache[w] = tuple(self._bpe_word(_byte_encode(w)))
+        for w in words:
+            out.extend(cache[w])
+
+    def _bpe_word(self, word: str) -> List[int]:
+        """llama.cpp's llm_tokenizer_bpe_session on one (byte-encoded) word."""
+        tok2id = self._tok2id
+        if self._ignore_merges:
+            tid = tok2id.get(word)
+            if tid is not None:
+                return [tid]
+        syms: List[str] = list(word)
+        n = len(syms)
+        if n > 1:
+            ranks = self._ranks
+            nxt = list(range(1, n + 1))
+            nxt[-1] = -1
+            prv = list(range(-1, n - 1))
+            heap = []
+            for i in range(n - 1):
+                r = ranks.get((syms[i], syms[i + 1]))
+                if r is not None:
+                    heap.append((r, i, i + 1, syms[i] + syms[i + 1]))
+            heapq.heapify(heap)
+            while heap:
+                r, left, right, text = heapq.heappop(heap)
+                ls, rs = syms[left], syms[right]
+                if not ls or not rs or ls + rs != text:
+                    continue  # outdated
+                syms[left] = text
+                syms[right] = ""
+                nn = nxt[right]
+                nxt[left] = nn
+                if nn >= 0:
+                    prv[nn] = left
+                p = prv[left]
+                if p >= 0:
+                    rr = ranks.get((syms[p], text))
+                    if rr is not None:
+                        heapq.heappush(heap, (rr, p, left, syms[p] + text))
+                if nn >= 0:
+                    rr = ranks.get((text, syms[nn]))
+                    if rr is not None:
+                        heapq.heappush(heap, (rr, left, nn, text + syms[nn]))
+        out: List[int] = []
+        for s in syms:
+            if not s:
+                continue
+            tid = tok2id.get(s)
+            if tid is not None:
+                out.append(tid)
+                continue
+            # not a token: llama.cpp looks up each raw byte of the symbol's UTF-8 as a token
+            for b in s.encode("utf-8"):
+                tid = tok2id.get(_single_byte_key(b))
+                if tid is not None:
+                    out.append(tid)
+        return out
+
+    # SPM ----------------------------------------------------------------
+
+    def _spm_encode(self, text: str, out: List[int]) -> None:
+        cache = self._word_cache
+        chunks = [c for c in self._spm_cut.split(text) if c]
+        for c in chunks:
+            ids = cache.get(c)
+            if ids is None:
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                ids = cache[c] = tuple(self._spm_chunk(c))
+            out.extend(ids)
+
+    def _spm_chunk(self, text: str) -> List[int]:
+        """llama.cpp's llm_tokenizer_spm_session on one piece of escaped text."""
+        tok2id, scores = self._tok2id, self._scores
+        n = len(text)
+        size = [1] * n  # symbol i starts at character i; merged-away symbols have size 0
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        heap = []
+        for i in range(n - 1):
+            tid = tok2id.get(text[i:i + 2])
+            if tid is not None:
+                heap.append((-scores[tid], i, i + 1, 2))
+        heapq.heapify(heap)
+        while heap:
+            _, left, right, sz = heapq.heappop(heap)
+            ls, rs = size[left], size[right]
+            if ls == 0 or rs == 0 or ls + rs != sz:
+                continue
+            size[left] = sz
+            size[right] = 0
+            nn = nxt[right]
+            nxt[left] = nn
+            if nn >= 0:
+                prv[nn] = left
+            p = prv[left]
+            if p >= 0:
+                s2 = size[p] + sz
+                tid = tok2id.get(text[p:p + s2])
+                if tid is not None:
+                    heapq.heappush(heap, (-scores[tid], p, left, s2))
+            if nn >= 0:
+                s2 = sz + size[nn]
+                tid = tok2id.get(text[left:left + s2])
+                if tid is not None:
+                    heapq.heappush(heap, (-scores[tid], left, nn, s2))
+        out: List[int] = []
+        i = 0 if n else -1
+        while i >= 0:
+            piece = text[i:i + size[i]]
+            tid = tok2id.get(piece)
+            if tid is not None:
+                out.append(tid)
+            else:
+                for b in piece.encode("utf-8"):
+                    out.append(self._byte_to_token(b))
+            i = nxt[i]
+        return out
+
+    def _byte_to_token(self, b: int) -> int:
+        tid = self._tok2id.get("<0x%02X>" % b)
+        if tid is None:
+            tid = self._tok2id.get(_single_byte_key(b))
+        if tid is None:
+            raise EngineError(f"the vocabulary has no token for byte 0x{b:02X} (no byte fallback)")
+        return tid
+
+    # ---------------------------------------------------------------- decoding
+
+    def token_to_piece(self, token: int, special: bool = True, lstrip: int = 0) -> bytes:
+        """The bytes of one token, as llama.cpp's ``llama_token_to_piece(vocab, token, ..., lstrip, special)``.
+
+        special: render control/unknown tokens (their text); when False they give b"".
+        lstrip: drop up to this many leading spaces.
+        """
+        if not 0 <= token < len(self._id2tok):
+            raise EngineError(f"token id {token} out of range [0, {len(self._id2tok)})")
+        a = self._attrs[token]
+        if not special and a & (ATTR_UNKNOWN | ATTR_CONTROL):
+            return b""
+        piece = self._piece_cache.get(token)
+        if piece is None:
+            piece = self._piece_cache[token] = self._make_piece(token)
+        if lstrip:
+            k = 0
+            while k < lstrip and k < len(piece) and piece[k] == 0x20:
+                k += 1
+            piece = piece[k:]
+        return piece
+
+    def _make_piece(self, token: int) -> bytes:
+        a = self._attrs[token]
+        text = self._id2tok[token]
+        if a & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED):
+            return text.encode("utf-8", "surrogateescape")
+        if a & ATTR_NORMAL:
+            if self._is_spm:
+                return text.replace(_SPM_SPACE, " ").encode("utf-8", "surrogateescape")
+            out = bytearray()
+            raw = text.encode("utf-8", "surrogateescape")
+            for ch in text:
+                b = _UNICODE_TO_BYTE.get(ch)
+                if b is not None:
+                    out.append(b)
+                else:  # llama_decode_text's marker for a character outside the byte map
+                    out += b"[UNK_BYTE_0x" + ch.encode("utf-8", "surrogateescape").hex().encode() + raw + b"]"
+            return bytes(out)
+        if a & ATTR_BYTE:
+            try:
+                return bytes([int(text[3:5], 16) & 0xFF])
+            except ValueError:
+                return b"\x00"
+        return b""
+
+    def detokenize(self, ids: Iterable[int], remove_special: bool = False, unparse_special: bool = False) -> bytes:
+        """Bytes of a token sequence, as llama.cpp's ``llama_detokenize(vocab, ..., remove_special, unparse_special)``."""
+        ids = [int(t) for t in ids]
+        remove_space = self._add_space_prefix
+        if remove_special and self._add_bos and ids and ids[0] == self.bos_id:
+            remove_space = False
+            ids = ids[1:]
+        if remove_special and self._add_eos and ids and ids[-1] == self.eos_id:
+            ids = ids[:-1]
+        buf = bytearray()
+        for t in ids:
+            buf += self.token_to_piece(t, special=unparse_special, lstrip=1 if remove_space else 0)
+            remove_space = False
+        if self._clean_spaces:
+            buf = _clean_spaces(buf)
+        return bytes(buf)
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        """Text of a token sequence (invalid UTF-8 is replaced by U+FFFD).
+
+        skip_special=False renders control tokens (``llama_detokenize(remove_special=False,
+        unparse_special=True)``); True drops them and a leading BOS / trailing EOS that the
+        vocabulary adds (``remove_special=True, unparse_special=False``).  As in llama.cpp,
+        SentencePiece vocabularies lose the leading space of the first token only when no
+        BOS precedes it, so ``decode(encode(x, add_special=False)) == x``.
+        """
+        return self.detokenize(ids, remove_special=skip_special, unparse_special=not skip_special).decode(
+            "utf-8", "replace")
+
+
+def _clean_spaces(text: bytearray) -> bytearray:
+    """llama.cpp's clean_up_tokenization_spaces passes over detokenized bytes (in place)."""
+    SP, Q = 0x20, 0x27
+    # first pass: " ?", " !", " .", " ,"
+    total1 = len(text)
+    total = 1 if total1 else 0
+    for i in range(1, total1):
+        x = text[i]
+        if text[i - 1] == SP and x in b"?!.,":
+            total -= 1
+        text[total] = x
+        total += 1
+    # second pass: strip a single apostrophe between spaces
+    total2 = total
+    total = 1 if total2 else 0
+    i = 1
+    while i < total2:
+        x = text[i]
+        if x == Q and i + 1 < total2 and text[i - 1] == SP and text[i + 1] == SP:
+            total -= 1
+            i += 1
+            text[i] = 0
+        text[total] = x
+        total += 1
+        i += 1
+    # third pass: " 's", " 'm", " 're", " 've"
+    total3 = total
+    total = 1 if total3 else 0
+    for i in range(1, total3):
+        x = text[i]
+        if text[i - 1] == SP and x == Q and i + 1 < total3:
+            x1 = text[i + 1]
+            if x1 in b"sm":
+                total -= 1
+            elif x1 not in b"td" and i + 2 < total3:
+                x2 = text[i + 2]
+                if (x1 == 0x72 and x2 == 0x65) or (x1 == 0x76 and x2 == 0x65):  # "re", "ve"
+                    total -= 1
+        text[total] = x
+        total += 1
+    del text[total:]
+    return text

@@ -1,0 +1,75 @@
+/* forward.c: the Llama layer loop over a batch of tokens (written once; ops do the work). */
+#include <string.h>
+
+#include "ops.h"
+#include "quant.h"
+#include "session.h"
+
+static void embed(const rk_session *s, const int32_t *tokens, int n) {
+    const rk_weight *e = &s->model->tok_embd;
+    const rk_type_traits *tr = rk_get_type_traits(e->type);
+    for (int t = 0; t < n; t++)
+        tr->to_float((const uint8_t *)e->data + (size_t)tokens[t] * e->row_bytes, s->x + (size_t)t * e->n_in,
+                     e->n_in);
+}
+
+static void add_rows(float *x, const float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+void rk_forward(rk_session *s, const int32_t *tokens, int n) {
+    const rk_model *m = s->model;
+    const int d = m->n_embd, hd = m->head_dim, dq = m->n_heads * hd, dkv = m->n_kv_heads * hd;
+    const int32_t pos0 = s->n_past;
+
+    embed(s, tokens, n);
+    for (int t = 0; t < n; t++)
+        rk_rope_angles(s->cos_sin + (size_t)t * m->n_rot, pos0 + t, m->n_rot, m->rope_base, m->rope_freq_scale,
+                       m->rope_freqs);
+
+    for (int il = 0; il < m->n_layers; il++) {
+        const rk_layer *L = &m->layers[il];
+        /* attention block */
+        rk_rmsnorm(s->xb, s->x, L->attn_norm, n, d, m->rms_eps);
+        const rk_weight *qkv[3] = {&L->wq, &L->wk, &L->wv};
+        float *const qkv_out[3] = {s->q, s->k, s->v};
+        if (L->wq.type == L->wk.type && L->wk.type == L->wv.type) {
+            rk_matmul(s->pool, s->xb, n, qkv, qkv_out, 3, s->act);
+        } else {
+            for (int i = 0; i < 3; i++) rk_matmul(s->pool, s->xb, n, &qkv[i], &qkv_out[i], 1, s->act);
+        }
+        for (int t = 0; t < n; t++) {
+            const float *cs = s->cos_sin + (size_t)t * m->n_rot;
+            float *kt = s->k + (size_t)t * dkv, *vt = s->v + (size_t)t * dkv;
+            rk_rope_apply(s->q + (size_t)t * dq, m->n_heads, hd, m->n_rot, cs);
+            rk_rope_apply(kt, m->n_kv_heads, hd, m->n_rot, cs);
+            for (int h = 0; h < m->n_kv_heads; h++)
+                rk_kv_append(&s->kv, il, h, pos0 + t, kt + (size_t)h * hd, vt + (size_t)h * hd);
+        }
+        rk_attention(s, il, n, pos0);
+        const rk_weight *wo = &L->wo;
+        rk_matmul(s->pool, s->att, n, &wo, &s->proj, 1, s->act);
+        add_rows(s->x, s->proj, (size_t)n * d);
+
+        /* feed-forward block */
+        rk_rmsnorm(s->xb, s->x, L->ffn_norm, n, d, m->rms_eps);
+        const rk_weight *gu[2] = {&L->w_gate, &L->w_up};
+        float *const gu_out[2] = {s->hb, s->hb2};
+        if (L->w_gate.type == L->w_up.type) {
+            rk_matmul(s->pool, s->xb, n, gu, gu_out, 2, s->act);
+        } else {
+            for (int i = 0; i < 2; i++) rk_matmul(s->pool, s->xb, n, &gu[i], &gu_out[i], 1, s->act);
+        }
+        rk_swiglu(s->hb, s->hb2, (size_t)n * m->n_ff);
+        const rk_weight *wd = &L->w_down;
+        rk_matmul(s->pool, s->hb, n, &wd, &s->proj, 1, s->act);
+        add_rows(s->x, s->proj, (size_t)n * d);
+    }
+    rk_rmsnorm(s->xb, s->x, m->output_norm, n, d, m->rms_eps);
+    s->n_past += n;
+}
+
+void rk_logits(rk_session *s, const float *hidden, int n_rows, float *logits) {
+    const rk_weight *w = &s->model->output;
+    rk_matmul(s->pool, hidden, n_rows, &w, &logits, 1, s->act);
+}

@@ -1,0 +1,71 @@
+/* kv.c: allocation and slot bookkeeping of the per-(layer, kv-head) KV buffers. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "kv.h"
+#include "quant.h"
+
+rk_status rk_kv_init(rk_kv *kv, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int32_t capacity,
+                     int32_t type) {
+    memset(kv, 0, sizeof *kv);
+    if (type != RK_TYPE_F16 && type != RK_TYPE_F32)
+        return rk_fail(RK_ERR_ARG, "kv_type must be F16 (%d) or F32 (%d), got %d", RK_TYPE_F16, RK_TYPE_F32, type);
+    kv->n_layers = n_layers;
+    kv->n_kv_heads = n_kv_heads;
+    kv->head_dim = head_dim;
+    kv->capacity = capacity;
+    kv->type = type;
+    kv->elt_size = type == RK_TYPE_F16 ? 2 : 4;
+    size_t heads = (size_t)n_layers * (size_t)n_kv_heads;
+    size_t bytes = heads * (size_t)capacity * (size_t)head_dim * kv->elt_size;
+    kv->k = malloc(bytes);
+    kv->v = malloc(bytes);
+    kv->pos = malloc(heads * (size_t)capacity * sizeof(int32_t));
+    kv->n_used = calloc(heads, sizeof(int32_t));
+    if (!kv->k || !kv->v || !kv->pos || !kv->n_used) {
+        rk_kv_free(kv);
+        return rk_fail(RK_ERR_OOM, "cannot allocate a KV cache of %zu bytes", 2 * bytes);
+    }
+    return RK_OK;
+}
+
+void rk_kv_free(rk_kv *kv) {
+    free(kv->k);
+    free(kv->v);
+    free(kv->pos);
+    free(kv->n_used);
+    memset(kv, 0, sizeof *kv);
+}
+
+void rk_kv_clear(rk_kv *kv) {
+    memset(kv->n_used, 0, (size_t)kv->n_layers * (size_t)kv->n_kv_heads * sizeof(int32_t));
+}
+
+size_t rk_kv_bytes_alloc(const rk_kv *kv) {
+    size_t heads = (size_t)kv->n_layers * (size_t)kv->n_kv_heads;
+    return heads * (size_t)kv->capacity * (2 * (size_t)kv->head_dim * kv->elt_size + sizeof(int32_t));
+}
+
+size_t rk_kv_bytes_used(const rk_kv *kv) {
+    size_t slots = 0, heads = (size_t)kv->n_layers * (size_t)kv->n_kv_heads;
+    for (size_t i = 0; i < heads; i++) slots += (size_t)kv->n_used[i];
+    return slots * (2 * (size_t)kv->head_dim * kv->elt_size + sizeof(int32_t));
+}
+
+void rk_kv_append(rk_kv *kv, int il, int h, int32_t pos, const float *k, const float *v) {
+    size_t hi = rk_kv_head_index(kv, il, h);
+    int32_t s = kv->n_used[hi]++;
+    size_t off = (size_t)s * (size_t)kv->head_dim * kv->elt_size;
+    if (kv->type == RK_TYPE_F32) {
+        memcpy(rk_kv_k(kv, il, h) + off, k, (size_t)kv->head_dim * 4);
+        memcpy(rk_kv_v(kv, il, h) + off, v, (size_t)kv->head_dim * 4);
+    } else {
+        uint16_t *kd = (uint16_t *)(rk_kv_k(kv, il, h) + off), *vd = (uint16_t *)(rk_kv_v(kv, il, h) + off);
+        for (int i = 0; i < kv->head_dim; i++) {
+            kd[i] = rk_fp32_to_fp16(k[i]);
+            vd[i] = rk_fp32_to_fp16(v[i]);
+        }
+    }
+    rk_kv_pos(kv, il, h)[s] = pos;
+}

@@ -1,0 +1,57 @@
+/*
+ * kv.h: the KV cache: one ring buffer per (layer, kv-head).
+ *
+ * Each buffer has `capacity` slots; a slot holds one token's key and value
+ * (head_dim elements each, F16 or F32, RoPE already applied to the key at the
+ * token's position) and that position in `pos`. Attention is order-free over
+ * slots once keys are rotated, and causality is decided from `pos`, never from
+ * slot order, so eviction may free any slot and later writes may reuse it.
+ * Slots [0, n_used) are live; eviction compacts live slots to the front.
+ *
+ * Layout: k, v  [n_layers][n_kv_heads][capacity][head_dim]
+ *         pos   [n_layers][n_kv_heads][capacity]
+ *         n_used[n_layers][n_kv_heads]
+ */
+#ifndef RK_KV_H
+#define RK_KV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "restkv.h"
+
+typedef struct {
+    int32_t  n_layers, n_kv_heads, head_dim, capacity;
+    int32_t  type;       /* RK_TYPE_F16 or RK_TYPE_F32 */
+    size_t   elt_size;   /* bytes per element */
+    uint8_t *k, *v;
+    int32_t *pos;
+    int32_t *n_used;
+} rk_kv;
+
+rk_status rk_kv_init(rk_kv *kv, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int32_t capacity,
+                     int32_t type);
+void      rk_kv_free(rk_kv *kv);
+void      rk_kv_clear(rk_kv *kv);
+size_t    rk_kv_bytes_alloc(const rk_kv *kv);
+size_t    rk_kv_bytes_used(const rk_kv *kv);
+
+static inline size_t rk_kv_head_index(const rk_kv *kv, int il, int h) {
+    return (size_t)il * (size_t)kv->n_kv_heads + (size_t)h;
+}
+/* First slot of the (layer, head) buffer. */
+static inline uint8_t *rk_kv_k(const rk_kv *kv, int il, int h) {
+    return kv->k + rk_kv_head_index(kv, il, h) * (size_t)kv->capacity * (size_t)kv->head_dim * kv->elt_size;
+}
+static inline uint8_t *rk_kv_v(const rk_kv *kv, int il, int h) {
+    return kv->v + rk_kv_head_index(kv, il, h) * (size_t)kv->capacity * (size_t)kv->head_dim * kv->elt_size;
+}
+static inline int32_t *rk_kv_pos(const rk_kv *kv, int il, int h) {
+    return kv->pos + rk_kv_head_index(kv, il, h) * (size_t)kv->capacity;
+}
+
+/* Appends one token's key and value (f32, head_dim each) to the (layer, head)
+ * buffer; the caller has checked there is room. */
+void rk_kv_append(rk_kv *kv, int il, int h, int32_t pos, const float *k, const float *v);
+
+#endif

@@ -1,0 +1,63 @@
+/*
+ * model.h: the immutable Llama-family model behind rk_model.
+ *
+ * Dimension names follow llama2.c/calm; the GGUF keys they come from are listed
+ * in model.c. A weight matrix is stored as GGUF writes it: n_out rows of n_in
+ * elements each (GGUF ne = [n_in, n_out]), so y = W x is one dot product per row.
+ */
+#ifndef RK_MODEL_H
+#define RK_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "restkv.h"
+
+typedef struct {
+    const char *name;
+    int32_t     type;       /* GGML type id with rk_get_type_traits() != NULL */
+    int64_t     n_in;       /* elements per row */
+    int64_t     n_out;      /* rows */
+    size_t      row_bytes;
+    const void *data;       /* [n_out][row_bytes], inside the mapping */
+} rk_weight;
+
+typedef struct {
+    const float *attn_norm; /* [n_embd] */
+    const float *ffn_norm;  /* [n_embd] */
+    rk_weight    wq, wk, wv, wo;
+    rk_weight    w_gate, w_up, w_down;
+} rk_layer;
+
+struct rk_model {
+    rk_gguf  *gguf;
+    int32_t   n_vocab, n_embd, n_layers, n_heads, n_kv_heads, head_dim, n_ff, n_ctx_train, n_rot;
+    float     rms_eps;
+    float     rope_base;
+    float     rope_freq_scale;    /* 1 / linear scaling factor */
+    const float *rope_freqs;      /* [n_rot/2] llama3-style divisors, or NULL */
+    rk_weight tok_embd;           /* [n_vocab][n_embd] */
+    rk_weight output;             /* [n_vocab][n_embd]; tok_embd when tied */
+    const float *output_norm;     /* [n_embd] */
+    rk_layer *layers;             /* [n_layers] */
+    float    *owned;              /* f32 copies of norm vectors stored as F16/BF16 */
+    size_t    owned_used, owned_cap;
+    int32_t   n_threads;          /* default for sessions */
+    int32_t   device;
+    int64_t   n_params;
+    size_t    weight_bytes;
+    char      desc[256];
+    /* vocabulary, for rk_model_token_piece (tokenisation is done in Python) */
+    const char **tok_text;        /* [n_tok] pointers into the mapping */
+    uint32_t *tok_len;
+    int32_t  *tok_type;           /* 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte */
+    int32_t   n_tok;
+    int32_t   vocab_spm;          /* 1 = SentencePiece ("llama"), 0 = byte-level BPE ("gpt2") */
+    int32_t   bos_id, eos_id;
+};
+
+/* vocab.c: reads the GGUF vocabulary (optional: a model without one still runs on ids) */
+rk_status rk_vocab_load(rk_model *m);
+
+#endif

@@ -1,0 +1,104 @@
+/* ops.c: CPU operators: threaded quantised matmul, RMSNorm, RoPE, SwiGLU. */
+#include <math.h>
+#include <string.h>
+
+#include "ops.h"
+#include "quant.h"
+
+#define MM_ROW_BLOCK 16 /* weight rows kept hot in L1 while all tokens pass over them */
+
+size_t rk_matmul_scratch_bytes(const rk_weight *w, int n_tokens) {
+    const rk_type_traits *tr = rk_get_type_traits(w->type);
+    return (size_t)n_tokens * rk_row_bytes(tr->vec_dot_type, w->n_in);
+}
+
+typedef struct {
+    const float *x;
+    int n_tokens;
+    const rk_weight *const *w;
+    float *const *y;
+    int n_w;
+    const rk_type_traits *act;  /* activation format traits */
+    uint8_t *act_buf;
+    size_t act_row;
+    int64_t n_in;
+    long total_rows;
+} mm_job;
+
+static void quantize_task(void *ctx, int ith, int nth) {
+    mm_job *j = ctx;
+    long b, e;
+    rk_split_range(j->n_tokens, ith, nth, 1, &b, &e);
+    for (long t = b; t < e; t++) j->act->from_float(j->x + t * j->n_in, j->act_buf + t * j->act_row, j->n_in);
+}
+
+static void matmul_task(void *ctx, int ith, int nth) {
+    mm_job *j = ctx;
+    long b, e;
+    rk_split_range(j->total_rows, ith, nth, MM_ROW_BLOCK, &b, &e);
+    long base = 0;
+    for (int i = 0; i < j->n_w && b < e; i++) {
+        const rk_weight *w = j->w[i];
+        long lo = b > base ? b : base, hi = e < base + w->n_out ? e : base + w->n_out;
+        const rk_vec_dot_fn dot = rk_get_type_traits(w->type)->vec_dot;
+        for (long r0 = lo; r0 < hi; r0 += MM_ROW_BLOCK) {
+            long r1 = r0 + MM_ROW_BLOCK < hi ? r0 + MM_ROW_BLOCK : hi;
+            for (int t = 0; t < j->n_tokens; t++) {
+                const uint8_t *a = j->act_buf + (size_t)t * j->act_row;
+                float *yt = j->y[i] + (size_t)t * (size_t)w->n_out;
+                for (long r = r0; r < r1; r++)
+                    dot(w->n_in, &yt[r - base], (const uint8_t *)w->data + (size_t)(r - base) * w->row_bytes, a);
+            }
+        }
+        base += w->n_out;
+    }
+}
+
+void rk_matmul(rk_pool *pool, const float *x, int n_tokens, const rk_weight *const *w, float *const *y, int n_w,
+               void *scratch) {
+    const rk_type_traits *tr = rk_get_type_traits(w[0]->type);
+    mm_job j = {x, n_tokens, w, y, n_w, rk_get_type_traits(tr->vec_dot_type), scratch,
+                rk_row_bytes(tr->vec_dot_type, w[0]->n_in), w[0]->n_in, 0};
+    for (int i = 0; i < n_w; i++) j.total_rows += w[i]->n_out;
+    if (n_tokens >= 4 * rk_pool_size(pool))
+        rk_pool_run(pool, quantize_task, &j);
+    else
+        quantize_task(&j, 0, 1);
+    rk_pool_run(pool, matmul_task, &j);
+}
+
+void rk_rmsnorm(float *y, const float *x, const float *weight, int n_rows, int n, float eps) {
+    for (int r = 0; r < n_rows; r++) {
+        const float *xr = x + (size_t)r * n;
+        float *yr = y + (size_t)r * n;
+        double sum = 0.0;
+        for (int i = 0; i < n; i++) sum += (double)xr[i] * xr[i];
+        const float scale = 1.0f / sqrtf((float)(sum / n) + eps);
+        for (int i = 0; i < n; i++) yr[i] = xr[i] * scale * weight[i];
+    }
+}
+
+void rk_rope_angles(float *cos_sin, int32_t pos, int n_rot, float base, float freq_scale, const float *freq_factors) {
+    for (int i = 0; i < n_rot / 2; i++) {
+        double theta = (double)pos * freq_scale * pow((double)base, -2.0 * i / n_rot);
+        if (freq_factors) theta /= freq_factors[i];
+        cos_sin[2 * i] = (float)cos(theta);
+        cos_sin[2 * i + 1] = (float)sin(theta);
+    }
+}
+
+void rk_rope_apply(float *x, int n_heads, int head_dim, int n_rot, const float *cos_sin) {
+    for (int h = 0; h < n_heads; h++) {
+        float *xh = x + (size_t)h * head_dim;
+        for (int i = 0; i < n_rot / 2; i++) {
+            const float c = cos_sin[2 * i], s = cos_sin[2 * i + 1];
+            const float x0 = xh[2 * i], x1 = xh[2 * i + 1];
+            xh[2 * i] = x0 * c - x1 * s;
+            xh[2 * i + 1] = x0 * s + x1 * c;
+        }
+    }
+}
+
+void rk_swiglu(float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
+}

@@ -1,0 +1,34 @@
+/*
+ * ops.h: CPU operators of the forward pass (the reference implementations).
+ * Activations are row-major f32: x [n_tokens][n].
+ */
+#ifndef RK_OPS_H
+#define RK_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "threadpool.h"
+
+/* Bytes of scratch rk_matmul needs to hold n_tokens quantised rows of length n_in for weight w. */
+size_t rk_matmul_scratch_bytes(const rk_weight *w, int n_tokens);
+
+/* y[i][t][r] = dot(w[i] row r, x[t]) for each of the n_w weights, which share the
+ * input (same n_in, same activation format): x is quantised once.
+ * y[i] is [n_tokens][w[i]->n_out]. `scratch` has rk_matmul_scratch_bytes(w[0]). */
+void rk_matmul(rk_pool *pool, const float *x, int n_tokens, const rk_weight *const *w, float *const *y, int n_w,
+               void *scratch);
+
+/* y = x / sqrt(mean(x^2) + eps) * weight, per row of n elements. In place is fine. */
+void rk_rmsnorm(float *y, const float *x, const float *weight, int n_rows, int n, float eps);
+
+/* Rotates each head of x [n_heads][head_dim] for position pos (llama.cpp "normal" RoPE:
+ * adjacent pairs (2i, 2i+1), the first n_rot dims). cos_sin: [n_rot/2][2] from rk_rope_angles. */
+void rk_rope_angles(float *cos_sin, int32_t pos, int n_rot, float base, float freq_scale, const float *freq_factors);
+void rk_rope_apply(float *x, int n_heads, int head_dim, int n_rot, const float *cos_sin);
+
+/* a[i] = silu(a[i]) * b[i] */
+void rk_swiglu(float *a, const float *b, size_t n);
+
+#endif

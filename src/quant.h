@@ -1,0 +1,48 @@
+/*
+ * quant.h: tensor block formats (GGML layout) and the dot products the matmul uses.
+ *
+ * Every supported weight type has a trait record. A matmul of a weight row of
+ * type T with an f32 activation row x first converts x to T's `vec_dot_type`
+ * (Q8_0, Q8_1 or Q8_K for the quantised types, as GGML does; F32 for float
+ * weights), then calls `vec_dot`. Implementations are chosen once at run time
+ * (rk_quant_init): AVX2/FMA/F16C where the CPU has them, portable C otherwise.
+ */
+#ifndef RK_QUANT_H
+#define RK_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef void (*rk_to_float_fn)(const void *src, float *dst, int64_t n);
+typedef void (*rk_from_float_fn)(const float *src, void *dst, int64_t n);
+/* s = dot(w[0..n), a[0..n)); w of the weight type, a of its vec_dot_type */
+typedef void (*rk_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
+
+typedef struct {
+    const char      *name;
+    int32_t          blck;          /* elements per block */
+    int32_t          type_size;     /* bytes per block */
+    int32_t          vec_dot_type;  /* activation format for vec_dot; -1 if not a weight type */
+    rk_to_float_fn   to_float;      /* dequantise (NULL if unsupported) */
+    rk_from_float_fn from_float;    /* quantise (set for activation formats at least) */
+    rk_vec_dot_fn    vec_dot;       /* NULL if not a weight type */
+} rk_type_traits;
+
+/* NULL for a type this engine does not handle. Calls rk_quant_init() itself. */
+const rk_type_traits *rk_get_type_traits(int32_t type);
+/* Detects CPU features and selects kernels; thread-safe, idempotent. */
+void rk_quant_init(void);
+/* "avx2 fma f16c" or "scalar" */
+const char *rk_quant_features(void);
+/* Force the portable scalar kernels (tests call this to exercise the fallback). 1 = scalar. */
+void rk_quant_force_scalar(int on);
+
+/* Bytes of a row of n elements of `type` (n a multiple of the block size). */
+size_t rk_row_bytes(int32_t type, int64_t n);
+
+/* IEEE half and bfloat16 conversion (portable) */
+float    rk_fp16_to_fp32(uint16_t h);
+uint16_t rk_fp32_to_fp16(float f);
+float    rk_bf16_to_fp32(uint16_t h);
+
+#endif

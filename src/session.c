@@ -1,0 +1,188 @@
+/*
+ * session.c: rk_session lifecycle and the eval / logprobs entry points.
+ * Every argument is checked before any state changes, so a failing call leaves
+ * the session exactly as it was.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "ops.h"
+#include "session.h"
+
+#define MAX_THREADS 1024
+
+rk_session_params rk_session_default_params(void) {
+    rk_session_params p = {0, 0, 512, RK_TYPE_F16};
+    return p;
+}
+
+static rk_status alloc_scratch(rk_session *s) {
+    const rk_model *m = s->model;
+    const size_t nb = (size_t)s->n_batch, d = (size_t)m->n_embd, dq = (size_t)m->n_heads * m->head_dim,
+                 dkv = (size_t)m->n_kv_heads * m->head_dim, ff = (size_t)m->n_ff;
+    size_t act = rk_matmul_scratch_bytes(&m->output, s->n_batch);
+    const rk_weight *ws[] = {&m->layers[0].wq, &m->layers[0].wo, &m->layers[0].w_down};
+    for (int il = 0; il < m->n_layers; il++) {
+        ws[0] = &m->layers[il].wq;
+        ws[1] = &m->layers[il].wo;
+        ws[2] = &m->layers[il].w_down;
+        for (int i = 0; i < 3; i++) {
+            size_t b = rk_matmul_scratch_bytes(ws[i], s->n_batch);
+            if (b > act) act = b;
+        }
+    }
+    s->x = malloc(nb * d * sizeof(float));
+    s->xb = malloc(nb * d * sizeof(float));
+    s->q = malloc(nb * dq * sizeof(float));
+    s->k = malloc(nb * dkv * sizeof(float));
+    s->v = malloc(nb * dkv * sizeof(float));
+    s->att = malloc(nb * dq * sizeof(float));
+    s->proj = malloc(nb * d * sizeof(float));
+    s->hb = malloc(nb * ff * sizeof(float));
+    s->hb2 = malloc(nb * ff * sizeof(float));
+    s->cos_sin = malloc(nb * (size_t)m->n_rot * sizeof(float));
+    s->att_ws = malloc((size_t)s->n_threads * ((size_t)s->n_ctx + (size_t)m->head_dim) * sizeof(float));
+    s->logit_rows = malloc((size_t)RK_LOGIT_BLOCK * (size_t)m->n_vocab * sizeof(float));
+    s->act = malloc(act);
+    if (!s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->proj || !s->hb || !s->hb2 || !s->cos_sin ||
+        !s->att_ws || !s->logit_rows || !s->act)
+        return rk_fail(RK_ERR_OOM, "cannot allocate session scratch buffers");
+    return RK_OK;
+}
+
+rk_status rk_session_init(rk_session **out, rk_model *model, const rk_session_params *params) {
+    if (!out) return rk_fail(RK_ERR_ARG, "rk_session_init: out is NULL");
+    *out = NULL;
+    if (!model) return rk_fail(RK_ERR_ARG, "rk_session_init: model is NULL");
+    rk_session_params p = params ? *params : rk_session_default_params();
+    if (p.n_ctx < 0) return rk_fail(RK_ERR_ARG, "n_ctx must be >= 0 (0 = the model's trained context), got %d", p.n_ctx);
+    if (p.n_threads < 0 || p.n_threads > MAX_THREADS)
+        return rk_fail(RK_ERR_ARG, "n_threads must be in 1..%d (0 = default), got %d", MAX_THREADS, p.n_threads);
+    if (p.n_batch < 0) return rk_fail(RK_ERR_ARG, "n_batch must be > 0, got %d", p.n_batch);
+    if (p.kv_type != RK_TYPE_F16 && p.kv_type != RK_TYPE_F32)
+        return rk_fail(RK_ERR_ARG, "kv_type must be RK_TYPE_F16 or RK_TYPE_F32, got %d", p.kv_type);
+    rk_session *s = calloc(1, sizeof *s);
+    if (!s) return rk_fail(RK_ERR_OOM, "out of memory");
+    s->model = model;
+    s->n_ctx = p.n_ctx ? p.n_ctx : model->n_ctx_train;
+    s->n_batch = p.n_batch ? p.n_batch : 512;
+    if (s->n_batch > s->n_ctx) s->n_batch = s->n_ctx;
+    s->n_threads = p.n_threads ? p.n_threads : model->n_threads;
+    rk_status st = rk_kv_init(&s->kv, model->n_layers, model->n_kv_heads, model->head_dim, s->n_ctx, p.kv_type);
+    if (!st) st = alloc_scratch(s);
+    if (!st && !(s->pool = rk_pool_create(s->n_threads)))
+        st = rk_fail(RK_ERR_OOM, "cannot start %d threads", s->n_threads);
+    if (st) {
+        rk_session_free(s);
+        return st;
+    }
+    *out = s;
+    return RK_OK;
+}
+
+void rk_session_free(rk_session *s) {
+    if (!s) return;
+    rk_pool_free(s->pool);
+    rk_kv_free(&s->kv);
+    free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att); free(s->proj);
+    free(s->hb); free(s->hb2); free(s->cos_sin); free(s->att_ws); free(s->logit_rows); free(s->act);
+    free(s);
+}
+
+static rk_status check_tokens(const rk_session *s, const int32_t *tokens, int32_t n, const char *fn) {
+    if (!s) return rk_fail(RK_ERR_ARG, "%s: session is NULL", fn);
+    if (n < 1) return rk_fail(RK_ERR_ARG, "%s: need at least one token, got %d", fn, n);
+    if (!tokens) return rk_fail(RK_ERR_ARG, "%s: tokens is NULL", fn);
+    for (int32_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= s->model->n_vocab)
+            return rk_fail(RK_ERR_ARG, "%s: token id %d at index %d is outside the vocabulary (0..%d)", fn,
+                           tokens[i], i, s->model->n_vocab - 1);
+    if ((int64_t)s->n_past + n > s->n_ctx)
+        return rk_fail(RK_ERR_CTX_FULL, "%s: %d tokens do not fit: %d of the session's %d positions are used", fn,
+                       n, s->n_past, s->n_ctx);
+    return RK_OK;
+}
+
+rk_status rk_session_eval(rk_session *s, const int32_t *tokens, int32_t n, float *logits, int32_t mode) {
+    rk_status st = check_tokens(s, tokens, n, "rk_session_eval");
+    if (st) return st;
+    if (mode != RK_LOGITS_NONE && mode != RK_LOGITS_LAST && mode != RK_LOGITS_ALL)
+        return rk_fail(RK_ERR_ARG, "rk_session_eval: unknown logits mode %d", mode);
+    if (mode != RK_LOGITS_NONE && !logits) return rk_fail(RK_ERR_ARG, "rk_session_eval: logits buffer is NULL");
+    const size_t nv = (size_t)s->model->n_vocab, d = (size_t)s->model->n_embd;
+    for (int32_t i = 0; i < n; i += s->n_batch) {
+        const int nb = n - i < s->n_batch ? n - i : s->n_batch;
+        rk_forward(s, tokens + i, nb);
+        if (mode == RK_LOGITS_ALL) {
+            rk_logits(s, s->xb, nb, logits + (size_t)i * nv);
+        } else if (mode == RK_LOGITS_LAST && i + nb == n) {
+            rk_logits(s, s->xb + (size_t)(nb - 1) * d, 1, logits);
+        }
+    }
+    return RK_OK;
+}
+
+/* log-softmax of each logits row at its target token, threads over rows */
+typedef struct {
+    const float *rows;
+    int n_rows, n_vocab;
+    const int32_t *targets;
+    float *out;
+    int32_t *argmax;
+} lp_job;
+
+static void logprob_task(void *ctx, int ith, int nth) {
+    const lp_job *j = ctx;
+    long b, e;
+    rk_split_range(j->n_rows, ith, nth, 1, &b, &e);
+    for (long r = b; r < e; r++) {
+        const float *l = j->rows + (size_t)r * (size_t)j->n_vocab;
+        float mx = l[0];
+        int32_t am = 0;
+        for (int i = 1; i < j->n_vocab; i++)
+            if (l[i] > mx) {
+                mx = l[i];
+                am = i;
+            }
+        double sum = 0.0;
+        for (int i = 0; i < j->n_vocab; i++) sum += exp((double)(l[i] - mx));
+        j->out[r] = (float)((double)(l[j->targets[r]] - mx) - log(sum));
+        if (j->argmax) j->argmax[r] = am;
+    }
+}
+
+rk_status rk_session_logprobs(rk_session *s, const int32_t *tokens, int32_t n, float *out, int32_t *argmax_out) {
+    rk_status st = check_tokens(s, tokens, n, "rk_session_logprobs");
+    if (st) return st;
+    if (n > 1 && !out) return rk_fail(RK_ERR_ARG, "rk_session_logprobs: out is NULL");
+    const size_t d = (size_t)s->model->n_embd;
+    for (int32_t i = 0; i < n; i += s->n_batch) {
+        const int nb = n - i < s->n_batch ? n - i : s->n_batch;
+        rk_forward(s, tokens + i, nb);
+        /* row r of this batch is token i+r; it predicts token i+r+1, which exists for i+r < n-1 */
+        const int n_scored = i + nb <= n - 1 ? nb : n - 1 - i;
+        for (int r = 0; r < n_scored; r += RK_LOGIT_BLOCK) {
+            const int nr = n_scored - r < RK_LOGIT_BLOCK ? n_scored - r : RK_LOGIT_BLOCK;
+            rk_logits(s, s->xb + (size_t)r * d, nr, s->logit_rows);
+            lp_job j = {s->logit_rows, nr, s->model->n_vocab, tokens + i + r + 1, out + i + r,
+                        argmax_out ? argmax_out + i + r : NULL};
+            rk_pool_run(s->pool, logprob_task, &j);
+        }
+    }
+    return RK_OK;
+}
+
+rk_status rk_session_reset(rk_session *s) {
+    if (!s) return rk_fail(RK_ERR_ARG, "rk_session_reset: session is NULL");
+    rk_kv_clear(&s->kv);
+    s->n_past = 0;
+    return RK_OK;
+}
+
+int32_t rk_session_n_past(const rk_session *s) { return s ? s->n_past : 0; }
+int32_t rk_session_n_ctx(const rk_session *s) { return s ? s->n_ctx : 0; }
+int32_t rk_session_n_threads(const rk_session *s) { return s ? s->n_threads : 0; }
+size_t rk_session_kv_bytes_alloc(const rk_session *s) { return s ? rk_kv_bytes_alloc(&s->kv) : 0; }
+size_t rk_session_kv_bytes_used(const rk_session *s) { return s ? rk_kv_bytes_used(&s->kv) : 0; }

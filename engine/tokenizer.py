@@ -25,12 +25,14 @@ Two vocabulary families are supported, chosen by ``tokenizer.ggml.model``:
     prefixed to each raw-text fragment that starts the text or follows a special token
     (``tokenizer.ggml.add_space_prefix``), then adjacent symbols are greedily merged by highest
     vocabulary score (ties: leftmost first), and pieces that are not tokens fall back to
-    ``<0xXX>`` byte tokens.  The ``sentencepiece`` library is *not* used: its encoder differs
-    from llama.cpp's where it matters for parity (it matches user-defined pieces inside the
-    text instead of splitting them out first, it never merges into unused pieces, it adds the
-    dummy prefix once per call instead of once per fragment after a special token, and it has
-    no counterpart of ``parse_special``); building its ModelProto would also need protobuf.
-    The tests check the port against llama.cpp on a vocabulary trained with sentencepiece.
+    ``<0xXX>`` byte tokens.  The ``sentencepiece`` library is *not* used, although on plain
+    text it agrees with llama.cpp: it differs wherever special pieces are involved.  It matches
+    user-defined pieces inside the (escaped) text, llama.cpp splits them out of the raw text
+    first; with a user-defined ``▁▁▁▁``, for instance, sentencepiece encodes four spaces as that
+    piece and llama.cpp as ``▁▁▁`` + ``▁word``.  It adds the dummy prefix once per call,
+    llama.cpp once per text fragment following a special token.  It has no counterpart of
+    ``parse_special``.  Building its ModelProto from GGUF data would also need protobuf.
+    The tests check the port against llama.cpp on vocabularies trained with sentencepiece.
 
 Special and control tokens are split out of the text first, exactly as llama.cpp's
 ``tokenizer_st_partition`` does (longest token text first; with ``parse_special=False`` only
@@ -45,7 +47,12 @@ leaves unspecified are made deterministic here: special tokens of equal text len
 in id order (llama.cpp uses an unstable sort), and when a vocabulary holds several candidate
 texts for one auto-detected special token (EOT, FIM, ...), the lowest id wins (llama.cpp takes
 whichever its hash map yields first).  The ids produced from text are unaffected by either
-except in contrived vocabularies.
+except in contrived vocabularies.  The Unicode tables are exact (Unicode 15.1, as llama.cpp)
+when Python's unicodedata is version 14.0, 15.0, 15.1 or 16.0 (Python 3.11 to 3.14); with
+another version only characters assigned or recategorised between it and 15.1 may split
+differently.  ``from_gguf`` spends most of its time (3 s or more for a 49k vocabulary) in
+``gguf.GGUFReader``, which parses every array element; pass an open reader or a metadata
+mapping to share that work with the model loader.
 """
 
 from __future__ import annotations

@@ -79,11 +79,18 @@ void rk_rmsnorm(float *y, const float *x, const float *weight, int n_rows, int n
 }
 
 void rk_rope_angles(float *cos_sin, int32_t pos, int n_rot, float base, float freq_scale, const float *freq_factors) {
+    /* float arithmetic in ggml's order (theta multiplied by theta_scale pair after pair):
+     * the angles then round exactly as llama.cpp's, and since the 8-bit activation
+     * quantisation downstream amplifies last-bit differences, that keeps our logits
+     * bit-close to llama.cpp's instead of drifting by ~1e-2. */
+    const float theta_scale = powf(base, -2.0f / (float)n_rot);
+    float theta = (float)pos;
     for (int i = 0; i < n_rot / 2; i++) {
-        double theta = (double)pos * freq_scale * pow((double)base, -2.0 * i / n_rot);
-        if (freq_factors) theta /= freq_factors[i];
-        cos_sin[2 * i] = (float)cos(theta);
-        cos_sin[2 * i + 1] = (float)sin(theta);
+        const float ff = freq_factors ? freq_factors[i] : 1.0f;
+        const float t = freq_scale * (theta / ff);
+        cos_sin[2 * i] = cosf(t);
+        cos_sin[2 * i + 1] = sinf(t);
+        theta *= theta_scale;
     }
 }
 

@@ -79,11 +79,8 @@ float rk_bf16_to_fp32(uint16_t h) { return u2f((uint32_t)h << 16); }
 
 /* roundf(): halves away from zero (Q8_0, Q8_1). Exact for |v| < 2^31, no libm. */
 static inline float round_away(float v) {
-    float t = (float)(int32_t)v;
-    const float r = v - t;
-    if (r >= 0.5f) t += 1.0f;
-    else if (r <= -0.5f) t -= 1.0f;
-    return t;
+    const float t = (float)(int32_t)v, r = v - t;
+    return t + (float)(r >= 0.5f) - (float)(r <= -0.5f);
 }
 
 /* nearest_int(): halves to even (Q8_K); valid for |v| < 2^22 */

@@ -226,15 +226,14 @@ static inline float q45_K_dot(int64_t n, const void *vw, const blk_q8_K *a, int 
     __m256 acc = _mm256_setzero_ps();
     __m128 accm = _mm_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; i++) {
-        /* the blocks agree up to scales; q5_K then has qh before qs */
-        const blk_q5_K *w5 = (const blk_q5_K *)vw + i;
-        const blk_q4_K *w4 = (const blk_q4_K *)vw + i;
-        const rk_half *dd = five ? &w5->d : &w4->d;
-        const uint8_t *scales = five ? w5->scales : w4->scales;
+        /* the layouts agree up to the scales; q5_K then has qh before qs */
+        const void *blk = (const uint8_t *)vw + i * (int64_t)(five ? sizeof(blk_q5_K) : sizeof(blk_q4_K));
+        const blk_q4_K *w4 = blk;
+        const blk_q5_K *w5 = blk;
         const uint8_t *q = five ? w5->qs : w4->qs;
         uint8_t sc[8], mn[8];
-        k_scale_min(scales, sc, mn);
-        const float d = a[i].d * h2f(dd[0]), dmin = -a[i].d * h2f(dd[1]);
+        k_scale_min(w4->scales, sc, mn);
+        const float d = a[i].d * h2f(w4->d), dmin = -a[i].d * h2f(w4->dmin);
         accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k_mins_dot(mn, a[i].bsums)), accm);
 
         const __m256i qh = five ? load256(w5->qh) : _mm256_setzero_si256();

@@ -36,12 +36,6 @@ def name(t):
     return FORMATS[t][0]
 
 
-def row_bytes(t, n):
-    _, blck, size = FORMATS[t]
-    assert n % blck == 0
-    return n // blck * size
-
-
 def _rows(t, data):
     return np.frombuffer(bytes(data), np.uint8).reshape(-1, FORMATS[t][2])
 

@@ -344,9 +344,10 @@ def collect():
 
 
 def test_scalar_and_avx2_paths_agree(tmp_path):
-    import engine
+    import engine._ffi as mod
     out = tmp_path / "scalar.npz"
-    path = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(engine.__file__))]
+    # the child imports the same engine package as this process, and this file
+    path = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(mod.__file__)))]
     code = f"import sys; sys.path[:0] = {path!r}; import numpy, test_quant; numpy.savez({str(out)!r}, **test_quant.collect())"
     env = dict(os.environ, RK_CPU="scalar")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)

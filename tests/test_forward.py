@@ -16,16 +16,17 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-# Per-format tolerances. Float weights use f32 activations and an f32 KV cache in
-# this test, so only float32 rounding separates us from the float64 reference
-# (1e-4). Quantised types multiply against activations quantised to 8 bits per
-# block of 32 (Q8_0/Q8_1) or 256 (Q8_K), as llama.cpp does: a relative error of
-# ~2^-8 per element, which after 2 layers and averaging stays around 1e-3..1e-2
-# of the logit scale; 3e-2 leaves room for the 4-5-bit formats (larger weights
-# amplify the activation rounding) while still catching any layout or scale bug
-# (those give O(1) errors).
-TOLERANCE = {"F32": 1e-4, "F16": 1e-4, "BF16": 1e-4, "Q8_0": 3e-2, "Q4_0": 3e-2, "Q4_1": 3e-2,
-             "Q5_0": 3e-2, "Q5_1": 3e-2, "Q4_K": 3e-2, "Q5_K": 3e-2, "Q6_K": 3e-2}
+# Per-format tolerances against the float64 reference. Float weights use f32
+# activations and an f32 KV cache in this test, so only float32 rounding separates
+# us from the reference (1e-4). Quantised types multiply against activations
+# quantised to 8 bits per block (Q8_0/Q8_1 per 32, Q8_K per 256), exactly as
+# llama.cpp does; measured on these tiny models, llama.cpp itself lands 1.7e-2 to
+# 3.3e-2 (max |diff| / max |logit|) from the float64 reference, so 5e-2 is the
+# bound here; layout or scale bugs give O(1) errors. The tight check of the
+# quantised paths is test_llamacpp_parity.py (same activation quantisation).
+QUANT_TOL = 5e-2
+TOLERANCE = {"F32": 1e-4, "F16": 1e-4, "BF16": 1e-4, "Q8_0": QUANT_TOL, "Q4_0": QUANT_TOL, "Q4_1": QUANT_TOL,
+             "Q5_0": QUANT_TOL, "Q5_1": QUANT_TOL, "Q4_K": QUANT_TOL, "Q5_K": QUANT_TOL, "Q6_K": QUANT_TOL}
 
 
 @pytest.mark.parametrize("wtype", list(TOLERANCE))

@@ -148,3 +148,10 @@ def test_missing_file(tmp_path):
 def test_directory_is_not_a_model(tmp_path):
     with pytest.raises(EngineError, match="not a regular file"):
         engine.Model(str(tmp_path))
+
+
+def test_gguf_v2_loads(tmp_path, good):
+    """GGUF v2 has v3's layout for little-endian files (v3 only added big-endian support)."""
+    m = load_bytes(tmp_path, good[:4] + struct.pack("<I", 2) + good[8:], "v2.gguf")
+    assert m.n_layers == 2
+    m.close()

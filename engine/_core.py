@@ -23,12 +23,31 @@ def _check(status: int) -> None:
 
 
 def _token_array(ids: Iterable[int], n_vocab: int) -> np.ndarray:
-    arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
+    if isinstance(ids, np.ndarray):
+        arr = ids
+    else:
+        try:
+            arr = np.asarray(list(ids))
+        except TypeError:
+            raise EngineError(f"token ids must be a 1-D sequence of integers, got {type(ids).__name__}") from None
     if arr.ndim != 1:
         raise EngineError(f"token ids must be a 1-D sequence, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+    if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
         raise EngineError(f"token ids must be integers, got dtype {arr.dtype}")
+    if arr.size and not np.can_cast(arr.dtype, np.int32):
+        # ids beyond int32 would wrap around to valid-looking ids in the cast below
+        i32 = np.iinfo(np.int32)
+        wide = arr > i32.max if arr.dtype.kind == "u" else (arr < i32.min) | (arr > i32.max)
+        if wide.any():
+            i = int(np.argmax(wide))
+            raise EngineError(f"token id {int(arr[i])} at index {i} is outside the vocabulary (0..{n_vocab - 1})")
     return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def _check_int(name: str, v, lo: int) -> None:
+    """v must be None or an int (not bool) in [lo, INT32_MAX]; the C structs hold int32_t."""
+    if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not lo <= v <= 2**31 - 1):
+        raise EngineError(f"{name} must be a positive integer below 2**31, got {v!r}")
 
 
 def has_cuda() -> bool:
@@ -50,10 +69,9 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, n_threads: Optional[int] = None, device: str = "cpu"):
         self.path = os.fspath(path)
-        if device not in _DEVICES:
+        if not isinstance(device, str) or device not in _DEVICES:
             raise EngineError(f"unknown device {device!r} (expected one of {sorted(_DEVICES)})")
-        if n_threads is not None and (not isinstance(n_threads, int) or n_threads <= 0):
-            raise EngineError(f"n_threads must be a positive integer, got {n_threads!r}")
+        _check_int("n_threads", n_threads, 1)
         params = ffi.new("rk_model_params *", lib.rk_model_default_params())
         params.n_threads = n_threads or 0
         params.device = _DEVICES[device]
@@ -117,9 +135,7 @@ class Model:
     # ---- sessions and generation ----
     def session(self, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, n_batch: int = 512,
                 kv_type: str = "f16") -> "Session":
-        s = Session(self, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, kv_type=kv_type)
-        self._sessions.add(s)
-        return s
+        return Session(self, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, kv_type=kv_type)
 
     def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
                  top_p: float = 0.95, seed: Optional[int] = None, stop: Optional[Sequence[str]] = None,
@@ -136,11 +152,10 @@ class Session:
 
     def __init__(self, model: Model, n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
                  n_batch: int = 512, kv_type: str = "f16"):
-        if kv_type not in _KV_TYPES:
+        if not isinstance(kv_type, str) or kv_type not in _KV_TYPES:
             raise EngineError(f"unknown kv_type {kv_type!r} (expected one of {sorted(_KV_TYPES)})")
         for name, v in (("n_ctx", n_ctx), ("n_threads", n_threads), ("n_batch", n_batch)):
-            if v is not None and (not isinstance(v, (int, np.integer)) or v <= 0):
-                raise EngineError(f"{name} must be a positive integer, got {v!r}")
+            _check_int(name, v, 1)
         params = ffi.new("rk_session_params *", lib.rk_session_default_params())
         params.n_ctx = n_ctx or 0
         params.n_threads = n_threads or 0
@@ -150,6 +165,7 @@ class Session:
         _check(lib.rk_session_init(out, model._handle(), params))
         self._ptr = ffi.gc(out[0], lib.rk_session_free)
         self.model = model  # keeps the weights alive as long as the session
+        model._sessions.add(self)  # model.close() closes it first (also when built as Session(model))
         self._n_vocab = model.n_vocab
 
     def _handle(self):
@@ -176,7 +192,7 @@ class Session:
 
     def eval(self, ids: Iterable[int], logits: Optional[str] = "last") -> Optional[np.ndarray]:
         """Appends tokens; returns logits of the last token ([n_vocab]), of all ([n, n_vocab]) or None."""
-        if logits not in _LOGITS:
+        if not (logits is None or isinstance(logits, str)) or logits not in _LOGITS:
             raise EngineError(f"logits must be 'last', 'all' or None, got {logits!r}")
         toks = _token_array(ids, self._n_vocab)
         h = self._handle()

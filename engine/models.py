@@ -88,10 +88,22 @@ def _log(msg: str) -> None:
     print(f"engine.models: {msg}", file=sys.stderr, flush=True)
 
 
+def _is_checkout(d: Path) -> bool:
+    py = d / "pyproject.toml"
+    return (d / "models").is_dir() and py.is_file() and 'name = "restkv-engine"' in py.read_text(errors="replace")
+
+
 def repo_root() -> Optional[Path]:
-    """The repository checkout holding this package, or None for an installed package."""
-    root = Path(__file__).resolve().parent.parent
-    return root if (root / ".git").exists() else None
+    """The restkv-engine checkout in use, or None.
+
+    The folder holding this package when it is a checkout; else the current
+    directory when it is one (an installed package run from the checkout, as the
+    README's commands do), so models land in the checkout's models/ either way.
+    """
+    for d in (Path(__file__).resolve().parent.parent, Path.cwd().resolve()):
+        if _is_checkout(d):
+            return d
+    return None
 
 
 def cache_dir() -> Path:

@@ -150,6 +150,61 @@ int32_t     rk_session_n_threads(const rk_session *session);
 size_t      rk_session_kv_bytes_alloc(const rk_session *session);  /* KV storage allocated */
 size_t      rk_session_kv_bytes_used(const rk_session *session);   /* KV storage holding live entries */
 
+/* ---- KV-cache eviction ----
+ * A session evicts per (layer, kv-head): each such buffer keeps its own set of
+ * tokens. The policy scores tokens; shared code protects sinks and the recent
+ * window, picks the top-scored rest and compacts the buffer.
+ *   prefix schedule:    nothing is evicted during eval; rk_session_compress()
+ *                       cuts every buffer to the budget once (SnapKV/ReST-KV
+ *                       semantics: the prefill's own outputs used the full cache).
+ *   streaming schedule: eval evicts whenever a buffer would exceed budget + slack,
+ *                       down to the budget, so memory stays bounded forever.
+ * Budget: a value in (0, 1] is a fraction (prefix: of the tokens cached when
+ * compressing; streaming: of n_ctx); a value >= 2 is a number of tokens. */
+typedef enum {
+    RK_SCHEDULE_PREFIX    = 0,
+    RK_SCHEDULE_STREAMING = 1
+} rk_schedule;
+
+typedef enum {
+    RK_POSITIONS_ORIGINAL = 0,  /* kept keys keep their RoPE positions; new tokens continue the text's positions */
+    RK_POSITIONS_SHIFT    = 1   /* kept keys re-rotated to positions 0..n-1; new tokens continue from n */
+} rk_positions;
+
+typedef struct {
+    char    policy[32];     /* "full", "streaming", "h2o", "tova", "snapkv", "pyramidkv", "adakv", "lacache", "restkv", "topk" */
+    float   budget;         /* see above; 1.0 = keep everything */
+    int32_t schedule;       /* rk_schedule */
+    int32_t positions;      /* rk_positions */
+    int32_t window;         /* observation window w: recent queries that score, recent keys kept (32) */
+    int32_t n_sink;         /* first tokens always kept by "streaming" and "lacache" (4) */
+    int32_t kernel;         /* pooling kernel of snapkv/pyramidkv/adakv, base kernel k0 of restkv (5) */
+    int32_t slack;          /* streaming schedule: evict when a buffer holds budget + slack (0 = every token) */
+    float   ema_alpha;      /* restkv: EMA coefficient over the window queries (0.3) */
+    float   aws_beta;       /* restkv: adaptive pooling scale (2000) */
+    float   pyramid_beta;   /* pyramidkv: budget schedule steepness (20) */
+    float   ada_floor;      /* adakv: share of each head's budget guaranteed to it (0.2) */
+    char    ada_base[16];   /* adakv: scores to allocate with, "snapkv" or "restkv" */
+    int32_t lacache_span;   /* lacache: ladder span S (16) */
+    int32_t lacache_overlap;/* lacache: ladder overlap O (0) */
+} rk_evict_params;
+
+rk_evict_params rk_evict_default_params(void);
+/* The i-th policy name (i from 0), NULL past the end. */
+const char *rk_policy_name(int32_t i);
+/* Sets the session's eviction policy (validated; the session is unchanged on error).
+ * The KV capacity stays n_ctx slots per (layer, kv-head). */
+rk_status   rk_session_set_evict(rk_session *session, const rk_evict_params *params);
+/* Prefix schedule: compresses every (layer, kv-head) buffer to the budget now, scoring
+ * with the last `window` evaluated tokens as observation queries. No-op at budget 1. */
+rk_status   rk_session_compress(rk_session *session);
+/* Tokens held by one (layer, kv-head) buffer, and their original positions
+ * (written to out, up to cap entries, in slot order). Returns -1 for bad indices. */
+int32_t     rk_session_kv_count(const rk_session *session, int32_t layer, int32_t kv_head);
+int32_t     rk_session_kv_positions(const rk_session *session, int32_t layer, int32_t kv_head, int32_t *out, int32_t cap);
+/* Position the next evaluated token gets (= n_past with original positions). */
+int32_t     rk_session_next_pos(const rk_session *session);
+
 /* ---- tensor-type utilities (block formats; used by tests and tools) ---- */
 const char *rk_type_name(int32_t type);               /* NULL if unknown */
 int32_t     rk_type_block_size(int32_t type);         /* elements per block; 0 if unknown */

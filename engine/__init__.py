@@ -8,6 +8,7 @@
 
 from ._core import Model, Session, cpu_features, has_cuda
 from .errors import EngineError
+from .eviction import Eviction, policies
 
-__all__ = ["Model", "Session", "EngineError", "has_cuda", "cpu_features"]
+__all__ = ["Model", "Session", "EngineError", "Eviction", "policies", "has_cuda", "cpu_features"]
 __version__ = "0.1.0"

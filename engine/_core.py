@@ -151,7 +151,7 @@ class Session:
     """One timeline over a model: its KV cache, scratch buffers and threads."""
 
     def __init__(self, model: Model, n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
-                 n_batch: int = 512, kv_type: str = "f16"):
+                 n_batch: int = 512, kv_type: str = "f16", eviction=None):
         if not isinstance(kv_type, str) or kv_type not in _KV_TYPES:
             raise EngineError(f"unknown kv_type {kv_type!r} (expected one of {sorted(_KV_TYPES)})")
         for name, v in (("n_ctx", n_ctx), ("n_threads", n_threads), ("n_batch", n_batch)):
@@ -219,5 +219,39 @@ class Session:
         return (out, am) if return_argmax else out
 
     def reset(self) -> None:
-        """Empties the KV cache."""
+        """Empties the KV cache (the eviction settings stay)."""
         _check(lib.rk_session_reset(self._handle()))
+
+    # ---- KV eviction ----
+    def set_eviction(self, eviction=None, **kwargs) -> "Eviction":
+        """Sets the eviction policy: an Eviction, a dict, or keyword arguments (see engine.eviction)."""
+        from .eviction import Eviction
+
+        if eviction is None:
+            eviction = Eviction(**kwargs)
+        elif isinstance(eviction, dict):
+            eviction = Eviction(**{**eviction, **kwargs})
+        elif kwargs:
+            raise EngineError("pass either an Eviction or keyword arguments, not both")
+        _check(lib.rk_session_set_evict(self._handle(), eviction.to_c()))
+        self.eviction = eviction
+        return eviction
+
+    def compress(self) -> None:
+        """Prefix schedule: compresses every (layer, kv-head) buffer to the budget now."""
+        _check(lib.rk_session_compress(self._handle()))
+
+    def kv_count(self, layer: int, kv_head: int) -> int:
+        n = int(lib.rk_session_kv_count(self._handle(), layer, kv_head))
+        if n < 0:
+            raise EngineError(f"no KV buffer for layer {layer}, kv-head {kv_head}")
+        return n
+
+    def kv_positions(self, layer: int, kv_head: int) -> np.ndarray:
+        """Original positions of the tokens one (layer, kv-head) buffer holds, in slot order."""
+        n = self.kv_count(layer, kv_head)
+        out = np.empty(n, dtype=np.int32)
+        lib.rk_session_kv_positions(self._handle(), layer, kv_head, ffi.from_buffer("int32_t[]", out), n)
+        return out
+
+    next_pos = property(lambda self: int(lib.rk_session_next_pos(self._handle())))

@@ -24,12 +24,19 @@ static void attention_task(void *ctx, int ith, int nth) {
     const rk_type_traits *kt = rk_get_type_traits(kv->type);
     const size_t row = (size_t)hd * kv->elt_size;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *scores = s->att_ws + (size_t)ith * (size_t)(s->n_ctx + hd);
+    float *scores = s->att_ws + (size_t)ith * (size_t)(2 * s->n_ctx + hd);
     float *vrow = scores + s->n_ctx;
     long b, e;
-    rk_split_range((long)j->n * m->n_heads, ith, nth, 1, &b, &e);
+    /* with accumulated statistics a thread owns whole heads (no two threads add to one slot) */
+    const int by_head = s->acc != NULL;
+    rk_split_range(by_head ? m->n_heads : (long)j->n * m->n_heads, ith, nth, 1, &b, &e);
+    if (by_head) {
+        b *= j->n;
+        e *= j->n;
+    }
     for (long job = b; job < e; job++) {
-        const int t = (int)(job / m->n_heads), h = (int)(job % m->n_heads), g = h / group;
+        const int t = by_head ? (int)(job % j->n) : (int)(job / m->n_heads);
+        const int h = by_head ? (int)(job / j->n) : (int)(job % m->n_heads), g = h / group;
         const int32_t p = j->pos0 + t;
         const float *q = s->q + (size_t)t * dq + (size_t)h * hd;
         float *out = s->att + (size_t)t * dq + (size_t)h * hd;
@@ -47,6 +54,7 @@ static void attention_task(void *ctx, int ith, int nth) {
             scores[sl] = d * scale;
             if (scores[sl] > mx) mx = scores[sl];
         }
+        if (s->topk || s->topk_frac > 0) rk_topk_mask(s->topk, s->topk_frac, scores, n_used, vrow + hd);
         double sum = 0.0;
         for (int32_t sl = 0; sl < n_used; sl++) {
             const float w = scores[sl] == -INFINITY ? 0.0f : expf(scores[sl] - mx);
@@ -55,6 +63,15 @@ static void attention_task(void *ctx, int ith, int nth) {
         }
         const float inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
         memset(out, 0, (size_t)hd * sizeof(float));
+        if (s->acc) {
+            float *acc = s->acc + ((size_t)j->il * m->n_heads + h) * (size_t)s->n_ctx;
+            float *cnt = s->acc_cnt + ((size_t)j->il * m->n_kv_heads + g) * (size_t)s->n_ctx;
+            for (int32_t sl = 0; sl < n_used; sl++) {
+                if (pos[sl] > p) continue;
+                acc[sl] += scores[sl] * inv;
+                if (h % group == 0) cnt[sl] += 1.0f;
+            }
+        }
         for (int32_t sl = 0; sl < n_used; sl++) {
             const float w = scores[sl] * inv;
             if (w == 0.0f) continue;

@@ -13,6 +13,15 @@ static void embed(const rk_session *s, const int32_t *tokens, int n) {
                      e->n_in);
 }
 
+/* a new slot's accumulated-attention statistics start at zero */
+static void zero_stats(rk_session *s, int il, int g) {
+    const rk_model *m = s->model;
+    const size_t C = (size_t)s->n_ctx, group = (size_t)(m->n_heads / m->n_kv_heads);
+    const int32_t sl = s->kv.n_used[rk_kv_head_index(&s->kv, il, g)] - 1;
+    for (size_t h = (size_t)g * group; h < ((size_t)g + 1) * group; h++) s->acc[((size_t)il * m->n_heads + h) * C + sl] = 0;
+    s->acc_cnt[((size_t)il * m->n_kv_heads + g) * C + sl] = 0;
+}
+
 static void add_rows(float *x, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
@@ -20,7 +29,7 @@ static void add_rows(float *x, const float *y, size_t n) {
 void rk_forward(rk_session *s, const int32_t *tokens, int n) {
     const rk_model *m = s->model;
     const int d = m->n_embd, hd = m->head_dim, dq = m->n_heads * hd, dkv = m->n_kv_heads * hd;
-    const int32_t pos0 = s->n_past;
+    const int32_t pos0 = s->next_pos;
 
     embed(s, tokens, n);
     for (int t = 0; t < n; t++)
@@ -43,9 +52,12 @@ void rk_forward(rk_session *s, const int32_t *tokens, int n) {
             float *kt = s->k + (size_t)t * dkv, *vt = s->v + (size_t)t * dkv;
             rk_rope_apply(s->q + (size_t)t * dq, m->n_heads, hd, m->n_rot, cs);
             rk_rope_apply(kt, m->n_kv_heads, hd, m->n_rot, cs);
-            for (int h = 0; h < m->n_kv_heads; h++)
+            for (int h = 0; h < m->n_kv_heads; h++) {
                 rk_kv_append(&s->kv, il, h, pos0 + t, kt + (size_t)h * hd, vt + (size_t)h * hd);
+                if (s->acc) zero_stats(s, il, h);
+            }
         }
+        rk_evict_record_queries(s, il, s->q, n, pos0);
         rk_attention(s, il, n, pos0);
         const rk_weight *wo = &L->wo;
         rk_matmul(s->pool, s->att, n, &wo, &s->proj, 1, s->act);
@@ -67,6 +79,7 @@ void rk_forward(rk_session *s, const int32_t *tokens, int n) {
     }
     rk_rmsnorm(s->xb, s->x, m->output_norm, n, d, m->rms_eps);
     s->n_past += n;
+    s->next_pos += n;
 }
 
 void rk_logits(rk_session *s, const float *hidden, int n_rows, float *logits) {

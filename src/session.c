@@ -43,7 +43,7 @@ static rk_status alloc_scratch(rk_session *s) {
     s->hb = malloc(nb * ff * sizeof(float));
     s->hb2 = malloc(nb * ff * sizeof(float));
     s->cos_sin = malloc(nb * (size_t)m->n_rot * sizeof(float));
-    s->att_ws = malloc((size_t)s->n_threads * ((size_t)s->n_ctx + (size_t)m->head_dim) * sizeof(float));
+    s->att_ws = malloc((size_t)s->n_threads * (2 * (size_t)s->n_ctx + (size_t)m->head_dim) * sizeof(float));
     s->logit_rows = malloc((size_t)RK_LOGIT_BLOCK * (size_t)m->n_vocab * sizeof(float));
     s->act = malloc(act);
     if (!s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->proj || !s->hb || !s->hb2 || !s->cos_sin ||
@@ -74,6 +74,10 @@ rk_status rk_session_init(rk_session **out, rk_model *model, const rk_session_pa
     if (!st) st = alloc_scratch(s);
     if (!st && !(s->pool = rk_pool_create(s->n_threads)))
         st = rk_fail(RK_ERR_OOM, "cannot start %d threads", s->n_threads);
+    if (!st) {
+        rk_evict_params ep = rk_evict_default_params();
+        st = rk_session_set_evict(s, &ep);
+    }
     if (st) {
         rk_session_free(s);
         return st;
@@ -85,6 +89,7 @@ rk_status rk_session_init(rk_session **out, rk_model *model, const rk_session_pa
 void rk_session_free(rk_session *s) {
     if (!s) return;
     rk_pool_free(s->pool);
+    rk_evict_free(s);
     rk_kv_free(&s->kv);
     free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att); free(s->proj);
     free(s->hb); free(s->hb2); free(s->cos_sin); free(s->att_ws); free(s->logit_rows); free(s->act);
@@ -99,10 +104,18 @@ static rk_status check_tokens(const rk_session *s, const int32_t *tokens, int32_
         if (tokens[i] < 0 || tokens[i] >= s->model->n_vocab)
             return rk_fail(RK_ERR_ARG, "%s: token id %d at index %d is outside the vocabulary (0..%d)", fn,
                            tokens[i], i, s->model->n_vocab - 1);
-    if ((int64_t)s->n_past + n > s->n_ctx)
-        return rk_fail(RK_ERR_CTX_FULL, "%s: %d tokens do not fit: %d of the session's %d positions are used", fn,
-                       n, s->n_past, s->n_ctx);
-    return RK_OK;
+    const int32_t used = rk_evict_max_used(s);
+    if (rk_evict_streaming(s) || (int64_t)used + n <= s->n_ctx) return RK_OK; /* streaming evicts as it goes */
+    return rk_fail(RK_ERR_CTX_FULL, "%s: %d tokens do not fit: %d of the session's %d KV slots are used", fn, n,
+                   used, s->n_ctx);
+}
+
+/* tokens of the next forward: at most n_batch, and no more than the cache (or the
+ * streaming schedule's budget + slack) has room for */
+static int next_batch(const rk_session *s, int32_t left) {
+    int32_t nb = left < s->n_batch ? left : s->n_batch;
+    int32_t room = rk_evict_room(s);
+    return nb < room ? nb : room;
 }
 
 rk_status rk_session_eval(rk_session *s, const int32_t *tokens, int32_t n, float *logits, int32_t mode) {
@@ -112,14 +125,15 @@ rk_status rk_session_eval(rk_session *s, const int32_t *tokens, int32_t n, float
         return rk_fail(RK_ERR_ARG, "rk_session_eval: unknown logits mode %d", mode);
     if (mode != RK_LOGITS_NONE && !logits) return rk_fail(RK_ERR_ARG, "rk_session_eval: logits buffer is NULL");
     const size_t nv = (size_t)s->model->n_vocab, d = (size_t)s->model->n_embd;
-    for (int32_t i = 0; i < n; i += s->n_batch) {
-        const int nb = n - i < s->n_batch ? n - i : s->n_batch;
+    for (int32_t i = 0, nb; i < n; i += nb) {
+        nb = next_batch(s, n - i);
         rk_forward(s, tokens + i, nb);
         if (mode == RK_LOGITS_ALL) {
             rk_logits(s, s->xb, nb, logits + (size_t)i * nv);
         } else if (mode == RK_LOGITS_LAST && i + nb == n) {
             rk_logits(s, s->xb + (size_t)(nb - 1) * d, 1, logits);
         }
+        rk_evict_after_forward(s);
     }
     return RK_OK;
 }
@@ -158,8 +172,8 @@ rk_status rk_session_logprobs(rk_session *s, const int32_t *tokens, int32_t n, f
     if (st) return st;
     if (n > 1 && !out) return rk_fail(RK_ERR_ARG, "rk_session_logprobs: out is NULL");
     const size_t d = (size_t)s->model->n_embd;
-    for (int32_t i = 0; i < n; i += s->n_batch) {
-        const int nb = n - i < s->n_batch ? n - i : s->n_batch;
+    for (int32_t i = 0, nb; i < n; i += nb) {
+        nb = next_batch(s, n - i);
         rk_forward(s, tokens + i, nb);
         /* row r of this batch is token i+r; it predicts token i+r+1, which exists for i+r < n-1 */
         const int n_scored = i + nb <= n - 1 ? nb : n - 1 - i;
@@ -170,6 +184,7 @@ rk_status rk_session_logprobs(rk_session *s, const int32_t *tokens, int32_t n, f
                         argmax_out ? argmax_out + i + r : NULL};
             rk_pool_run(s->pool, logprob_task, &j);
         }
+        rk_evict_after_forward(s);
     }
     return RK_OK;
 }
@@ -178,6 +193,8 @@ rk_status rk_session_reset(rk_session *s) {
     if (!s) return rk_fail(RK_ERR_ARG, "rk_session_reset: session is NULL");
     rk_kv_clear(&s->kv);
     s->n_past = 0;
+    s->next_pos = 0;
+    s->q_win_n = s->q_win_head = 0;
     return RK_OK;
 }
 

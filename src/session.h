@@ -4,6 +4,7 @@
 
 #include "kv.h"
 #include "model.h"
+#include "policy.h"
 #include "threadpool.h"
 
 struct rk_session {
@@ -21,9 +22,31 @@ struct rk_session {
     float    *proj;     /* [n_batch][n_embd] output of attn_output / ffn_down */
     float    *hb, *hb2; /* [n_batch][n_ff] */
     float    *cos_sin;  /* [n_batch][n_rot] */
-    float    *att_ws;   /* [n_threads][n_ctx + head_dim] per-thread scores and a V row */
+    float    *att_ws;   /* [n_threads][2 n_ctx + head_dim] per-thread scores, a V row, top-k scratch */
     float    *logit_rows; /* [RK_LOGIT_BLOCK][n_vocab] */
     void     *act;      /* quantised activations for rk_matmul */
+
+    /* KV eviction (evict.c) */
+    rk_evict_params    evict;
+    const rk_policy_i *policy;     /* NULL = no eviction configured ("full") */
+    int32_t   next_pos;            /* position of the next token (differs from n_past after a shift) */
+    int32_t   topk;                /* "topk" sparse attention: > 0 = keep this many keys per query; */
+    float     topk_frac;           /*   or this fraction of the visible keys (when topk == 0) */
+    /* the last `window` evaluated tokens' post-RoPE queries, a ring per layer */
+    int32_t   win;                 /* ring size (evict.window), 0 = not kept */
+    float    *q_win;               /* [n_layers][win][n_heads*head_dim] */
+    int32_t  *q_win_pos;           /* [win] */
+    int32_t   q_win_head, q_win_n; /* next ring slot, valid entries */
+    /* RK_NEED_ACC statistics, moved along with their slots on compaction */
+    float    *acc;                 /* [n_layers][n_heads][n_ctx] attention received */
+    float    *acc_cnt;             /* [n_layers][n_kv_heads][n_ctx] queries that saw the slot */
+    /* scratch of compression */
+    float    *ev_kv;               /* [2][n_kv_heads][n_ctx][head_dim] f32 keys and values of one layer */
+    float    *ev_attn;             /* [n_heads][win][n_ctx] window attention */
+    float    *ev_scores;           /* [n_kv_heads][n_ctx] */
+    int32_t  *ev_idx;              /* [n_ctx] */
+    uint8_t  *ev_keep;             /* [n_ctx] */
+    float    *ev_qwin;             /* [win][n_heads*head_dim] window queries, oldest first */
 };
 
 #define RK_LOGIT_BLOCK 32
@@ -32,6 +55,18 @@ struct rk_session {
  * appending their K/V to the cache; leaves the final-normed hidden states in
  * s->xb. The caller has validated tokens and capacity. */
 void rk_forward(rk_session *s, const int32_t *tokens, int n);
+
+/* evict.c: the streaming schedule's bookkeeping around eval */
+int32_t   rk_evict_max_used(const rk_session *s);
+/* tokens the next forward may take without passing budget + slack (streaming schedule), or the free slots */
+int32_t   rk_evict_room(const rk_session *s);
+/* after a forward: evict down to the budget where a buffer holds more than budget + slack */
+void      rk_evict_after_forward(rk_session *s);
+/* records the queries of a forward's tokens (called by rk_forward per layer) */
+void      rk_evict_record_queries(rk_session *s, int il, const float *q, int n, int32_t pos0);
+/* 1 when the streaming schedule is evicting (eval then never runs out of slots) */
+int       rk_evict_streaming(const rk_session *s);
+void      rk_evict_free(rk_session *s);
 
 /* logits[r][:] for rows hidden[r] (r < n_rows <= RK_LOGIT_BLOCK or n_batch) */
 void rk_logits(rk_session *s, const float *hidden, int n_rows, float *logits);

@@ -92,7 +92,9 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def forward(m: GGUFModel, tokens: Sequence[int]) -> np.ndarray:
+def forward(m: GGUFModel, tokens: Sequence[int], capture: dict | None = None) -> np.ndarray:
+    """Logits; with `capture` a dict, also stores per layer the post-RoPE q [n, n_head, d],
+    k and v [n, n_head_kv, d] (lists indexed by layer) and W_o [n_embd, n_head*d]."""
     n = len(tokens)
     pos = np.arange(n, dtype=np.float64)
     ff = m.weight("rope_freqs.weight") if "rope_freqs.weight" in m.tensors else None
@@ -107,6 +109,9 @@ def forward(m: GGUFModel, tokens: Sequence[int]) -> np.ndarray:
         k = (h @ m.weight(p + "attn_k.weight").T).reshape(n, m.n_head_kv, m.head_dim)
         v = (h @ m.weight(p + "attn_v.weight").T).reshape(n, m.n_head_kv, m.head_dim)
         q, k = rope(q, pos, m, ff), rope(k, pos, m, ff)
+        if capture is not None:
+            for name, val in (("q", q), ("k", k), ("v", v), ("wo", m.weight(p + "attn_output.weight"))):
+                capture.setdefault(name, []).append(val)
         attn = np.empty((n, m.n_head, m.head_dim))
         for hq in range(m.n_head):
             hk = hq // group
@@ -123,12 +128,12 @@ def forward(m: GGUFModel, tokens: Sequence[int]) -> np.ndarray:
     return x @ m.weight(out_name).T                                     # [n, n_vocab]
 
 
-def reference_logits(path, tokens: Sequence[int]) -> np.ndarray:
-    """Logits [len(tokens), n_vocab] (float64) for tokens at positions 0..n-1."""
+def reference_logits(path, tokens: Sequence[int], capture: dict | None = None) -> np.ndarray:
+    """Logits [len(tokens), n_vocab] (float64) for tokens at positions 0..n-1 (see forward for capture)."""
     tokens = [int(t) for t in tokens]
     if not tokens:
         raise ValueError("need at least one token")
-    return forward(GGUFModel(path), tokens)
+    return forward(GGUFModel(path), tokens, capture)
 
 
 if __name__ == "__main__":

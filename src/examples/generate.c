@@ -8,6 +8,7 @@
  * Text -> ids is the Python package's job (engine.Model.tokenize); e.g.
  *   python -c "import engine; print(*engine.Model('m.gguf').tokenize('Once upon a time'))"
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,16 @@ static int sample(const float *logits, int n_vocab, float temp, unsigned *rng) {
     return best;
 }
 
+/* A whole decimal integer in [lo, hi], or 0 (and nothing stored). */
+static int parse_int(const char *s, long lo, long hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return 0;
+    *out = (int)v;
+    return 1;
+}
+
 static void print_piece(const rk_model *m, int id) {
     char buf[256];
     int n = rk_model_token_piece(m, id, buf, sizeof buf, 0);
@@ -50,11 +61,18 @@ int main(int argc, char **argv) {
     int32_t prompt[4096];
     int n_prompt = 0;
     for (int i = 2; i < argc; i++) {
-        if (!strcmp(argv[i], "-n") && i + 1 < argc) n_gen = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "-t") && i + 1 < argc) n_threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--temp") && i + 1 < argc) temp = (float)atof(argv[++i]);
-        else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = (unsigned)atoi(argv[++i]);
-        else if (n_prompt < 4096) prompt[n_prompt++] = atoi(argv[i]);
+        const char *arg = argv[i], *val = i + 1 < argc ? argv[i + 1] : "";
+        int ok, v = 0;
+        if (!strcmp(arg, "-n")) ok = parse_int(val, 0, 1 << 24, &n_gen), i++;
+        else if (!strcmp(arg, "-t")) ok = parse_int(val, 0, 1024, &n_threads), i++;
+        else if (!strcmp(arg, "--temp")) ok = (temp = (float)atof(val)) >= 0, i++;
+        else if (!strcmp(arg, "--seed")) ok = parse_int(val, 0, 0x7fffffff, &v), seed = (unsigned)v, i++;
+        else if ((ok = n_prompt < 4096 && parse_int(arg, -0x7fffffff - 1, 0x7fffffff, &v))) prompt[n_prompt++] = v;
+        if (!ok) { /* token ids are checked by the library (rk_session_eval) */
+            fprintf(stderr, "error: bad argument '%s%s%s' (see --help)\n", arg, arg[0] == '-' ? " " : "",
+                    arg[0] == '-' ? val : "");
+            return 2;
+        }
     }
 
     rk_model *model = NULL;

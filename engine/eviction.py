@@ -1,0 +1,78 @@
+"""KV-cache eviction settings: a description only; the C core does the work.
+
+    s = model.session(n_ctx=2048)
+    s.set_eviction(policy="snapkv", budget=0.1)      # prefix schedule: compress on demand
+    s.eval(prompt, logits=None); s.compress()
+    s.set_eviction(Eviction(policy="restkv", budget=256, schedule="streaming", slack=32))
+
+See src/restkv.h (rk_evict_params) for what each field means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Union
+
+from ._ffi import ffi, lib
+from .errors import EngineError
+
+SCHEDULES = {"prefix": lib.RK_SCHEDULE_PREFIX, "streaming": lib.RK_SCHEDULE_STREAMING}
+POSITIONS = {"original": lib.RK_POSITIONS_ORIGINAL, "shift": lib.RK_POSITIONS_SHIFT}
+
+
+def policies() -> list[str]:
+    """Names of the eviction policies this build knows."""
+    out, i = [], 0
+    while (p := lib.rk_policy_name(i)) != ffi.NULL:
+        out.append(ffi.string(p).decode())
+        i += 1
+    return out
+
+
+@dataclass
+class Eviction:
+    policy: str = "full"
+    budget: float = 1.0          # (0, 1]: fraction kept per (layer, kv-head); >= 2: tokens kept
+    schedule: str = "prefix"     # "prefix" (compress on demand) or "streaming" (evict as tokens arrive)
+    positions: str = "original"  # "original" RoPE positions, or "shift" to contiguous ones
+    window: int = 32
+    n_sink: int = 4
+    kernel: int = 5
+    slack: int = 0
+    ema_alpha: float = 0.3
+    aws_beta: float = 2000.0
+    pyramid_beta: float = 20.0
+    ada_floor: float = 0.2
+    ada_base: str = "snapkv"
+    lacache_span: int = 16
+    lacache_overlap: int = 0
+
+    def to_c(self):
+        if self.schedule not in SCHEDULES:
+            raise EngineError(f"unknown schedule {self.schedule!r} (expected one of {sorted(SCHEDULES)})")
+        if self.positions not in POSITIONS:
+            raise EngineError(f"unknown positions {self.positions!r} (expected one of {sorted(POSITIONS)})")
+        p = ffi.new("rk_evict_params *", lib.rk_evict_default_params())
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "schedule":
+                p.schedule = SCHEDULES[v]
+            elif f.name == "positions":
+                p.positions = POSITIONS[v]
+            elif f.name in ("policy", "ada_base"):
+                b = str(v).encode()
+                if len(b) >= len(getattr(p, f.name)):
+                    raise EngineError(f"{f.name} {v!r} is too long")
+                setattr(p, f.name, b)
+            else:
+                try:
+                    setattr(p, f.name, v)
+                except (TypeError, OverflowError) as e:
+                    raise EngineError(f"{f.name}={v!r}: {e}") from None
+        return p
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+EvictionLike = Union[Eviction, dict, None]

@@ -1,0 +1,11 @@
+/* pyramidkv.c: placeholder until the policy lands (scoring fails with a clear message). */
+#include "../error.h"
+#include "../policy.h"
+
+static rk_status score(const rk_policy_view *v, float *scores) {
+    (void)v;
+    (void)scores;
+    return rk_fail(RK_ERR_UNSUPPORTED, "policy 'pyramidkv' is not implemented yet");
+}
+
+const rk_policy_i rk_policy_pyramidkv = {"pyramidkv", 0, 0, 0, 0, score, NULL};

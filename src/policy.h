@@ -66,6 +66,10 @@ typedef struct {
  * setting the others to -inf. `tmp` has n_used floats. */
 void rk_topk_mask(int32_t topk, float topk_frac, float *scores, int32_t n_used, float *tmp);
 
+/* Shared scorers that several policies build on (defined in snapkv.c and restkv.c). */
+rk_status rk_snapkv_scores(const rk_policy_view *v, float *scores);
+rk_status rk_restkv_scores(const rk_policy_view *v, float *scores);
+
 /* registry.c */
 const rk_policy_i *rk_policy_find(const char *name);
 

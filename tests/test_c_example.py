@@ -127,6 +127,22 @@ def test_bad_token_id(generate_exe, tiny_gguf):
     assert "error: " in err and "99999" in err
 
 
+@pytest.mark.parametrize("args", [["-n", "abc"], ["-n"], ["-n", "-3"], ["--temp", "x"], ["--temp", "-1"],
+                                  ["--seed"], ["1", "2x"], ["1.5"]])
+def test_bad_command_line(generate_exe, tiny_gguf, args):
+    r = run(generate_exe, tiny_gguf(), *args)
+    assert r.returncode == 2
+    assert r.stderr.decode().startswith("error: bad argument")
+    assert r.stdout == b""
+
+
+def test_library_errors_reported(generate_exe, tiny_gguf):
+    r = run(generate_exe, tiny_gguf(), "-t", 100000, 1)
+    assert r.returncode == 1 and "error: n_threads 100000" in r.stderr.decode()
+    r = run(generate_exe, tiny_gguf(), "-n", 2, -1)  # a token id only the library rejects
+    assert r.returncode == 1 and "token id -1" in r.stderr.decode()
+
+
 def test_usage(generate_exe):
     r = run(generate_exe)
     assert r.returncode == 2 and b"usage" in r.stderr

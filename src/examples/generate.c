@@ -42,6 +42,15 @@ static int parse_int(const char *s, long lo, long hi, int *out) {
     return 1;
 }
 
+/* A finite number >= 0 (e.g. "0.8"), or 0 (and nothing stored). */
+static int parse_float(const char *s, float *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end || !(v >= 0 && v < 1e30)) return 0;
+    *out = (float)v;
+    return 1;
+}
+
 static void print_piece(const rk_model *m, int id) {
     char buf[256];
     int n = rk_model_token_piece(m, id, buf, sizeof buf, 0);
@@ -64,8 +73,8 @@ int main(int argc, char **argv) {
         const char *arg = argv[i], *val = i + 1 < argc ? argv[i + 1] : "";
         int ok, v = 0;
         if (!strcmp(arg, "-n")) ok = parse_int(val, 0, 1 << 24, &n_gen), i++;
-        else if (!strcmp(arg, "-t")) ok = parse_int(val, 0, 1024, &n_threads), i++;
-        else if (!strcmp(arg, "--temp")) ok = (temp = (float)atof(val)) >= 0, i++;
+        else if (!strcmp(arg, "-t")) ok = parse_int(val, 0, 0x7fffffff, &n_threads), i++; /* the library checks it */
+        else if (!strcmp(arg, "--temp")) ok = parse_float(val, &temp), i++;
         else if (!strcmp(arg, "--seed")) ok = parse_int(val, 0, 0x7fffffff, &v), seed = (unsigned)v, i++;
         else if ((ok = n_prompt < 4096 && parse_int(arg, -0x7fffffff - 1, 0x7fffffff, &v))) prompt[n_prompt++] = v;
         if (!ok) { /* token ids are checked by the library (rk_session_eval) */

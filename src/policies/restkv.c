@@ -9,3 +9,5 @@ static rk_status score(const rk_policy_view *v, float *scores) {
 }
 
 const rk_policy_i rk_policy_restkv = {"restkv", 0, 0, 0, 0, score, NULL};
+
+rk_status rk_restkv_scores(const rk_policy_view *v, float *scores) { return score(v, scores); }

@@ -134,8 +134,10 @@ class Model:
 
     # ---- sessions and generation ----
     def session(self, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, n_batch: int = 512,
-                kv_type: str = "f16") -> "Session":
-        return Session(self, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, kv_type=kv_type)
+                kv_type: str = "f16", eviction=None) -> "Session":
+        """A new session (KV cache + scratch); `eviction`: an engine.Eviction or a dict of its fields."""
+        return Session(self, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, kv_type=kv_type,
+                       eviction=eviction)
 
     def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
                  top_p: float = 0.95, seed: Optional[int] = None, stop: Optional[Sequence[str]] = None,
@@ -167,6 +169,9 @@ class Session:
         self.model = model  # keeps the weights alive as long as the session
         model._sessions.add(self)  # model.close() closes it first (also when built as Session(model))
         self._n_vocab = model.n_vocab
+        self.eviction = None
+        if eviction is not None:
+            self.set_eviction(eviction)
 
     def _handle(self):
         if self._ptr is None:

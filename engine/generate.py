@@ -32,8 +32,8 @@ def _validate(max_tokens, temperature, top_k, top_p):
         raise EngineError(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
     if not temperature >= 0:  # also rejects NaN
         raise EngineError(f"temperature must be >= 0, got {temperature}")
-    if top_k < 0:
-        raise EngineError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise EngineError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     if not 0 < top_p <= 1:
         raise EngineError(f"top_p must be in (0, 1], got {top_p}")
 

@@ -1,13 +1,31 @@
-"""Perplexity of a GGUF model on a text file, with llama-perplexity's protocol.
+"""Perplexity of a GGUF model on a text file, with llama-perplexity's protocol and a compressed KV cache.
 
     python -m engine.perplexity --gguf model.gguf -f wiki.test.raw [--ctx 512] [--chunks N]
+    python -m engine.perplexity --gguf model.gguf --budget 0.1 --policy snapkv [--protocol prefix|streaming]
+    python -m engine.perplexity --gguf model.gguf --dataset lambada [--data FILE] [--limit N] \
+        --budget 0.1 --policy snapkv
 
-Protocol (llama.cpp tools/perplexity, kept exactly so the figures compare):
-the whole file is tokenised at once (BOS added only if the vocabulary asks for
-it); it is cut into non-overlapping chunks of n_ctx tokens (the remainder is
-dropped); each chunk starts from an empty cache, its first token replaced by
-BOS when the vocabulary adds BOS; the logits at positions n_ctx/2 .. n_ctx-2
-score the next token, i.e. n_ctx - n_ctx/2 - 1 predictions per chunk.
+Full cache (--budget 1, the default), llama.cpp tools/perplexity's protocol, kept exactly so the
+figures compare: the whole file is tokenised at once (BOS added only if the vocabulary asks for
+it); it is cut into non-overlapping chunks of n_ctx tokens (the remainder is dropped); each chunk
+starts from an empty cache, its first token replaced by BOS when the vocabulary adds BOS; the
+logits at positions n_ctx/2 .. n_ctx-2 score the next token, i.e. n_ctx - n_ctx/2 - 1 predictions
+per chunk.
+
+Compressed cache, protocol "prefix" (the default): the same chunks; the first half of each chunk is
+prefilled (with the full cache, as SnapKV-style methods do) and then compressed to the budget by the
+policy (prefix schedule; a budget in (0, 1] is a fraction of the half, a budget >= 2 a number of
+tokens); the second half is evaluated on top of the compressed cache, its positions continuing from
+the true prefix length (--positions original) and scored exactly as above. At budget 1 nothing is
+evicted and the figures are llama-perplexity's, bit for bit.
+
+Protocol "streaming": the whole text (the first --chunks x n_ctx tokens with --chunks) flows through
+one cache held at budget x n_ctx tokens (budget >= 2: that many tokens) by the policy's streaming
+schedule: a session of budget + slack + 1 KV slots, so memory really is bounded; a buffer is cut
+back to the budget whenever it would exceed budget + slack (--slack 0: every token). The first
+n_ctx tokens warm the cache up; every token after them is scored: len(tokens) - n_ctx predictions.
+
+LAMBADA (--dataset lambada): see engine.lambada.
 """
 
 from __future__ import annotations
@@ -18,12 +36,18 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Optional
 
 import numpy as np
 
 from .errors import EngineError
+
+PROTOCOLS = ("prefix", "streaming")
+# policies that never evict (full keeps everything; topk masks attention but keeps every entry)
+NON_EVICTING = ("full", "topk")
+# tokens per eval call of the streaming protocol: [piece, n_vocab] float32 logits at a time
+STREAM_PIECE = 128
 
 
 @dataclass
@@ -42,6 +66,150 @@ class PerplexityResult:
     text: str = ""
     threads: int = 0
     kv_bytes_peak: int = 0
+    # --- compressed-cache figures ---
+    dataset: str = "wikitext"
+    data: str = ""                 # the data file (same as `text`)
+    policy: str = "full"
+    protocol: str = "prefix"
+    eviction: dict = field(default_factory=dict)  # every engine.eviction.Eviction field, as set
+    budget_tokens: int = 0         # prefix: entries kept per buffer per chunk; streaming: the cache size
+    kv_bytes_mean: float = 0.0     # prefix: after each compression; streaming: after each piece
+    kv_bytes_alloc: int = 0        # KV storage the session allocated
+    kv_bytes_full: float = 0.0     # what the full cache holds at the same points (prefix: the prefill;
+                                   # streaming: n_ctx tokens)
+    n_tokens_evaluated: int = 0
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def check_policy(policy: str) -> str:
+    from .eviction import policies
+
+    known = policies()
+    if policy not in known:
+        raise EngineError(f"unknown policy {policy!r} (known: {', '.join(known)})")
+    return policy
+
+
+def check_budget(budget) -> float:
+    """(0, 1]: a fraction of the entries; an integer >= 2: a number of tokens."""
+    try:
+        b = float(budget)
+    except (TypeError, ValueError):
+        raise EngineError(f"--budget {budget!r} is not a number") from None
+    if not math.isfinite(b) or b <= 0:
+        raise EngineError(f"--budget {budget}: must be > 0 (a fraction in (0, 1] or a token count >= 2)")
+    if 1 < b < 2:
+        raise EngineError(f"--budget {budget:g}: between 1 and 2 is neither a fraction in (0, 1] "
+                          "nor a token count >= 2")
+    if b >= 2 and b != int(b):
+        raise EngineError(f"--budget {budget:g}: a budget above 1 is a token count and must be an integer >= 2")
+    return b
+
+
+def budget_tokens(budget: float, n: int) -> int:
+    """Entries kept out of n for a budget, as the C core counts them (floor, at least 1)."""
+    if budget > 1:
+        return int(budget)
+    return max(1, int(budget * n + 1e-4))
+
+
+def make_eviction(policy: str = "full", budget: float = 1.0, **params):
+    """An engine.eviction.Eviction, with the policy and budget checked (clear errors)."""
+    from .eviction import Eviction
+
+    check_policy(policy)
+    b = check_budget(budget)
+    names = {f.name for f in fields(Eviction)}
+    bad = sorted(set(params) - names)
+    if bad:
+        raise EngineError(f"unknown eviction parameter(s) {', '.join(bad)}")
+    return Eviction(policy=policy, budget=b, **params)
+
+
+def _as_eviction(eviction):
+    from .eviction import Eviction
+
+    if eviction is None or isinstance(eviction, Eviction):
+        return eviction
+    if isinstance(eviction, dict):
+        return make_eviction(**eviction)
+    raise EngineError(f"eviction must be an Eviction, a dict or None, got {type(eviction).__name__}")
+
+
+# eviction hyper-parameters exposed on the command line: (option, Eviction field, type, help)
+EVICTION_OPTIONS = [
+    ("--window", "window", int, "observation window: recent queries that score, recent keys kept"),
+    ("--n-sink", "n_sink", int, "first tokens always kept by streaming and lacache"),
+    ("--kernel", "kernel", int, "pooling kernel of snapkv/pyramidkv/adakv, base kernel of restkv (odd)"),
+    ("--slack", "slack", int, "streaming: evict when a buffer holds budget + slack (0 = every token)"),
+    ("--ema-alpha", "ema_alpha", float, "restkv: EMA coefficient over the window queries"),
+    ("--aws-beta", "aws_beta", float, "restkv: adaptive pooling scale"),
+    ("--pyramid-beta", "pyramid_beta", float, "pyramidkv: budget schedule steepness"),
+    ("--ada-floor", "ada_floor", float, "adakv: share of each head's budget guaranteed to it"),
+    ("--ada-base", "ada_base", str, "adakv: scores to allocate with, snapkv or restkv"),
+    ("--lacache-span", "lacache_span", int, "lacache: ladder span"),
+    ("--lacache-overlap", "lacache_overlap", int, "lacache: ladder overlap"),
+]
+
+
+def add_eviction_args(p: argparse.ArgumentParser, policy_budget: bool = True) -> None:
+    """--policy, --budget, --protocol (with policy_budget), --positions and the policy hyper-parameters."""
+    from .eviction import Eviction
+
+    d = Eviction()
+    g = p.add_argument_group("KV-cache eviction")
+    if policy_budget:
+        g.add_argument("--budget", type=float, default=1.0,
+                       help="KV-cache budget: a fraction in (0, 1] of the entries kept (prefix protocol: of the "
+                            "prefilled half; streaming: of --ctx), or an integer >= 2, a number of tokens "
+                            "(default 1.0 = the full cache)")
+        g.add_argument("--policy", default=None,
+                       help="eviction policy (engine.eviction.policies(); default 'full', needed when --budget < 1)")
+    g.add_argument("--protocol", choices=PROTOCOLS, default="prefix",
+                   help="prefix: each chunk's first half prefilled and compressed, second half scored on top "
+                        "(default; = llama-perplexity at budget 1); streaming: the whole text through a "
+                        "cache held at the budget, every token after the first --ctx scored")
+    g.add_argument("--positions", choices=("original", "shift"), default=d.positions,
+                   help="kept keys keep their RoPE positions (original, default) or are shifted to "
+                        "contiguous ones (shift)")
+    for opt, name, typ, hlp in EVICTION_OPTIONS:
+        g.add_argument(opt, dest=name, type=typ, default=getattr(d, name), help=f"{hlp} (default {getattr(d, name)})")
+
+
+def eviction_params(args) -> dict:
+    """The Eviction fields other than policy, budget and schedule, from parsed arguments."""
+    return {"positions": args.positions, **{name: getattr(args, name) for _, name, _, _ in EVICTION_OPTIONS}}
+
+
+def eviction_from_args(args, policy: Optional[str] = None, budget: Optional[float] = None):
+    return make_eviction(policy=policy if policy is not None else (args.policy or "full"),
+                         budget=budget if budget is not None else args.budget, **eviction_params(args))
+
+
+def resolve_policy(policy: Optional[str], budget: float, protocol: str = "prefix") -> str:
+    """The policy to run: 'full' by default at budget 1; clear errors for meaningless combinations."""
+    from .eviction import policies
+
+    budget = check_budget(budget)
+    if policy is not None:
+        check_policy(policy)
+    evicting = ", ".join(p for p in policies() if p not in NON_EVICTING)
+    if protocol == "streaming":
+        if policy is None or policy in NON_EVICTING:
+            raise EngineError(f"the streaming protocol holds the cache at the budget and needs an evicting "
+                              f"policy: --policy one of {evicting}"
+                              + (f" ('{policy}' evicts nothing)" if policy else ""))
+        return policy
+    if budget == 1.0:
+        return policy or "full"
+    if policy is None:
+        raise EngineError(f"--budget {budget:g} needs an eviction policy: --policy one of "
+                          f"{', '.join(p for p in policies() if p != 'full')}")
+    if policy == "full":
+        raise EngineError(f"--budget {budget:g} with --policy full: 'full' keeps every entry; "
+                          f"choose an evicting policy ({evicting})")
+    return policy
 
 
 def _running(nll_sum: float, nll2_sum: float, count: int) -> tuple[float, float]:
@@ -53,37 +221,94 @@ def _running(nll_sum: float, nll2_sum: float, count: int) -> tuple[float, float]
     return ppl, ppl * math.sqrt(var / (count - 1))
 
 
+def log_softmax_at(rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """log softmax(rows[i])[targets[i]] in float64 (rows, float32 [n, n_vocab], are overwritten)."""
+    n = len(targets)
+    mx = rows.max(axis=1)
+    tgt = rows[np.arange(n), targets].astype(np.float64) - mx.astype(np.float64)
+    rows -= mx[:, None]
+    np.exp(rows, out=rows)
+    return tgt - np.log(rows.sum(axis=1, dtype=np.float64))
+
+
+def _bar(progress: bool, total: int, unit: str, desc: str, position: int = 0):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, position=position,
+                leave=position == 0)
+
+
+# ---------------------------------------------------------------- perplexity
+
 def perplexity(model, tokens: list[int] | np.ndarray, n_ctx: int = 512, n_chunks: Optional[int] = None,
                n_threads: Optional[int] = None, bos_id: Optional[int] = None, progress: bool = True,
-               on_chunk=None) -> PerplexityResult:
-    """Scores `tokens` chunk by chunk; bos_id replaces each chunk's first token when not None."""
+               on_chunk=None, eviction=None, protocol: str = "prefix", piece: int = STREAM_PIECE,
+               on_piece=None, bar_position: int = 0) -> PerplexityResult:
+    """Scores `tokens` chunk by chunk; bos_id replaces each chunk's first token when not None.
+
+    eviction: None (the full cache, no eviction settings at all), an engine.eviction.Eviction or a dict
+    of its fields. protocol: "prefix" or "streaming" (see the module docstring). on_chunk(i, ppl) after
+    each chunk; on_piece(session) after each eval call (the streaming protocol; for tests).
+    """
     tokens = np.asarray(tokens, dtype=np.int32)
+    ev = _as_eviction(eviction)
+    if protocol not in PROTOCOLS:
+        raise EngineError(f"unknown protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
     if n_ctx < 4 or n_ctx % 2:
         raise EngineError(f"--ctx must be an even number >= 4, got {n_ctx}")
     if len(tokens) < 2 * n_ctx:
         raise EngineError(f"need at least 2*ctx = {2 * n_ctx} tokens, the text has {len(tokens)}")
     total = len(tokens) // n_ctx
     n = total if not n_chunks or n_chunks < 0 else min(n_chunks, total)
+    n_file = len(tokens)
+    if ev is not None:
+        resolve_policy(ev.policy, ev.budget, protocol)
+    if protocol == "streaming":
+        if ev is None:
+            raise EngineError("the streaming protocol needs an eviction policy (eviction=...)")
+        if n_chunks and n_chunks > 0:
+            if n < 2:
+                raise EngineError(f"the streaming protocol scores the tokens after the first ctx: "
+                                  f"--chunks {n_chunks} must be >= 2")
+            tokens = tokens[:n * n_ctx]
+        res = _streaming(model, tokens, n_ctx, ev, n_threads, progress, on_chunk, max(1, int(piece)), on_piece,
+                         bar_position)
+    else:
+        res = _prefix(model, tokens, n_ctx, n, bos_id, ev, n_threads, progress, on_chunk, bar_position)
+    res.n_tokens_file = n_file
+    if ev is not None:
+        res.budget, res.policy, res.eviction = float(ev.budget), ev.policy, ev.as_dict()
+    res.protocol = protocol
+    return res
+
+
+def _prefix(model, tokens, n_ctx, n, bos_id, ev, n_threads, progress, on_chunk, bar_position) -> PerplexityResult:
     first = n_ctx // 2
     nll_sum = nll2_sum = 0.0
     count = 0
     running = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n, unit="chunk", desc="perplexity", file=sys.stderr, dynamic_ncols=True)
+    bar = _bar(progress, n, "chunk", "perplexity", bar_position)
     t0 = time.perf_counter()
     kv_peak = 0
+    kv_kept = []  # after compression
+    kv_pre = []   # the uncompressed prefill
     with model.session(n_ctx=n_ctx, n_threads=n_threads, n_batch=min(512, n_ctx)) as s:
+        if ev is not None:
+            s.set_eviction(replace(ev, schedule="prefix"))
         for i in range(n):
             chunk = tokens[i * n_ctx:(i + 1) * n_ctx].copy()
             if bos_id is not None:
                 chunk[0] = bos_id
             s.reset()
             s.eval(chunk[:first], logits=None)
+            kv_pre.append(s.kv_bytes_used)
+            if ev is not None:
+                s.compress()
+            kv_kept.append(s.kv_bytes_used)
             lp = s.logprobs(chunk[first:]).astype(np.float64)
-            kv_peak = max(kv_peak, s.kv_bytes_used)
+            kv_peak = max(kv_peak, s.kv_bytes_used, kv_pre[-1])
             nll_sum += float(-lp.sum())
             nll2_sum += float((lp * lp).sum())
             count += len(lp)
@@ -94,14 +319,91 @@ def perplexity(model, tokens: list[int] | np.ndarray, n_ctx: int = 512, n_chunks
                 bar.update(1)
             if on_chunk is not None:
                 on_chunk(i, ppl)
+        alloc = s.kv_bytes_alloc
     if bar is not None:
         bar.close()
     secs = time.perf_counter() - t0
     ppl, err = _running(nll_sum, nll2_sum, count)
     return PerplexityResult(ppl=ppl, ppl_stderr=err, n_chunks=n, n_ctx=n_ctx, n_scored=count,
                             n_tokens_file=len(tokens), chunk_ppl=running, seconds=secs,
-                            tokens_per_second=n * n_ctx / secs if secs > 0 else 0.0, kv_bytes_peak=kv_peak)
+                            tokens_per_second=n * n_ctx / secs if secs > 0 else 0.0, kv_bytes_peak=kv_peak,
+                            budget_tokens=budget_tokens(ev.budget, first) if ev is not None else first,
+                            kv_bytes_mean=float(np.mean(kv_kept)), kv_bytes_alloc=alloc,
+                            kv_bytes_full=float(np.mean(kv_pre)), n_tokens_evaluated=n * n_ctx)
 
+
+def _streaming(model, tokens, n_ctx, ev, n_threads, progress, on_chunk, piece, on_piece,
+               bar_position) -> PerplexityResult:
+    n_tok = len(tokens)
+    kept = budget_tokens(ev.budget, n_ctx)
+    if kept < 2:
+        raise EngineError(f"--budget {ev.budget:g} of --ctx {n_ctx} keeps {kept} token(s); "
+                          "the streaming protocol needs at least 2")
+    s_ctx = kept + ev.slack + 1
+    evs = replace(ev, budget=float(kept), schedule="streaming")
+    bar = _bar(progress, n_tok - 1, "tok", "perplexity (streaming)", bar_position)
+    nll_sum = nll2_sum = 0.0
+    count = 0
+    running = []
+    samples = []
+    kv_peak = 0
+    next_report = n_ctx  # running estimate after every n_ctx scored tokens
+    t0 = time.perf_counter()
+    with model.session(n_ctx=s_ctx, n_threads=n_threads, n_batch=min(512, s_ctx)) as s:
+        s.set_eviction(evs)
+        per_token = s.kv_bytes_alloc / s_ctx
+        # warm-up: tokens[0 .. n_ctx-1) only fill the cache
+        for a in range(0, n_ctx - 1, piece):
+            b = min(a + piece, n_ctx - 1)
+            s.eval(tokens[a:b], logits=None)
+            used = s.kv_bytes_used
+            samples.append(used)
+            kv_peak = max(kv_peak, used)
+            if on_piece is not None:
+                on_piece(s)
+            if bar is not None:
+                bar.update(b - a)
+        # scored: the logits of tokens[t-1] predict tokens[t], t = n_ctx .. n_tok-1. Each piece is one
+        # eval with all logits, so every prediction is scored exactly once and no token is evaluated
+        # twice (Session.logprobs drops the prediction of the last token of each call).
+        a = n_ctx - 1
+        while a < n_tok - 1:
+            # pieces end on the chunk boundaries (every n_ctx scored), where the running estimate is taken
+            b = min(a + piece, n_tok - 1, n_ctx - 1 + next_report)
+            rows = s.eval(tokens[a:b], logits="all")
+            lp = log_softmax_at(rows, tokens[a + 1:b + 1])
+            del rows
+            used = s.kv_bytes_used
+            samples.append(used)
+            kv_peak = max(kv_peak, used)
+            if on_piece is not None:
+                on_piece(s)
+            nll_sum += float(-lp.sum())
+            nll2_sum += float((lp * lp).sum())
+            count += len(lp)
+            ppl, _ = _running(nll_sum, nll2_sum, count)
+            if count == next_report or b == n_tok - 1:
+                running.append(ppl)
+                if on_chunk is not None:
+                    on_chunk(len(running) - 1, ppl)
+                next_report += n_ctx
+            if bar is not None:
+                bar.set_postfix(ppl=f"{ppl:.4f}")
+                bar.update(b - a)
+            a = b
+        alloc = s.kv_bytes_alloc
+    if bar is not None:
+        bar.close()
+    secs = time.perf_counter() - t0
+    ppl, err = _running(nll_sum, nll2_sum, count)
+    return PerplexityResult(ppl=ppl, ppl_stderr=err, n_chunks=len(running), n_ctx=n_ctx, n_scored=count,
+                            n_tokens_file=n_tok, chunk_ppl=running, seconds=secs,
+                            tokens_per_second=(n_tok - 1) / secs if secs > 0 else 0.0, kv_bytes_peak=kv_peak,
+                            budget_tokens=kept, kv_bytes_mean=float(np.mean(samples)), kv_bytes_alloc=alloc,
+                            kv_bytes_full=per_token * n_ctx, n_tokens_evaluated=n_tok - 1)
+
+
+# ---------------------------------------------------------------- CLI
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -109,41 +411,89 @@ def _parser() -> argparse.ArgumentParser:
         description="Perplexity of a GGUF model on a text file, with llama.cpp's llama-perplexity protocol: "
                     "non-overlapping chunks of --ctx tokens, each from an empty cache, the second half of "
                     "each chunk scored. Prints the running estimate per chunk and "
-                    "'Final estimate: PPL = x +/- y'.")
+                    "'Final estimate: PPL = x +/- y'. With --budget < 1 and --policy, the first half of "
+                    "each chunk is compressed to the budget before the second half is scored (--protocol "
+                    "prefix), or the whole text streams through a bounded cache (--protocol streaming). "
+                    "--dataset lambada scores LAMBADA's last words instead.")
     p.add_argument("--gguf", "-m", required=True, help="path to the GGUF model file")
-    p.add_argument("-f", "--file", dest="file", default=None,
-                   help="text file to score (default: WikiText-2 test from ../shared/data if found)")
+    p.add_argument("-f", "--file", "--data", dest="file", default=None,
+                   help="text file to score (default: WikiText-2 test from ../shared/data if found); with "
+                        "--dataset lambada: the LAMBADA file (jsonl with 'text', or one passage a line)")
+    p.add_argument("--dataset", choices=("wikitext", "lambada"), default="wikitext",
+                   help="wikitext: perplexity of a text file (default); lambada: last-word accuracy and "
+                        "perplexity (engine.lambada)")
     p.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default 512, as llama-perplexity)")
     p.add_argument("--chunks", type=int, default=None, help="score only the first N chunks (default: all)")
+    p.add_argument("--limit", "--lambada-n", dest="limit", type=int, default=None,
+                   help="LAMBADA: score only the first N passages (default: all)")
     p.add_argument("--threads", "-t", type=int, default=None, help="worker threads (default: all cores)")
-    p.add_argument("--budget", type=float, default=1.0,
-                   help="KV-cache budget: fraction of entries kept (1.0 = full cache; eviction policies "
-                        "arrive with the eviction work, until then only 1.0 is accepted)")
+    add_eviction_args(p)
     p.add_argument("--json", dest="json_out", default=None, help="also write all figures as JSON to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
-def _default_text() -> Optional[str]:
+def _find_shared(*parts) -> Optional[str]:
     here = os.path.dirname(os.path.abspath(__file__))
     for base in (os.getcwd(), os.path.join(here, "..")):
-        cand = os.path.join(base, "..", "shared", "data", "wikitext-2", "wiki.test.raw")
+        cand = os.path.join(base, "..", "shared", "data", *parts)
         if os.path.exists(cand):
             return os.path.normpath(cand)
     return None
 
 
+def _default_text() -> Optional[str]:
+    return _find_shared("wikitext-2", "wiki.test.raw")
+
+
+def _mib(b: float) -> str:
+    return f"{b / 2**20:.2f} MiB"
+
+
+def print_table(rows: list[tuple[str, str]], file=None) -> None:
+    """A two-column markdown table."""
+    w0 = max(len(k) for k, _ in rows)
+    w1 = max(len(v) for _, v in rows)
+    print(f"| {'figure'.ljust(w0)} | {'value'.ljust(w1)} |", file=file)
+    print(f"|{'-' * (w0 + 2)}|{'-' * (w1 + 2)}|", file=file)
+    for k, v in rows:
+        print(f"| {k.ljust(w0)} | {v.ljust(w1)} |", file=file)
+
+
+def budget_label(res) -> str:
+    if res.policy == "full" or (res.budget == 1.0 and res.protocol == "prefix"):
+        return f"{res.budget:g} (full cache)"
+    if res.policy == "topk":
+        return f"{res.budget:g} (top-k attention, nothing evicted)"
+    if res.protocol == "streaming":
+        return f"{res.budget:g} ({res.budget_tokens} tokens of cache)"
+    return f"{res.budget:g} ({res.budget_tokens} entries kept per buffer)"
+
+
+def kv_rows(res) -> list[tuple[str, str]]:
+    return [("KV bytes peak", _mib(res.kv_bytes_peak)),
+            ("KV bytes mean", f"{_mib(res.kv_bytes_mean)} ({res.kv_bytes_mean / res.kv_bytes_full:.1%} of full)"
+             if res.kv_bytes_full else _mib(res.kv_bytes_mean)),
+            ("KV bytes full cache, same point", _mib(res.kv_bytes_full)),
+            ("KV bytes allocated", _mib(res.kv_bytes_alloc))]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.budget != 1.0:
-            raise EngineError(f"--budget {args.budget}: KV eviction is not available in this version; "
-                              "only --budget 1.0 (the full cache) works for now")
+        policy = resolve_policy(args.policy, args.budget, args.protocol)
+        ev = eviction_from_args(args, policy=policy)
+        if args.dataset == "lambada":
+            from . import lambada
+
+            return lambada.run_cli(args, ev)
         path = args.file or _default_text()
         if not path:
             raise EngineError("no text file given (-f FILE) and ../shared/data/wikitext-2/wiki.test.raw not found")
         if not os.path.exists(path):
             raise EngineError(f"{path}: no such file")
+        if args.ctx < 4 or args.ctx % 2:
+            raise EngineError(f"--ctx must be an even number >= 4, got {args.ctx}")
         from . import Model
 
         model = Model(args.gguf, n_threads=args.threads)
@@ -155,18 +505,35 @@ def main(argv: Optional[list[str]] = None) -> int:
         bos = tok.bos_id if tok.add_bos else None
         print(f"model: {model.desc}", file=sys.stderr)
         print(f"text: {path}: {len(tokens)} tokens (tokenised in {t_tok:.1f} s)", file=sys.stderr)
+        if args.protocol == "streaming" and ev.positions == "original":
+            n_stream = len(tokens) if not args.chunks else min(len(tokens), args.chunks * args.ctx)
+            if n_stream > model.n_ctx_train:
+                print(f"warning: streaming {n_stream} tokens with --positions original uses positions beyond "
+                      f"the model's training context ({model.n_ctx_train}); --positions shift keeps them "
+                      "within the cache", file=sys.stderr)
         chunk_line = []
 
         def on_chunk(i, ppl):
             chunk_line.append(f"[{i + 1}]{ppl:.4f},")
 
         res = perplexity(model, tokens, n_ctx=args.ctx, n_chunks=args.chunks, n_threads=args.threads,
-                         bos_id=bos, progress=not args.no_progress, on_chunk=on_chunk)
-        res.model, res.text, res.threads = args.gguf, path, model.session(n_ctx=4).n_threads
+                         bos_id=bos, progress=not args.no_progress, on_chunk=on_chunk, eviction=ev,
+                         protocol=args.protocol)
+        res.model, res.text, res.data, res.threads = args.gguf, path, path, model.session(n_ctx=4).n_threads
         print("".join(chunk_line))
         print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_stderr:.5f}")
-        print(f"{res.n_chunks} chunks of {res.n_ctx} tokens, {res.n_scored} scored, "
-              f"{res.seconds:.1f} s, {res.tokens_per_second:.1f} tokens/s")
+        if args.protocol == "prefix":
+            print(f"{res.n_chunks} chunks of {res.n_ctx} tokens, {res.n_scored} scored, "
+                  f"{res.seconds:.1f} s, {res.tokens_per_second:.1f} tokens/s")
+        else:
+            print(f"{res.n_tokens_evaluated + 1} tokens streamed through a cache of {res.budget_tokens} tokens, "
+                  f"{res.n_scored} scored, {res.seconds:.1f} s, {res.tokens_per_second:.1f} tokens/s")
+        print()
+        print_table([("dataset", f"wikitext ({os.path.basename(path)})"), ("model", os.path.basename(args.gguf)),
+                     ("policy", res.policy), ("budget", budget_label(res)), ("protocol", res.protocol),
+                     ("ctx", str(res.n_ctx)), ("perplexity", f"{res.ppl:.4f} +/- {res.ppl_stderr:.5f}"),
+                     ("predictions scored", str(res.n_scored)), *kv_rows(res),
+                     ("tokens/s", f"{res.tokens_per_second:.1f}"), ("seconds", f"{res.seconds:.1f}")])
         if args.json_out:
             with open(args.json_out, "w") as f:
                 json.dump(asdict(res), f, indent=2)

@@ -76,9 +76,8 @@ int32_t rk_evict_room(const rk_session *s) {
     if (rk_evict_streaming(s)) {
         int32_t r = budget_tokens(&s->evict, s->n_ctx) + s->evict.slack + 1 - used;
         if (r < room) room = r;
-        if (room < 1) room = 1;
     }
-    return room;
+    return room < 0 ? 0 : room; /* 0: full (only after a failed eviction) */
 }
 
 /* ---- configuration ---- */
@@ -358,6 +357,17 @@ static void shift_positions(rk_session *s) {
             }
             if (kv->n_used[hi] > n_max) n_max = kv->n_used[hi];
         }
+    /* the buffered observation queries move with the text: rotate them by the same
+     * offset as the newest tokens, so query-key distances (and causality) are kept */
+    const int32_t dq_shift = n_max - s->next_pos;
+    if (s->win && dq_shift) {
+        const size_t dq = (size_t)m->n_heads * m->head_dim;
+        rk_rope_angles(cs, dq_shift, m->n_rot, m->rope_base, m->rope_freq_scale, m->rope_freqs);
+        for (int il = 0; il < m->n_layers; il++)
+            for (int w = 0; w < s->win; w++)
+                rk_rope_apply(s->q_win + ((size_t)il * s->win + w) * dq, m->n_heads, m->head_dim, m->n_rot, cs);
+        for (int w = 0; w < s->win; w++) s->q_win_pos[w] += dq_shift;
+    }
     s->next_pos = n_max;
 }
 
@@ -418,10 +428,11 @@ rk_status rk_session_compress(rk_session *s) {
     return compress_to(s, budget_tokens(&s->evict, rk_evict_max_used(s)));
 }
 
-void rk_evict_after_forward(rk_session *s) {
-    if (!rk_evict_streaming(s)) return;
+rk_status rk_evict_after_forward(rk_session *s) {
+    if (!rk_evict_streaming(s)) return RK_OK;
     const int32_t budget = budget_tokens(&s->evict, s->n_ctx);
-    if (rk_evict_max_used(s) > budget + s->evict.slack) compress_to(s, budget);
+    if (rk_evict_max_used(s) > budget + s->evict.slack) return compress_to(s, budget);
+    return RK_OK;
 }
 
 /* ---- inspection ---- */

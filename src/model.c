@@ -17,6 +17,7 @@
  * Tensors: token_embd, output_norm, output (absent = tied to token_embd),
  * rope_freqs (llama3 factors, optional), blk.N.{attn_norm, attn_q, attn_k,
  * attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down}.
+ * Derived at load: wo_gram, the per-head Gram matrices of attn_output that ReST-KV scores with.
  */
 #include <math.h>
 #include <stdio.h>
@@ -224,6 +225,52 @@ static rk_status load_tensors(rk_model *m) {
     return RK_OK;
 }
 
+/* wo_gram: G_h[a][b] = sum over the n_embd rows r of W_o[r][h*d + a] * W_o[r][h*d + b], accumulated in
+ * double (upper triangle, then mirrored). Cost n_layers * n_embd * n_heads * d^2 / 2 multiply-adds:
+ * about 0.3 G for SmolLM2-135M, 4.4 MB of result. */
+static rk_status compute_wo_gram(rk_model *m) {
+    const size_t d = (size_t)m->head_dim, H = (size_t)m->n_heads, dd = d * d;
+    m->wo_gram = malloc((size_t)m->n_layers * H * dd * sizeof(float));
+    double *acc = malloc(H * dd * sizeof(double));
+    float *row = malloc(H * d * sizeof(float));
+    if (!m->wo_gram || !acc || !row) {
+        free(acc);
+        free(row);
+        return rk_fail(RK_ERR_OOM, "cannot allocate the W_o Gram matrices");
+    }
+    for (int il = 0; il < m->n_layers; il++) {
+        const rk_weight *w = &m->layers[il].wo;
+        const rk_type_traits *tr = rk_get_type_traits(w->type);
+        if (!tr || !tr->to_float) {
+            free(acc);
+            free(row);
+            return rk_fail(RK_ERR_UNSUPPORTED, "%s: cannot dequantise '%s' for the W_o Gram matrices", m->gguf->path,
+                           w->name);
+        }
+        memset(acc, 0, H * dd * sizeof(double));
+        for (int64_t r = 0; r < w->n_out; r++) {
+            tr->to_float((const uint8_t *)w->data + (size_t)r * w->row_bytes, row, w->n_in);
+            for (size_t h = 0; h < H; h++) {
+                const float *x = row + h * d;
+                double *g = acc + h * dd;
+                for (size_t a = 0; a < d; a++) {
+                    const double xa = x[a];
+                    double *ga = g + a * d;
+                    for (size_t b = a; b < d; b++) ga[b] += xa * (double)x[b];
+                }
+            }
+        }
+        float *out = m->wo_gram + (size_t)il * H * dd;
+        for (size_t h = 0; h < H; h++)
+            for (size_t a = 0; a < d; a++)
+                for (size_t b = a; b < d; b++)
+                    out[h * dd + a * d + b] = out[h * dd + b * d + a] = (float)acc[h * dd + a * d + b];
+    }
+    free(acc);
+    free(row);
+    return RK_OK;
+}
+
 static int32_t default_threads(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n < 1 ? 1 : n > 256 ? 256 : (int32_t)n;
@@ -251,6 +298,7 @@ rk_status rk_model_load(rk_model **out, const char *path, const rk_model_params 
     if (!st) st = read_hparams(m);
     if (!st) st = load_tensors(m);
     if (!st) st = rk_vocab_load(m);
+    if (!st) st = compute_wo_gram(m);
     if (st) {
         rk_model_free(m);
         return st;
@@ -268,6 +316,7 @@ void rk_model_free(rk_model *m) {
     if (!m) return;
     rk_gguf_close(m->gguf);
     free(m->layers);
+    free(m->wo_gram);
     free(m->owned);
     free(m->tok_text);
     free(m->tok_len);

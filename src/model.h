@@ -41,6 +41,10 @@ struct rk_model {
     rk_weight output;             /* [n_vocab][n_embd]; tok_embd when tied */
     const float *output_norm;     /* [n_embd] */
     rk_layer *layers;             /* [n_layers] */
+    /* ReST-KV: per-head Gram matrices of the output projection, G_h = W_o^(h)T W_o^(h) with
+     * W_o^(h) = columns h*head_dim..(h+1)*head_dim of the dequantised blk.N.attn_output.weight,
+     * so that ||W_o^(h) x||^2 = x^T G_h x (eviction-policies b.14). Computed at load. */
+    float    *wo_gram;            /* [n_layers][n_heads][head_dim][head_dim] */
     float    *owned;              /* f32 copies of norm vectors stored as F16/BF16 */
     size_t    owned_used, owned_cap;
     int32_t   n_threads;          /* default for sessions */

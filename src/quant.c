@@ -476,6 +476,161 @@ static void vec_dot_q6_K(int64_t n, float *s, const void *vw, const void *va) {
     *s = sum;
 }
 
+/* ---- several activation rows per weight row (vec_dot_rows) ----
+ * The portable twins of the AVX2 vec_dot_rows kernels: each weight block is
+ * unpacked once, and every output then takes exactly the float steps of the
+ * single-row kernel above (same expression, same order of blocks). */
+
+#define NR RK_DOT_ROWS
+#define ROW(p, t, ba, T) ((const T *)((const uint8_t *)(p) + (size_t)(t) * (ba)))
+
+static void vec_dot_rows_q4_0(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+    const blk_q4_0 *w = vw;
+    uint8_t q[QK];
+    float sum[NR] = {0};
+    for (int64_t i = 0; i < n / QK; i++) {
+        q4_unpack(w[i].qs, q);
+        for (int t = 0; t < NR; t++) {
+            const blk_q8_0 *a = ROW(va, t, ba, blk_q8_0);
+            int isum = 0;
+            for (int j = 0; j < QK; j++) isum += (q[j] - 8) * a[i].qs[j];
+            sum[t] += h2f(w[i].d) * h2f(a[i].d) * (float)isum;
+        }
+    }
+    for (int t = 0; t < NR; t++) s[(size_t)t * bs] = sum[t];
+}
+
+static void vec_dot_rows_q4_1(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+    const blk_q4_1 *w = vw;
+    uint8_t q[QK];
+    float sum[NR] = {0};
+    for (int64_t i = 0; i < n / QK; i++) {
+        q4_unpack(w[i].qs, q);
+        for (int t = 0; t < NR; t++) {
+            const blk_q8_1 *a = ROW(va, t, ba, blk_q8_1);
+            int isum = 0;
+            for (int j = 0; j < QK; j++) isum += q[j] * a[i].qs[j];
+            sum[t] += h2f(w[i].d) * h2f(a[i].d) * (float)isum + h2f(w[i].m) * h2f(a[i].s);
+        }
+    }
+    for (int t = 0; t < NR; t++) s[(size_t)t * bs] = sum[t];
+}
+
+static void vec_dot_rows_q5_0(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+    const blk_q5_0 *w = vw;
+    uint8_t q[QK];
+    float sum[NR] = {0};
+    for (int64_t i = 0; i < n / QK; i++) {
+        q5_unpack(w[i].qh, w[i].qs, q);
+        for (int t = 0; t < NR; t++) {
+            const blk_q8_0 *a = ROW(va, t, ba, blk_q8_0);
+            int isum = 0;
+            for (int j = 0; j < QK; j++) isum += (q[j] - 16) * a[i].qs[j];
+            sum[t] += h2f(w[i].d) * h2f(a[i].d) * (float)isum;
+        }
+    }
+    for (int t = 0; t < NR; t++) s[(size_t)t * bs] = sum[t];
+}
+
+static void vec_dot_rows_q5_1(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+    const blk_q5_1 *w = vw;
+    uint8_t q[QK];
+    float sum[NR] = {0};
+    for (int64_t i = 0; i < n / QK; i++) {
+        q5_unpack(w[i].qh, w[i].qs, q);
+        for (int t = 0; t < NR; t++) {
+            const blk_q8_1 *a = ROW(va, t, ba, blk_q8_1);
+            int isum = 0;
+            for (int j = 0; j < QK; j++) isum += q[j] * a[i].qs[j];
+            sum[t] += h2f(w[i].d) * h2f(a[i].d) * (float)isum + h2f(w[i].m) * h2f(a[i].s);
+        }
+    }
+    for (int t = 0; t < NR; t++) s[(size_t)t * bs] = sum[t];
+}
+
+static void vec_dot_rows_q8_0(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+    const blk_q8_0 *w = vw;
+    float sum[NR] = {0};
+    for (int64_t i = 0; i < n / QK; i++) {
+        for (int t = 0; t < NR; t++) {
+            const blk_q8_0 *a = ROW(va, t, ba, blk_q8_0);
+            int isum = 0;
+            for (int j = 0; j < QK; j++) isum += w[i].qs[j] * a[i].qs[j];
+            sum[t] += h2f(w[i].d) * h2f(a[i].d) * (float)isum;
+        }
+    }
+    for (int t = 0; t < NR; t++) s[(size_t)t * bs] = sum[t];
+}
+
+/* q4_K and q5_K (five = 1) */
+static inline void q45_K_rows(int five, int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+    const size_t wsize = five ? sizeof(blk_q5_K) : sizeof(blk_q4_K);
+    uint8_t lo[QK_K / 2], hi[QK_K / 2];
+    float sum[NR] = {0};
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const blk_q4_K *w4 = (const blk_q4_K *)((const uint8_t *)vw + (size_t)i * wsize);
+        const blk_q5_K *w5 = (const blk_q5_K *)w4;
+        const uint8_t *q = five ? w5->qs : w4->qs;
+        uint8_t sc[8], mn[8];
+        k_scale_min(w4->scales, sc, mn);
+        for (int c = 0; c < 4; c++)
+            for (int l = 0; l < 32; l++) {
+                lo[32 * c + l] = (uint8_t)(q[32 * c + l] & 0xF);
+                hi[32 * c + l] = (uint8_t)(q[32 * c + l] >> 4);
+                if (five) {
+                    lo[32 * c + l] |= (uint8_t)(((w5->qh[l] >> (2 * c)) & 1) << 4);
+                    hi[32 * c + l] |= (uint8_t)(((w5->qh[l] >> (2 * c + 1)) & 1) << 4);
+                }
+            }
+        for (int t = 0; t < NR; t++) {
+            const blk_q8_K *a = ROW(va, t, ba, blk_q8_K);
+            const int8_t *y = a[i].qs;
+            int32_t sumi = 0, summ = 0;
+            for (int c = 0; c < 4; c++, y += 64) {
+                int l0 = 0, h0 = 0;
+                for (int l = 0; l < 32; l++) {
+                    l0 += lo[32 * c + l] * y[l];
+                    h0 += hi[32 * c + l] * y[l + 32];
+                }
+                sumi += sc[2 * c] * l0 + sc[2 * c + 1] * h0;
+            }
+            for (int j = 0; j < 8; j++) summ += mn[j] * (a[i].bsums[2 * j] + a[i].bsums[2 * j + 1]);
+            sum[t] += a[i].d * h2f(w4->d) * (float)sumi - a[i].d * h2f(w4->dmin) * (float)summ;
+        }
+    }
+    for (int t = 0; t < NR; t++) s[(size_t)t * bs] = sum[t];
+}
+
+static void vec_dot_rows_q4_K(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
+    q45_K_rows(0, n, s, bs, w, a, ba);
+}
+static void vec_dot_rows_q5_K(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
+    q45_K_rows(1, n, s, bs, w, a, ba);
+}
+
+static void vec_dot_rows_q6_K(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+    const blk_q6_K *w = vw;
+    int8_t q[QK_K];
+    float sum[NR] = {0};
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        q6_unpack(&w[i], q);
+        for (int t = 0; t < NR; t++) {
+            const blk_q8_K *a = ROW(va, t, ba, blk_q8_K);
+            int32_t sumi = 0;
+            for (int k = 0; k < QK_K / 16; k++) {
+                int part = 0;
+                for (int j = 16 * k; j < 16 * k + 16; j++) part += q[j] * a[i].qs[j];
+                sumi += w[i].scales[k] * part;
+            }
+            sum[t] += a[i].d * h2f(w[i].d) * (float)sumi;
+        }
+    }
+    for (int t = 0; t < NR; t++) s[(size_t)t * bs] = sum[t];
+}
+
+#undef ROW
+#undef NR
+
 /* ---- traits and kernel selection ---- */
 
 #define N_TYPES (RK_TYPE_BF16 + 1)
@@ -484,15 +639,15 @@ static const rk_type_traits scalar_traits[N_TYPES] = {
     [RK_TYPE_F32]  = {"F32",  1,    4,   RK_TYPE_F32,  to_float_f32,  from_float_f32,  vec_dot_f32},
     [RK_TYPE_F16]  = {"F16",  1,    2,   RK_TYPE_F32,  to_float_f16,  from_float_f16,  vec_dot_f16},
     [RK_TYPE_BF16] = {"BF16", 1,    2,   RK_TYPE_F32,  to_float_bf16, from_float_bf16, vec_dot_bf16},
-    [RK_TYPE_Q4_0] = {"Q4_0", QK,   18,  RK_TYPE_Q8_0, to_float_q4_0, NULL,            vec_dot_q4_0},
-    [RK_TYPE_Q4_1] = {"Q4_1", QK,   20,  RK_TYPE_Q8_1, to_float_q4_1, NULL,            vec_dot_q4_1},
-    [RK_TYPE_Q5_0] = {"Q5_0", QK,   22,  RK_TYPE_Q8_0, to_float_q5_0, NULL,            vec_dot_q5_0},
-    [RK_TYPE_Q5_1] = {"Q5_1", QK,   24,  RK_TYPE_Q8_1, to_float_q5_1, NULL,            vec_dot_q5_1},
-    [RK_TYPE_Q8_0] = {"Q8_0", QK,   34,  RK_TYPE_Q8_0, to_float_q8_0, from_float_q8_0, vec_dot_q8_0},
+    [RK_TYPE_Q4_0] = {"Q4_0", QK,   18,  RK_TYPE_Q8_0, to_float_q4_0, NULL,            vec_dot_q4_0, vec_dot_rows_q4_0},
+    [RK_TYPE_Q4_1] = {"Q4_1", QK,   20,  RK_TYPE_Q8_1, to_float_q4_1, NULL,            vec_dot_q4_1, vec_dot_rows_q4_1},
+    [RK_TYPE_Q5_0] = {"Q5_0", QK,   22,  RK_TYPE_Q8_0, to_float_q5_0, NULL,            vec_dot_q5_0, vec_dot_rows_q5_0},
+    [RK_TYPE_Q5_1] = {"Q5_1", QK,   24,  RK_TYPE_Q8_1, to_float_q5_1, NULL,            vec_dot_q5_1, vec_dot_rows_q5_1},
+    [RK_TYPE_Q8_0] = {"Q8_0", QK,   34,  RK_TYPE_Q8_0, to_float_q8_0, from_float_q8_0, vec_dot_q8_0, vec_dot_rows_q8_0},
     [RK_TYPE_Q8_1] = {"Q8_1", QK,   36,  -1,           to_float_q8_1, from_float_q8_1, NULL},
-    [RK_TYPE_Q4_K] = {"Q4_K", QK_K, 144, RK_TYPE_Q8_K, to_float_q4_K, NULL,            vec_dot_q4_K},
-    [RK_TYPE_Q5_K] = {"Q5_K", QK_K, 176, RK_TYPE_Q8_K, to_float_q5_K, NULL,            vec_dot_q5_K},
-    [RK_TYPE_Q6_K] = {"Q6_K", QK_K, 210, RK_TYPE_Q8_K, to_float_q6_K, NULL,            vec_dot_q6_K},
+    [RK_TYPE_Q4_K] = {"Q4_K", QK_K, 144, RK_TYPE_Q8_K, to_float_q4_K, NULL,            vec_dot_q4_K, vec_dot_rows_q4_K},
+    [RK_TYPE_Q5_K] = {"Q5_K", QK_K, 176, RK_TYPE_Q8_K, to_float_q5_K, NULL,            vec_dot_q5_K, vec_dot_rows_q5_K},
+    [RK_TYPE_Q6_K] = {"Q6_K", QK_K, 210, RK_TYPE_Q8_K, to_float_q6_K, NULL,            vec_dot_q6_K, vec_dot_rows_q6_K},
     [RK_TYPE_Q8_K] = {"Q8_K", QK_K, 292, -1,           to_float_q8_K, from_float_q8_K, NULL},
 };
 
@@ -526,6 +681,15 @@ static void init_kernels(void) {
         t[RK_TYPE_Q4_K].vec_dot = rk_avx2_vec_dot_q4_K;
         t[RK_TYPE_Q5_K].vec_dot = rk_avx2_vec_dot_q5_K;
         t[RK_TYPE_Q6_K].vec_dot = rk_avx2_vec_dot_q6_K;
+        /* the multi-row kernels, each paired with the vec_dot it reproduces */
+        t[RK_TYPE_Q4_0].vec_dot_rows = rk_avx2_vec_dot_rows_q4_0;
+        t[RK_TYPE_Q4_1].vec_dot_rows = rk_avx2_vec_dot_rows_q4_1;
+        t[RK_TYPE_Q5_0].vec_dot_rows = rk_avx2_vec_dot_rows_q5_0;
+        t[RK_TYPE_Q5_1].vec_dot_rows = rk_avx2_vec_dot_rows_q5_1;
+        t[RK_TYPE_Q8_0].vec_dot_rows = rk_avx2_vec_dot_rows_q8_0;
+        t[RK_TYPE_Q4_K].vec_dot_rows = rk_avx2_vec_dot_rows_q4_K;
+        t[RK_TYPE_Q5_K].vec_dot_rows = rk_avx2_vec_dot_rows_q5_K;
+        t[RK_TYPE_Q6_K].vec_dot_rows = rk_avx2_vec_dot_rows_q6_K;
         t[RK_TYPE_Q8_K].from_float = rk_avx2_from_float_q8_K;
 #endif
     }

@@ -14,6 +14,7 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "quant.h"
 #include "quant_avx2.h"
 
 static inline float h2f(rk_half h) { return _cvtsh_ss(h); }
@@ -293,6 +294,261 @@ void rk_avx2_vec_dot_q6_K(int64_t n, float *s, const void *vw, const void *va) {
     }
     *s = hsum_ps(acc);
 }
+
+/* ---- several activation rows per weight row (vec_dot_rows) ----
+ *
+ * Each weight block is unpacked once and met with four activation rows.
+ * Integer sums are exact in any order, so only the float work must match the
+ * single-row kernels above, and it does output by output: the same products
+ * (operands in the same order), the same FMAs into the same accumulators
+ * (two alternating ones for the 32-element formats), the same final
+ * reductions. The block scales of the four rows are converted and multiplied
+ * in one vector: IEEE operations are lane-wise, so each lane holds exactly the
+ * scalar kernel's value. Per-row state lives in structs with named fields (not
+ * arrays), which GCC keeps in registers. */
+
+#define AI static inline __attribute__((always_inline))
+_Static_assert(RK_DOT_ROWS == 4, "the AVX2 vec_dot_rows kernels take four activation rows");
+
+typedef struct { __m256 r0, r1, r2, r3; } f8x4;
+typedef struct { __m128 r0, r1, r2, r3; } f4x4;
+typedef struct { __m256i r0, r1, r2, r3; } i8x4;
+/* X(k, field) for each of the four rows */
+#define FOR_ROWS(X) X(0, r0) X(1, r1) X(2, r2) X(3, r3)
+
+AI f8x4 zero_f8x4(void) { const __m256 z = _mm256_setzero_ps(); return (f8x4){z, z, z, z}; }
+
+AI uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+AI uint16_t ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+AI float ldf(const uint8_t *p) { float v; memcpy(&v, p, 4); return v; }
+
+/* the two halves at p + k * stride (k = 0..3) as floats [p0 q0 p1 q1 p2 q2 p3 q3] */
+AI __m256 half_pairs4(const uint8_t *p, size_t stride) {
+    return _mm256_cvtph_ps(_mm_setr_epi32((int)ld32(p), (int)ld32(p + stride), (int)ld32(p + 2 * stride),
+                                          (int)ld32(p + 3 * stride)));
+}
+
+/* "_0" formats against q8_0: signed weights, one scale. kind: 0 q4_0, 1 q5_0, 2 q8_0 */
+AI __m256i legacy0_weights(const uint8_t *blk, int kind) {
+    if (kind == 0) return _mm256_sub_epi8(unpack_nibbles(blk + 2), _mm256_set1_epi8(8));
+    if (kind == 1)
+        return _mm256_or_si256(unpack_nibbles(blk + 6),
+                               _mm256_andnot_si256(bits_to_bytes(blk + 2), _mm256_set1_epi8((char)0xF0)));
+    return load256(blk + 2);
+}
+
+AI f8x4 legacy0_block(int kind, size_t wsize, const uint8_t *w, const uint8_t *a, size_t ba, int64_t i, f8x4 acc) {
+    const uint8_t *wb = w + i * (int64_t)wsize, *ab = a + i * (int64_t)sizeof(blk_q8_0);
+    const __m256i wq = legacy0_weights(wb, kind);
+    const __m256i wabs = _mm256_sign_epi8(wq, wq);
+    /* lanes 2k: h2f(w.d) * h2f(a_k.d); odd lanes: junk, unused */
+    float d[8];
+    _mm256_storeu_ps(d, _mm256_mul_ps(_mm256_set1_ps(h2f(ld16(wb))), half_pairs4(ab, ba)));
+#define ROW(k, f)                                                                                          \
+    acc.f = _mm256_fmadd_ps(_mm256_broadcast_ss(&d[2 * (k)]),                                              \
+                            _mm256_cvtepi32_ps(dot_us8(wabs, _mm256_sign_epi8(load256(ab + (k) * ba + 2), wq))), \
+                            acc.f);
+    FOR_ROWS(ROW)
+#undef ROW
+    return acc;
+}
+
+AI void legacy0_rows(int kind, size_t wsize, int64_t n, float *s, size_t bs, const void *vw, const void *va,
+                     size_t ba) {
+    const uint8_t *w = vw, *a = va;
+    const int64_t nb = n / QK;
+    f8x4 acc0 = zero_f8x4(), acc1 = zero_f8x4();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        acc0 = legacy0_block(kind, wsize, w, a, ba, i, acc0);
+        acc1 = legacy0_block(kind, wsize, w, a, ba, i + 1, acc1);
+    }
+    if (i < nb) acc0 = legacy0_block(kind, wsize, w, a, ba, i, acc0);
+#define ROW(k, f) s[(k) * bs] = hsum_ps(_mm256_add_ps(acc0.f, acc1.f));
+    FOR_ROWS(ROW)
+#undef ROW
+}
+
+void rk_avx2_vec_dot_rows_q4_0(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
+    legacy0_rows(0, sizeof(blk_q4_0), n, s, bs, w, a, ba);
+}
+void rk_avx2_vec_dot_rows_q5_0(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
+    legacy0_rows(1, sizeof(blk_q5_0), n, s, bs, w, a, ba);
+}
+void rk_avx2_vec_dot_rows_q8_0(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
+    legacy0_rows(2, sizeof(blk_q8_0), n, s, bs, w, a, ba);
+}
+
+/* "_1" formats against q8_1: unsigned weights, scale d and offset m. The
+ * (d, s) halves of the four activation blocks, [d0 s0 d1 s1 d2 s2 d3 s3], times
+ * [dw mw dw mw ...] are dm_products' [d_w d_a, m_w s_a] for each row, and one
+ * vector add gathers m_w s_a of all four rows in the odd lanes. */
+AI f8x4 legacy1_block(int five, size_t wsize, const uint8_t *w, const uint8_t *a, size_t ba, int64_t i, f8x4 acc,
+                      __m256 *ms) {
+    const uint8_t *wb = w + i * (int64_t)wsize, *ab = a + i * (int64_t)sizeof(blk_q8_1);
+    __m256i wq = unpack_nibbles(wb + (five ? 8 : 4));
+    if (five) wq = _mm256_or_si256(wq, _mm256_and_si256(bits_to_bytes(wb + 4), _mm256_set1_epi8(0x10)));
+    const __m256 dm = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi32((int)ld32(wb))), half_pairs4(ab, ba));
+    *ms = _mm256_add_ps(*ms, dm);
+    float d[8];
+    _mm256_storeu_ps(d, dm);
+#define ROW(k, f)                                                                                          \
+    acc.f = _mm256_fmadd_ps(_mm256_broadcast_ss(&d[2 * (k)]),                                              \
+                            _mm256_cvtepi32_ps(dot_us8(wq, load256(ab + (k) * ba + 4))), acc.f);
+    FOR_ROWS(ROW)
+#undef ROW
+    return acc;
+}
+
+AI void legacy1_rows(int five, size_t wsize, int64_t n, float *s, size_t bs, const void *vw, const void *va,
+                     size_t ba) {
+    const uint8_t *w = vw, *a = va;
+    const int64_t nb = n / QK;
+    f8x4 acc0 = zero_f8x4(), acc1 = zero_f8x4();
+    __m256 ms = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        acc0 = legacy1_block(five, wsize, w, a, ba, i, acc0, &ms);
+        acc1 = legacy1_block(five, wsize, w, a, ba, i + 1, acc1, &ms);
+    }
+    if (i < nb) acc0 = legacy1_block(five, wsize, w, a, ba, i, acc0, &ms);
+    float m[8];
+    _mm256_storeu_ps(m, ms);
+#define ROW(k, f) s[(k) * bs] = hsum_ps(_mm256_add_ps(acc0.f, acc1.f)) + m[2 * (k) + 1];
+    FOR_ROWS(ROW)
+#undef ROW
+}
+
+void rk_avx2_vec_dot_rows_q4_1(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
+    legacy1_rows(0, sizeof(blk_q4_1), n, s, bs, w, a, ba);
+}
+void rk_avx2_vec_dot_rows_q5_1(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
+    legacy1_rows(1, sizeof(blk_q5_1), n, s, bs, w, a, ba);
+}
+
+/* the f32 scales d of four q8_K rows */
+AI __m128 q8K_d4(const uint8_t *ab, size_t ba) {
+    return _mm_setr_ps(ldf(ab), ldf(ab + ba), ldf(ab + 2 * ba), ldf(ab + 3 * ba));
+}
+#define Q8K(ab, k, ba) ((const blk_q8_K *)((ab) + (size_t)(k) * (ba)))
+
+/* q4_K / q5_K, as q45_K_dot for each row */
+AI void q45_K_rows(int five, int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const uint8_t *a = va;
+    f8x4 acc = zero_f8x4();
+    f4x4 accm = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const void *blk = (const uint8_t *)vw + i * (int64_t)(five ? sizeof(blk_q5_K) : sizeof(blk_q4_K));
+        const blk_q4_K *w4 = blk;
+        const blk_q5_K *w5 = blk;
+        const uint8_t *q = five ? w5->qs : w4->qs;
+        const uint8_t *ab = a + i * (int64_t)sizeof(blk_q8_K);
+        uint8_t sc[8], mn[8];
+        k_scale_min(w4->scales, sc, mn);
+        const __m128i mn16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
+        const __m128 ad = q8K_d4(ab, ba);
+        float d[4], dmin[4];
+        _mm_storeu_ps(d, _mm_mul_ps(ad, _mm_set1_ps(h2f(w4->d))));                                /* a.d * h2f(w.d) */
+        _mm_storeu_ps(dmin, _mm_mul_ps(_mm_xor_ps(ad, _mm_set1_ps(-0.0f)), _mm_set1_ps(h2f(w4->dmin)))); /* -a.d * h2f(w.dmin) */
+#define ROW(k, f)                                                                                           \
+    {                                                                                                       \
+        const __m256i bs16 = load256(Q8K(ab, k, ba)->bsums);                                                \
+        const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs16), _mm256_extracti128_si256(bs16, 1)); \
+        accm.f = _mm_fmadd_ps(_mm_broadcast_ss(&dmin[k]), _mm_cvtepi32_ps(_mm_madd_epi16(mn16, pairs)), accm.f); \
+    }
+        FOR_ROWS(ROW)
+#undef ROW
+        const __m256i qh = five ? load256(w5->qh) : _mm256_setzero_si256();
+        const __m256i z = _mm256_setzero_si256();
+        i8x4 sumi = {z, z, z, z};
+        for (int c = 0; c < 4; c++) {
+            const __m256i x = load256(q + 32 * c);
+            __m256i lo = _mm256_and_si256(x, m4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+            if (five) {
+                const __m256i hlo = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one);
+                const __m256i hhi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one);
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(hlo, 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(hhi, 4));
+            }
+            const __m256i slo = _mm256_set1_epi16((short)sc[2 * c]), shi = _mm256_set1_epi16((short)sc[2 * c + 1]);
+#define ROW(k, f)                                                                                          \
+    {                                                                                                      \
+        const int8_t *y = Q8K(ab, k, ba)->qs + 64 * c;                                                     \
+        const __m256i p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y)), slo);                 \
+        const __m256i p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y + 32)), shi);            \
+        sumi.f = _mm256_add_epi32(sumi.f, _mm256_add_epi32(p_lo, p_hi));                                   \
+    }
+            FOR_ROWS(ROW)
+#undef ROW
+        }
+#define ROW(k, f) acc.f = _mm256_fmadd_ps(_mm256_broadcast_ss(&d[k]), _mm256_cvtepi32_ps(sumi.f), acc.f);
+        FOR_ROWS(ROW)
+#undef ROW
+    }
+#define ROW(k, f)                                                        \
+    {                                                                    \
+        __m128 m = _mm_add_ps(accm.f, _mm_movehl_ps(accm.f, accm.f));    \
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));                           \
+        s[(k) * bs] = hsum_ps(acc.f) + _mm_cvtss_f32(m);                 \
+    }
+    FOR_ROWS(ROW)
+#undef ROW
+}
+
+void rk_avx2_vec_dot_rows_q4_K(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
+    q45_K_rows(0, n, s, bs, w, a, ba);
+}
+void rk_avx2_vec_dot_rows_q5_K(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
+    q45_K_rows(1, n, s, bs, w, a, ba);
+}
+
+void rk_avx2_vec_dot_rows_q6_K(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+    const blk_q6_K *w = vw;
+    const uint8_t *a = va;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+    f8x4 acc = zero_f8x4();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const int8_t *sc = w[i].scales;
+        const uint8_t *ab = a + i * (int64_t)sizeof(blk_q8_K);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        i8x4 sumi;
+#define ROW(k, f)                                                                                     \
+    sumi.f = _mm256_sub_epi32(_mm256_setzero_si256(),                                                 \
+                              _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(Q8K(ab, k, ba)->bsums)), 5));
+        FOR_ROWS(ROW)
+#undef ROW
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = w[i].ql + 64 * h;
+            const __m256i l0 = load256(ql), l1 = load256(ql + 32), qh = load256(w[i].qh + 32 * h);
+            for (int g = 0; g < 4; g++) {
+                const __m256i l = g & 1 ? l1 : l0;
+                const __m256i v = _mm256_and_si256(g < 2 ? l : _mm256_srli_epi16(l, 4), m4);
+                const __m256i top = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m2);
+                const __m256i q = _mm256_or_si256(v, _mm256_slli_epi16(top, 4));
+                const int k = 8 * h + 2 * g;
+                const __m256i scv = _mm256_set_m128i(_mm_set1_epi16(sc[k + 1]), _mm_set1_epi16(sc[k]));
+#define ROW(r, f)                                                                                      \
+    sumi.f = _mm256_add_epi32(                                                                         \
+        sumi.f, _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(Q8K(ab, r, ba)->qs + 128 * h + 32 * g)), scv));
+                FOR_ROWS(ROW)
+#undef ROW
+            }
+        }
+        float d[4];
+        _mm_storeu_ps(d, _mm_mul_ps(q8K_d4(ab, ba), _mm_set1_ps(h2f(w[i].d)))); /* a.d * h2f(w.d) */
+#define ROW(k, f) acc.f = _mm256_fmadd_ps(_mm256_broadcast_ss(&d[k]), _mm256_cvtepi32_ps(sumi.f), acc.f);
+        FOR_ROWS(ROW)
+#undef ROW
+    }
+#define ROW(k, f) s[(k) * bs] = hsum_ps(acc.f);
+    FOR_ROWS(ROW)
+#undef ROW
+}
+
+#undef Q8K
+#undef FOR_ROWS
+#undef AI
 
 /* ---- activation quantisation ---- */
 

@@ -118,6 +118,14 @@ static int next_batch(const rk_session *s, int32_t left) {
     return nb < room ? nb : room;
 }
 
+/* A streaming eval that could not evict stops there: the tokens so far stay evaluated
+ * (they cannot be taken back) and the error says how far it got. */
+static rk_status stopped(const rk_session *s, rk_status st, int32_t done, int32_t n) {
+    if (st == RK_OK)
+        st = rk_fail(RK_ERR_CTX_FULL, "the KV cache is full (%d slots) and nothing could be evicted", s->n_ctx);
+    return rk_fail(st, "%s (after %d of %d tokens)", rk_last_error(), done, n);
+}
+
 rk_status rk_session_eval(rk_session *s, const int32_t *tokens, int32_t n, float *logits, int32_t mode) {
     rk_status st = check_tokens(s, tokens, n, "rk_session_eval");
     if (st) return st;
@@ -127,13 +135,14 @@ rk_status rk_session_eval(rk_session *s, const int32_t *tokens, int32_t n, float
     const size_t nv = (size_t)s->model->n_vocab, d = (size_t)s->model->n_embd;
     for (int32_t i = 0, nb; i < n; i += nb) {
         nb = next_batch(s, n - i);
+        if (nb == 0) return stopped(s, RK_OK, i, n);
         rk_forward(s, tokens + i, nb);
         if (mode == RK_LOGITS_ALL) {
             rk_logits(s, s->xb, nb, logits + (size_t)i * nv);
         } else if (mode == RK_LOGITS_LAST && i + nb == n) {
             rk_logits(s, s->xb + (size_t)(nb - 1) * d, 1, logits);
         }
-        rk_evict_after_forward(s);
+        if ((st = rk_evict_after_forward(s))) return stopped(s, st, i + nb, n);
     }
     return RK_OK;
 }
@@ -174,6 +183,7 @@ rk_status rk_session_logprobs(rk_session *s, const int32_t *tokens, int32_t n, f
     const size_t d = (size_t)s->model->n_embd;
     for (int32_t i = 0, nb; i < n; i += nb) {
         nb = next_batch(s, n - i);
+        if (nb == 0) return stopped(s, RK_OK, i, n);
         rk_forward(s, tokens + i, nb);
         /* row r of this batch is token i+r; it predicts token i+r+1, which exists for i+r < n-1 */
         const int n_scored = i + nb <= n - 1 ? nb : n - 1 - i;
@@ -184,7 +194,7 @@ rk_status rk_session_logprobs(rk_session *s, const int32_t *tokens, int32_t n, f
                         argmax_out ? argmax_out + i + r : NULL};
             rk_pool_run(s->pool, logprob_task, &j);
         }
-        rk_evict_after_forward(s);
+        if ((st = rk_evict_after_forward(s))) return stopped(s, st, i + nb, n);
     }
     return RK_OK;
 }

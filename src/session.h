@@ -58,10 +58,11 @@ void rk_forward(rk_session *s, const int32_t *tokens, int n);
 
 /* evict.c: the streaming schedule's bookkeeping around eval */
 int32_t   rk_evict_max_used(const rk_session *s);
-/* tokens the next forward may take without passing budget + slack (streaming schedule), or the free slots */
+/* tokens the next forward may take without passing budget + slack (streaming schedule), or the free
+ * slots; 0 when the cache is full (a streaming eviction failed) */
 int32_t   rk_evict_room(const rk_session *s);
 /* after a forward: evict down to the budget where a buffer holds more than budget + slack */
-void      rk_evict_after_forward(rk_session *s);
+rk_status rk_evict_after_forward(rk_session *s);
 /* records the queries of a forward's tokens (called by rk_forward per layer) */
 void      rk_evict_record_queries(rk_session *s, int il, const float *q, int n, int32_t pos0);
 /* 1 when the streaming schedule is evicting (eval then never runs out of slots) */

@@ -1,0 +1,268 @@
+"""LAMBADA last-word accuracy and perplexity, with the context's KV cache compressed to a budget.
+
+    python -m engine.lambada --gguf model.gguf [--data FILE] [--limit N] [--budget 0.1 --policy snapkv]
+    (the same as python -m engine.perplexity --dataset lambada ...)
+
+Data: OpenAI-style jsonl (one {"text": ...} a line, as lambada_test.jsonl) or plain text with one
+passage a line (default: ../shared/data/lambada/lambada_development_plain_text.txt when found).
+
+Protocol, per passage:
+  * the target is the last word: the passage is split on its last space into context and word;
+  * ctx = tokenize(context) with the vocabulary's special tokens (BOS when it adds one);
+  * target tokens: when ctx is a prefix of tokenize(passage), the passage's tokens after it
+    ("continuation": the target is tokenised exactly as in running text); otherwise
+    tokenize(" " + word) without special tokens ("separate"). Both counts are reported;
+  * all of ctx but its last token is prefilled (full cache) and compressed to the budget with the
+    policy's prefix schedule (a fraction in (0, 1] of those tokens, or a number of tokens >= 2);
+  * then logprobs([ctx[-1]] + target, return_argmax=True) is evaluated on top of the compressed
+    cache, so every scored prediction, the target's first token included, depends on it.
+Accuracy: the greedy (argmax) prediction equals every target token. Perplexity: exp of the mean
+over passages of the target word's total negative log-likelihood (nats).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from .errors import EngineError
+from .perplexity import _as_eviction, _bar, _find_shared, kv_rows, print_table
+
+CASES = ("continuation", "separate")
+
+
+@dataclass
+class LambadaItem:
+    context_ids: list
+    target_ids: list
+    case: str = "continuation"  # how the target was tokenised, see CASES
+    word: str = ""
+
+
+@dataclass
+class LambadaResult:
+    accuracy: float
+    accuracy_stderr: float
+    ppl: float
+    n_scored: int                  # passages scored
+    n_correct: int
+    n_target_tokens: int
+    n_skipped: int = 0             # passages with no last word, or a context of fewer than 2 tokens
+    target_cases: dict = field(default_factory=dict)  # {"continuation": n, "separate": m}
+    running: list = field(default_factory=list)       # (accuracy, ppl) every 10% of the passages
+    seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    dataset: str = "lambada"
+    model: str = ""
+    data: str = ""
+    threads: int = 0
+    policy: str = "full"
+    budget: float = 1.0
+    protocol: str = "prefix"
+    eviction: dict = field(default_factory=dict)
+    budget_tokens_mean: float = 0.0  # entries kept per buffer, mean over passages
+    n_ctx: int = 0                   # KV slots of the session (the longest passage)
+    kv_bytes_peak: int = 0           # includes the uncompressed prefill
+    kv_bytes_mean: float = 0.0       # after each compression
+    kv_bytes_alloc: int = 0
+    kv_bytes_full: float = 0.0       # the uncompressed prefill, mean (what the full cache holds there)
+    n_tokens_evaluated: int = 0
+
+
+def default_data() -> Optional[str]:
+    return _find_shared("lambada", "lambada_development_plain_text.txt")
+
+
+def load_passages(path: str, limit: Optional[int] = None) -> list[str]:
+    """Passages of a LAMBADA file: jsonl with a 'text' field, or one passage a line."""
+    if not os.path.exists(path):
+        raise EngineError(f"{path}: no such file")
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for ln, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("{"):
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise EngineError(f"{path}:{ln}: not valid JSON: {e}") from None
+                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                    raise EngineError(f"{path}:{ln}: a JSON line needs a 'text' string")
+                line = obj["text"].strip()
+            out.append(line)
+            if limit is not None and limit > 0 and len(out) >= limit:
+                break
+    if not out:
+        raise EngineError(f"{path}: no passages")
+    return out
+
+
+def split_passage(text: str) -> tuple[str, str]:
+    """(context, last word): the passage split on its last space; ('', '') when there is none."""
+    text = text.strip()
+    i = text.rfind(" ")
+    if i <= 0:
+        return "", ""
+    return text[:i], text[i + 1:]
+
+
+def prepare(model, passages: Iterable[str]) -> tuple[list[LambadaItem], int]:
+    """Token ids of each passage's context and target; also the number of passages skipped.
+
+    target: the passage's tokens after the context's when those are a prefix of them
+    ("continuation"), else tokenize(" " + word) without special tokens ("separate")."""
+    items, skipped = [], 0
+    for text in passages:
+        text = text.strip()
+        context, word = split_passage(text)
+        if not word or not context.strip():
+            skipped += 1
+            continue
+        ctx = list(model.tokenize(context, add_special=True))
+        full = list(model.tokenize(text, add_special=True))
+        if len(full) > len(ctx) and full[:len(ctx)] == ctx:
+            target, case = full[len(ctx):], "continuation"
+        else:
+            target, case = list(model.tokenize(" " + word, add_special=False)), "separate"
+        if len(ctx) < 2 or not target:
+            skipped += 1
+            continue
+        items.append(LambadaItem(ctx, target, case, word))
+    return items, skipped
+
+
+def lambada(model, items: Sequence[LambadaItem] | Sequence[str], eviction=None, n_threads: Optional[int] = None,
+            progress: bool = True, on_passage=None, bar_position: int = 0) -> LambadaResult:
+    """Scores LAMBADA items (or raw passages, tokenised here) with the context compressed per `eviction`.
+
+    eviction: None (the full cache), an engine.eviction.Eviction or a dict of its fields; its schedule
+    is forced to "prefix". on_passage(i, correct, nll) after each passage.
+    """
+    from .perplexity import resolve_policy
+
+    ev = _as_eviction(eviction)
+    if ev is not None:
+        resolve_policy(ev.policy, ev.budget, "prefix")
+    skipped = 0
+    if items and isinstance(items[0], str):
+        items, skipped = prepare(model, items)
+    if not items:
+        raise EngineError("no LAMBADA passage to score (each needs a context and a last word)")
+    n_ctx = max(len(it.context_ids) + len(it.target_ids) for it in items)
+    cases = {c: 0 for c in CASES}
+    n_correct = n_target = n_eval = 0
+    nlls, running, kept_tokens, kv_pre, kv_kept = [], [], [], [], []
+    kv_peak = 0
+    every = max(1, len(items) // 10)
+    bar = _bar(progress, len(items), "passage", "lambada", bar_position)
+    t0 = time.perf_counter()
+    with model.session(n_ctx=n_ctx, n_threads=n_threads, n_batch=min(512, n_ctx)) as s:
+        if ev is not None:
+            s.set_eviction(replace(ev, schedule="prefix"))
+        alloc = s.kv_bytes_alloc
+        for i, it in enumerate(items):
+            ctx, target = it.context_ids, it.target_ids
+            s.reset()
+            s.eval(ctx[:-1], logits=None)
+            kv_pre.append(s.kv_bytes_used)
+            if ev is not None:
+                s.compress()
+            kv_kept.append(s.kv_bytes_used)
+            kept_tokens.append(kv_kept[-1] * n_ctx / alloc)  # entries per (layer, kv-head) buffer, mean
+            lp, am = s.logprobs([ctx[-1]] + list(target), return_argmax=True)
+            kv_peak = max(kv_peak, kv_pre[-1], s.kv_bytes_used)
+            correct = bool(np.array_equal(am, np.asarray(target, dtype=np.int32)))
+            nll = float(-lp.astype(np.float64).sum())
+            nlls.append(nll)
+            n_correct += correct
+            n_target += len(target)
+            n_eval += len(ctx) + len(target)
+            cases[it.case] = cases.get(it.case, 0) + 1
+            acc, ppl = n_correct / (i + 1), math.exp(float(np.mean(nlls)))
+            if (i + 1) % every == 0 or i + 1 == len(items):
+                running.append((acc, ppl))
+            if bar is not None:
+                bar.set_postfix(acc=f"{acc:.4f}", ppl=f"{ppl:.3f}")
+                bar.update(1)
+            if on_passage is not None:
+                on_passage(i, correct, nll)
+    if bar is not None:
+        bar.close()
+    secs = time.perf_counter() - t0
+    n = len(items)
+    acc = n_correct / n
+    res = LambadaResult(accuracy=acc, accuracy_stderr=math.sqrt(acc * (1 - acc) / n),
+                        ppl=math.exp(float(np.mean(nlls))), n_scored=n, n_correct=n_correct,
+                        n_target_tokens=n_target, n_skipped=skipped,
+                        target_cases=cases, running=running, seconds=secs,
+                        tokens_per_second=n_eval / secs if secs > 0 else 0.0, n_ctx=n_ctx,
+                        budget_tokens_mean=float(np.mean(kept_tokens)), kv_bytes_peak=kv_peak,
+                        kv_bytes_mean=float(np.mean(kv_kept)), kv_bytes_alloc=alloc,
+                        kv_bytes_full=float(np.mean(kv_pre)), n_tokens_evaluated=n_eval)
+    if ev is not None:
+        res.policy, res.budget, res.eviction = ev.policy, float(ev.budget), ev.as_dict()
+    return res
+
+
+def run_cli(args, ev) -> int:
+    """python -m engine.perplexity --dataset lambada (args from its parser); EngineError propagates."""
+    from . import Model
+
+    if args.protocol != "prefix":
+        raise EngineError("LAMBADA is scored with the prefix protocol only (--protocol prefix)")
+    path = args.file or default_data()
+    if not path:
+        raise EngineError("no LAMBADA file given (--data FILE) and "
+                          "../shared/data/lambada/lambada_development_plain_text.txt not found")
+    passages = load_passages(path, args.limit)
+    model = Model(args.gguf, n_threads=args.threads)
+    t0 = time.perf_counter()
+    items, skipped = prepare(model, passages)
+    print(f"model: {model.desc}", file=sys.stderr)
+    print(f"data: {path}: {len(passages)} passages, {len(items)} scored, {skipped} skipped "
+          f"(tokenised in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    if not items:
+        raise EngineError(f"{path}: no passage with a context and a last word")
+    res = lambada(model, items, eviction=ev, n_threads=args.threads, progress=not args.no_progress)
+    res.n_skipped = skipped
+    res.model, res.data, res.threads = args.gguf, path, model.session(n_ctx=4).n_threads
+    cases = ", ".join(f"{k} {v}" for k, v in res.target_cases.items())
+    print(f"LAMBADA: accuracy = {res.accuracy:.4f} +/- {res.accuracy_stderr:.4f} ({res.n_correct}/{res.n_scored}), "
+          f"ppl = {res.ppl:.4f}")
+    print(f"{res.n_scored} passages, {res.n_target_tokens} target tokens (target tokenisation: {cases}), "
+          f"{res.seconds:.1f} s, {res.tokens_per_second:.1f} tokens/s")
+    print()
+    if res.policy == "full" or res.budget == 1.0:
+        blabel = f"{res.budget:g} (full cache)"
+    else:
+        blabel = f"{res.budget:g} ({res.budget_tokens_mean:.1f} entries kept per buffer, mean)"
+    print_table([("dataset", f"lambada ({os.path.basename(path)})"), ("model", os.path.basename(args.gguf)),
+                 ("policy", res.policy), ("budget", blabel), ("protocol", res.protocol),
+                 ("accuracy", f"{res.accuracy:.4f} +/- {res.accuracy_stderr:.4f} ({res.n_correct}/{res.n_scored})"),
+                 ("perplexity", f"{res.ppl:.4f}"), ("target tokenisation", cases),
+                 ("passages skipped", str(res.n_skipped)), *kv_rows(res),
+                 ("tokens/s", f"{res.tokens_per_second:.1f}"), ("seconds", f"{res.seconds:.1f}")])
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(asdict(res), f, indent=2)
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from . import perplexity
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return perplexity.main(["--dataset", "lambada", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

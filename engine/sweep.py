@@ -1,0 +1,438 @@
+"""Sweep: perplexity and LAMBADA per eviction policy and KV budget, resumable, with a table and plots.
+
+    python -m engine.sweep --gguf model.gguf [--policies all|p1,p2] [--budgets 1,0.5,0.25,0.1,0.05]
+        [--datasets wikitext,lambada] [--ctx 2048] [--chunks N] [--lambada-n N] [--out DIR]
+
+Runs every (dataset, policy, budget) combination with engine.perplexity.perplexity and
+engine.lambada.lambada. Budget 1 is the full cache, the same for every policy, so it runs once
+(policy "full") and fills the budget-1 column of every policy (with --protocol streaming the
+budget-1 cache of --ctx tokens still evicts, so there it runs per policy).
+
+Writes, after every run (so an interrupted sweep loses at most the run in progress):
+  DIR/sweep.json   {"runs": [...], "errors": [...]}: every figure of every run and its settings
+  DIR/sweep.csv    one row per run
+  DIR/sweep.md     the markdown tables printed at the end (rows = policies, columns = budgets)
+  DIR/ppl_vs_budget.png, DIR/lambada_vs_budget.png   when matplotlib is installed
+Resumable: a combination already in DIR/sweep.json with the same settings (model, ctx, chunks,
+protocol, data file, passages, eviction hyper-parameters) is skipped. Runs that fail (e.g. a policy
+this build does not implement yet) are reported, recorded under "errors", and retried next time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from typing import Optional
+
+import numpy as np
+
+from .errors import EngineError
+from .perplexity import (NON_EVICTING, PROTOCOLS, _default_text, add_eviction_args, check_budget, check_policy,
+                         eviction_params, make_eviction, perplexity)
+
+DATASETS = ("wikitext", "lambada")
+DEFAULT_BUDGETS = (1.0, 0.5, 0.25, 0.1, 0.05)
+
+CSV_FIELDS = ["dataset", "policy", "budget", "protocol", "ppl", "ppl_stderr", "accuracy", "accuracy_stderr",
+              "n_scored", "n_ctx", "chunks", "lambada_n", "kv_bytes_peak", "kv_bytes_mean", "kv_bytes_alloc",
+              "kv_bytes_full", "tokens_per_second", "seconds", "model", "data", "positions", "window", "n_sink",
+              "kernel", "slack", "ema_alpha", "aws_beta", "pyramid_beta", "ada_floor", "ada_base", "lacache_span",
+              "lacache_overlap", "finished"]
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise EngineError(f"--{what}: empty list")
+    return items
+
+
+def parse_policies(text: str) -> list[str]:
+    from .eviction import policies
+
+    if text.strip() == "all":
+        return [p for p in policies() if p != "full"]
+    out = []
+    for p in parse_list(text, "policies"):
+        check_policy(p)
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def parse_budgets(text: str) -> list[float]:
+    out = []
+    for b in parse_list(text, "budgets"):
+        try:
+            v = float(b)
+        except ValueError:
+            raise EngineError(f"--budgets: {b!r} is not a number") from None
+        v = check_budget(v)
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def plan(policies: list[str], budgets: list[float], datasets: list[str], protocol: str = "prefix") -> list[tuple]:
+    """(dataset, policy, budget, protocol) of every run, the shared full-cache runs first."""
+    runs = []
+    for ds in datasets:
+        proto = "prefix" if ds == "lambada" else protocol
+        if 1.0 in budgets and proto == "prefix":
+            runs.append((ds, "full", 1.0, proto))
+        for b in budgets:
+            if b == 1.0 and proto == "prefix":
+                continue
+            for p in policies:
+                if p == "full" or (proto == "streaming" and p in NON_EVICTING):
+                    continue  # full is the budget-1 run; the streaming protocol needs an evicting policy
+                runs.append((ds, p, b, proto))
+    return runs
+
+
+def _settings(ds: str, policy: str, budget: float, protocol: str, cfg: dict) -> dict:
+    """Everything a run's figures depend on: its identity for resuming."""
+    s = {"dataset": ds, "policy": policy, "budget": float(budget), "protocol": protocol, "model": cfg["model"],
+         "eviction": cfg["eviction"]}
+    if ds == "wikitext":
+        s.update(n_ctx=cfg["ctx"], chunks=cfg["chunks"], data=cfg["wikitext"])
+    else:
+        s.update(lambada_n=cfg["lambada_n"], data=cfg["lambada"])
+    return s
+
+
+def _row(run: dict) -> dict:
+    r, st = run["result"], run["settings"]
+    row = {"dataset": st["dataset"], "policy": st["policy"], "budget": st["budget"], "protocol": st["protocol"],
+           "ppl": r.get("ppl"), "ppl_stderr": r.get("ppl_stderr"), "accuracy": r.get("accuracy"),
+           "accuracy_stderr": r.get("accuracy_stderr"), "n_scored": r.get("n_scored"), "n_ctx": r.get("n_ctx"),
+           "chunks": st.get("chunks"), "lambada_n": st.get("lambada_n"), "model": st["model"], "data": st["data"],
+           "finished": run.get("finished")}
+    for k in ("kv_bytes_peak", "kv_bytes_mean", "kv_bytes_alloc", "kv_bytes_full", "tokens_per_second", "seconds"):
+        row[k] = r.get(k)
+    row.update(st["eviction"])
+    return row
+
+
+def load(out: str) -> dict:
+    path = os.path.join(out, "sweep.json")
+    if not os.path.exists(path):
+        return {"runs": [], "errors": []}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise EngineError(f"{path}: cannot resume from it ({e}); move it away or use another --out") from None
+    data.setdefault("runs", [])
+    data.setdefault("errors", [])
+    return data
+
+
+def save(out: str, data: dict) -> None:
+    """sweep.json and sweep.csv, each written to a temporary file first and renamed."""
+    jpath = os.path.join(out, "sweep.json")
+    with open(jpath + ".tmp", "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(jpath + ".tmp", jpath)
+    cpath = os.path.join(out, "sweep.csv")
+    with open(cpath + ".tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for run in data["runs"]:
+            w.writerow(_row(run))
+    os.replace(cpath + ".tmp", cpath)
+
+
+def _fmt_budget(b: float) -> str:
+    return f"{b:g}"
+
+
+def _cell_value(run: Optional[dict], metric: str) -> Optional[float]:
+    if run is None:
+        return None
+    v = run["result"].get(metric)
+    return None if v is None else float(v)
+
+
+def tables(runs: list[dict], policies: list[str], budgets: list[float], datasets: list[str],
+           names: Optional[dict] = None) -> str:
+    """Markdown tables, rows = policies, columns = budgets (budget 1: the full cache).
+
+    names: {"wikitext": "WikiText-2 (wiki.test.raw)", ...}, the titles' dataset names."""
+    names = {"wikitext": "WikiText-2", "lambada": "LAMBADA", **(names or {})}
+    by = {(r["settings"]["dataset"], r["settings"]["policy"], r["settings"]["budget"]): r for r in runs}
+    cols = sorted(budgets, key=lambda b: (b > 1, -b if b <= 1 else b))
+    metrics = []
+    if "wikitext" in datasets:
+        metrics.append(("wikitext", "ppl", f"Perplexity (lower is better): {names['wikitext']}",
+                        lambda v: f"{v:.2f}"))
+    if "lambada" in datasets:
+        metrics.append(("lambada", "accuracy", f"LAMBADA last-word accuracy, % (higher is better): {names['lambada']}",
+                        lambda v: f"{100 * v:.1f}"))
+        metrics.append(("lambada", "ppl", f"LAMBADA last-word perplexity (lower is better): {names['lambada']}",
+                        lambda v: f"{v:.2f}"))
+    rows_p = [p for p in policies if p != "full"] or ["full"]
+    out = []
+    for ds, metric, title, fmt in metrics:
+        out.append(f"**{title}**\n")
+        out.append("| policy | " + " | ".join(_fmt_budget(b) for b in cols) + " |")
+        out.append("|---|" + "---:|" * len(cols))
+        for p in rows_p:
+            cells = []
+            for b in cols:
+                run = by.get((ds, p, b))
+                if run is None and b == 1.0:
+                    run = by.get((ds, "full", 1.0))
+                v = _cell_value(run, metric)
+                cells.append("–" if v is None or not math.isfinite(v) else fmt(v))
+            out.append(f"| {p} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plots(out: str, runs: list[dict], policies: list[str], titles: Optional[dict] = None) -> list[str]:
+    """ppl_vs_budget.png and lambada_vs_budget.png (fraction budgets, log x); [] without matplotlib.
+
+    titles: {"wikitext": ..., "lambada": ...}, the figures' dataset names."""
+    titles = {"wikitext": "WikiText-2", "lambada": "LAMBADA", **(titles or {})}
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    by = {(r["settings"]["dataset"], r["settings"]["policy"], r["settings"]["budget"]): r for r in runs}
+
+    def series(ds, p, metric):
+        pts = []
+        for (d, pp, b), run in by.items():
+            if d == ds and b <= 1 and (pp == p or (pp == "full" and b == 1.0)):
+                v = _cell_value(run, metric)
+                if v is not None and math.isfinite(v):
+                    pts.append((b, v))
+        pts.sort()
+        return [b for b, _ in pts], [v for _, v in pts]
+
+    names = [p for p in policies if p != "full"]
+    specs = [("wikitext", "ppl_vs_budget.png", [("ppl", "perplexity", True)], titles["wikitext"]),
+             ("lambada", "lambada_vs_budget.png", [("accuracy", "last-word accuracy", False),
+                                                    ("ppl", "last-word perplexity", True)], titles["lambada"])]
+    for ds, fname, metrics, title in specs:
+        if not any(k[0] == ds for k in by):
+            continue
+        fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
+        for ax, (metric, label, logy) in zip(axes[0], metrics):
+            full = _cell_value(by.get((ds, "full", 1.0)), metric)
+            for p in names:
+                x, y = series(ds, p, metric)
+                if x:
+                    ax.plot(x, y, marker="o", label=p)
+            if full is not None and math.isfinite(full):
+                ax.axhline(full, color="k", linestyle="--", linewidth=0.8, label="full cache")
+            ax.set_xscale("log")
+            ticks = sorted({b for (d, _, b) in by if d == ds and b <= 1})
+            ax.set_xticks(ticks)
+            ax.set_xticks([], minor=True)
+            ax.set_xticklabels([f"{b:g}" for b in ticks])
+            if logy:
+                ax.set_yscale("log")
+            ax.set_xlabel("KV budget (fraction of entries kept)")
+            ax.set_ylabel(label)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.set_title(f"{title}: {label} vs KV budget")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out, fname)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[str], out: str, ctx: int = 2048,
+          chunks: Optional[int] = None, lambada_n: Optional[int] = None, protocol: str = "prefix",
+          eviction: Optional[dict] = None, wikitext: Optional[str] = None, lambada_file: Optional[str] = None,
+          n_threads: Optional[int] = None, progress: bool = True, log=sys.stderr) -> dict:
+    """Runs the missing combinations; returns {"runs", "errors", "ran", "skipped", "failed", "tables", "plots"}."""
+    from . import Model
+    from . import lambada as lam
+
+    for ds in datasets:
+        if ds not in DATASETS:
+            raise EngineError(f"unknown dataset {ds!r} (known: {', '.join(DATASETS)})")
+    if protocol not in PROTOCOLS:
+        raise EngineError(f"unknown protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
+    if ctx < 4 or ctx % 2:
+        raise EngineError(f"--ctx must be an even number >= 4, got {ctx}")
+    if not os.path.exists(gguf):
+        raise EngineError(f"{gguf}: no such file")
+    # every hyper-parameter, defaults included, so the resume keys do not depend on how they were given
+    ev_params = {k: v for k, v in make_eviction("full", 1.0, **dict(eviction or {})).as_dict().items()
+                 if k not in ("policy", "budget", "schedule")}
+    files = {}
+    if "wikitext" in datasets:
+        files["wikitext"] = wikitext or _default_text()
+        if not files["wikitext"]:
+            raise EngineError("no WikiText file given (--wikitext FILE) and "
+                              "../shared/data/wikitext-2/wiki.test.raw not found")
+    if "lambada" in datasets:
+        files["lambada"] = lambada_file or lam.default_data()
+        if not files["lambada"]:
+            raise EngineError("no LAMBADA file given (--lambada FILE) and "
+                              "../shared/data/lambada/lambada_development_plain_text.txt not found")
+    for ds, path in files.items():
+        if not os.path.exists(path):
+            raise EngineError(f"{path}: no such file")
+    cfg = {"model": os.path.abspath(gguf), "eviction": ev_params, "ctx": ctx, "chunks": chunks,
+           "lambada_n": lambada_n, "wikitext": os.path.abspath(files["wikitext"]) if "wikitext" in files else None,
+           "lambada": os.path.abspath(files["lambada"]) if "lambada" in files else None}
+    os.makedirs(out, exist_ok=True)
+    data = load(out)
+    done = {json.dumps(r["settings"], sort_keys=True) for r in data["runs"]}
+    todo, skipped = [], 0
+    for ds, p, b, proto in plan(policies, budgets, datasets, protocol):
+        st = _settings(ds, p, b, proto, cfg)
+        if json.dumps(st, sort_keys=True) in done:
+            skipped += 1
+        else:
+            todo.append(st)
+    print(f"sweep: {len(todo) + skipped} runs, {skipped} already in {os.path.join(out, 'sweep.json')}, "
+          f"{len(todo)} to run", file=log)
+    data["errors"] = [e for e in data["errors"]
+                      if json.dumps(e["settings"], sort_keys=True) not in {json.dumps(t, sort_keys=True) for t in todo}]
+    ran, failed = 0, []
+    if todo:
+        model = Model(gguf, n_threads=n_threads)
+        cache = {}
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), unit="run", desc="sweep", file=sys.stderr, dynamic_ncols=True, position=0)
+        for st in todo:
+            ds, p, b, proto = st["dataset"], st["policy"], st["budget"], st["protocol"]
+            label = f"{ds} {p} @ {b:g} ({proto})"
+            if bar is not None:
+                bar.set_postfix_str(label)
+            t0 = time.time()
+            try:
+                ev = make_eviction(p, b, **ev_params)
+                if ds == "wikitext":
+                    if "wt" not in cache:
+                        text = open(files["wikitext"], encoding="utf-8", errors="replace").read()
+                        cache["wt"] = np.asarray(model.tokenize(text, add_special=True), dtype=np.int32)
+                    tok = model.tokenizer
+                    res = perplexity(model, cache["wt"], n_ctx=ctx, n_chunks=chunks, n_threads=n_threads,
+                                     bos_id=tok.bos_id if tok.add_bos else None, progress=progress, eviction=ev,
+                                     protocol=proto, bar_position=1)
+                    res.text = res.data = cfg["wikitext"]
+                    figure = f"ppl {res.ppl:.4f}"
+                else:
+                    if "lb" not in cache:
+                        cache["lb"] = lam.prepare(model, lam.load_passages(files["lambada"], lambada_n))
+                    items, n_skip = cache["lb"]
+                    res = lam.lambada(model, items, eviction=ev, n_threads=n_threads, progress=progress,
+                                      bar_position=1)
+                    res.n_skipped, res.data = n_skip, cfg["lambada"]
+                    figure = f"accuracy {res.accuracy:.4f}, ppl {res.ppl:.4f}"
+                res.model = gguf
+            except EngineError as e:
+                failed.append(label)
+                data["errors"].append({"settings": st, "error": str(e)})
+                save(out, data)
+                msg = f"sweep: {label}: failed: {e}"
+                (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=log))
+                if bar is not None:
+                    bar.update(1)
+                continue
+            data["runs"].append({"settings": st, "result": asdict(res),
+                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_seconds": time.time() - t0})
+            save(out, data)
+            ran += 1
+            msg = f"sweep: {label}: {figure} ({res.seconds:.1f} s)"
+            (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=log))
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+    else:
+        save(out, data)
+    wanted = {json.dumps(_settings(ds, p, b, proto, cfg), sort_keys=True)
+              for ds, p, b, proto in plan(policies, budgets, datasets, protocol)}
+    current = [r for r in data["runs"] if json.dumps(r["settings"], sort_keys=True) in wanted]
+    names = {"wikitext": f"{os.path.basename(files['wikitext'])}, ctx {ctx}"
+                         + (f", {chunks} chunks" if chunks else "") + f", {protocol} protocol"
+                         if "wikitext" in files else "",
+             "lambada": os.path.basename(files["lambada"])
+                        + (f", {lambada_n} passages" if lambada_n else "") if "lambada" in files else ""}
+    md = tables(current, policies, budgets, datasets, names)
+    with open(os.path.join(out, "sweep.md"), "w") as f:
+        f.write(md)
+    pngs = plots(out, current, policies, {ds: os.path.basename(path) for ds, path in files.items()})
+    return {"runs": data["runs"], "errors": data["errors"], "ran": ran, "skipped": skipped, "failed": failed,
+            "tables": md, "plots": pngs}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m engine.sweep",
+        description="Perplexity (WikiText-2) and LAMBADA accuracy per KV eviction policy and budget. Resumable: "
+                    "combinations already in DIR/sweep.json are skipped. Writes DIR/sweep.csv, sweep.json, "
+                    "sweep.md and, with matplotlib, ppl_vs_budget.png and lambada_vs_budget.png; prints "
+                    "markdown tables (rows = policies, columns = budgets).")
+    p.add_argument("--gguf", "-m", required=True, help="path to the GGUF model file")
+    p.add_argument("--policies", default="all",
+                   help="'all' (every policy of this build but full) or a comma-separated list (default all)")
+    p.add_argument("--budgets", default=",".join(f"{b:g}" for b in DEFAULT_BUDGETS),
+                   help="comma-separated budgets: fractions in (0, 1] or token counts >= 2; 1 = the full "
+                        "cache, run once for all policies (default 1,0.5,0.25,0.1,0.05)")
+    p.add_argument("--datasets", default="wikitext,lambada", help="comma-separated: wikitext, lambada (default both)")
+    p.add_argument("--ctx", type=int, default=2048, help="wikitext: tokens per chunk (default 2048)")
+    p.add_argument("--chunks", type=int, default=None, help="wikitext: only the first N chunks (default all)")
+    p.add_argument("--lambada-n", type=int, default=None, help="lambada: only the first N passages (default all)")
+    p.add_argument("--wikitext", default=None, help="wikitext file (default ../shared/data/wikitext-2/wiki.test.raw)")
+    p.add_argument("--lambada", dest="lambada_file", default=None,
+                   help="LAMBADA file (default ../shared/data/lambada/lambada_development_plain_text.txt)")
+    p.add_argument("--out", default="sweep_out", help="output folder (default ./sweep_out)")
+    p.add_argument("--threads", "-t", type=int, default=None, help="worker threads (default: all cores)")
+    add_eviction_args(p, policy_budget=False)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        policies = parse_policies(args.policies)
+        budgets = parse_budgets(args.budgets)
+        datasets = parse_list(args.datasets, "datasets")
+        r = sweep(args.gguf, policies, budgets, datasets, args.out, ctx=args.ctx, chunks=args.chunks,
+                  lambada_n=args.lambada_n, protocol=args.protocol, eviction=eviction_params(args),
+                  wikitext=args.wikitext, lambada_file=args.lambada_file, n_threads=args.threads,
+                  progress=not args.no_progress)
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(r["tables"])
+    out = args.out
+    files = ["sweep.json", "sweep.csv", "sweep.md"] + [os.path.basename(p) for p in r["plots"]]
+    print(f"{r['ran']} run(s) done, {r['skipped']} already done, {len(r['failed'])} failed; "
+          f"wrote {', '.join(os.path.join(out, f) for f in files)}")
+    if not r["plots"]:
+        print("(no plots: matplotlib is not installed; pip install matplotlib)", file=sys.stderr)
+    if r["failed"]:
+        print("failed (retried next time): " + "; ".join(r["failed"]), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

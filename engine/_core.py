@@ -211,16 +211,20 @@ class Session:
         _check(lib.rk_session_eval(h, ffi.from_buffer("int32_t[]", toks), len(toks), buf, mode))
         return out
 
-    def logprobs(self, ids: Iterable[int], return_argmax: bool = False):
-        """Appends tokens; returns log p(ids[i+1] | ids[..i]) for i < len(ids)-1 (float32, n-1 values)."""
+    def logprobs(self, ids: Iterable[int], return_argmax: bool = False, score_first: bool = False):
+        """Appends tokens; returns log p(ids[i+1] | ids[..i]) for i < len(ids)-1 (float32, n-1 values).
+
+        score_first=True also scores ids[0] from the last token evaluated before (n values), so a
+        long text can be scored piece by piece without losing or repeating a prediction."""
         toks = _token_array(ids, self._n_vocab)
         h = self._handle()
         n = len(toks)
-        out = np.empty(max(n - 1, 0), dtype=np.float32)
-        am = np.empty(max(n - 1, 0), dtype=np.int32) if return_argmax else None
-        _check(lib.rk_session_logprobs(h, ffi.from_buffer("int32_t[]", toks), n,
-                                       ffi.from_buffer("float[]", out) if n > 1 else ffi.NULL,
-                                       ffi.from_buffer("int32_t[]", am) if am is not None and n > 1 else ffi.NULL))
+        m = n if score_first else max(n - 1, 0)
+        out = np.empty(m, dtype=np.float32)
+        am = np.empty(m, dtype=np.int32) if return_argmax else None
+        fn = lib.rk_session_logprobs_next if score_first else lib.rk_session_logprobs
+        _check(fn(h, ffi.from_buffer("int32_t[]", toks), n, ffi.from_buffer("float[]", out) if m else ffi.NULL,
+                  ffi.from_buffer("int32_t[]", am) if am is not None and m else ffi.NULL))
         return (out, am) if return_argmax else out
 
     def reset(self) -> None:

@@ -46,8 +46,8 @@ from .errors import EngineError
 PROTOCOLS = ("prefix", "streaming")
 # policies that never evict (full keeps everything; topk masks attention but keeps every entry)
 NON_EVICTING = ("full", "topk")
-# tokens per eval call of the streaming protocol: [piece, n_vocab] float32 logits at a time
-STREAM_PIECE = 128
+# tokens per logprobs call of the streaming protocol (the C core cuts batches at budget + slack itself)
+STREAM_PIECE = 512
 
 
 @dataclass
@@ -221,16 +221,6 @@ def _running(nll_sum: float, nll2_sum: float, count: int) -> tuple[float, float]
     return ppl, ppl * math.sqrt(var / (count - 1))
 
 
-def log_softmax_at(rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """log softmax(rows[i])[targets[i]] in float64 (rows, float32 [n, n_vocab], are overwritten)."""
-    n = len(targets)
-    mx = rows.max(axis=1)
-    tgt = rows[np.arange(n), targets].astype(np.float64) - mx.astype(np.float64)
-    rows -= mx[:, None]
-    np.exp(rows, out=rows)
-    return tgt - np.log(rows.sum(axis=1, dtype=np.float64))
-
-
 def _bar(progress: bool, total: int, unit: str, desc: str, position: int = 0):
     if not progress:
         return None
@@ -341,7 +331,7 @@ def _streaming(model, tokens, n_ctx, ev, n_threads, progress, on_chunk, piece, o
                           "the streaming protocol needs at least 2")
     s_ctx = kept + ev.slack + 1
     evs = replace(ev, budget=float(kept), schedule="streaming")
-    bar = _bar(progress, n_tok - 1, "tok", "perplexity (streaming)", bar_position)
+    bar = _bar(progress, n_tok, "tok", "perplexity (streaming)", bar_position)
     nll_sum = nll2_sum = 0.0
     count = 0
     running = []
@@ -352,9 +342,9 @@ def _streaming(model, tokens, n_ctx, ev, n_threads, progress, on_chunk, piece, o
     with model.session(n_ctx=s_ctx, n_threads=n_threads, n_batch=min(512, s_ctx)) as s:
         s.set_eviction(evs)
         per_token = s.kv_bytes_alloc / s_ctx
-        # warm-up: tokens[0 .. n_ctx-1) only fill the cache
-        for a in range(0, n_ctx - 1, piece):
-            b = min(a + piece, n_ctx - 1)
+        # warm-up: tokens[0 .. n_ctx) only fill the cache
+        for a in range(0, n_ctx, piece):
+            b = min(a + piece, n_ctx)
             s.eval(tokens[a:b], logits=None)
             used = s.kv_bytes_used
             samples.append(used)
@@ -363,16 +353,14 @@ def _streaming(model, tokens, n_ctx, ev, n_threads, progress, on_chunk, piece, o
                 on_piece(s)
             if bar is not None:
                 bar.update(b - a)
-        # scored: the logits of tokens[t-1] predict tokens[t], t = n_ctx .. n_tok-1. Each piece is one
-        # eval with all logits, so every prediction is scored exactly once and no token is evaluated
-        # twice (Session.logprobs drops the prediction of the last token of each call).
-        a = n_ctx - 1
-        while a < n_tok - 1:
+        # scored: tokens[t], t = n_ctx .. n_tok-1, each predicted from everything before it; score_first
+        # makes each piece's first token predicted from the previous piece's last, so every prediction
+        # is scored exactly once and no token is evaluated twice
+        a = n_ctx
+        while a < n_tok:
             # pieces end on the chunk boundaries (every n_ctx scored), where the running estimate is taken
-            b = min(a + piece, n_tok - 1, n_ctx - 1 + next_report)
-            rows = s.eval(tokens[a:b], logits="all")
-            lp = log_softmax_at(rows, tokens[a + 1:b + 1])
-            del rows
+            b = min(a + piece, n_tok, n_ctx + next_report)
+            lp = s.logprobs(tokens[a:b], score_first=True).astype(np.float64)
             used = s.kv_bytes_used
             samples.append(used)
             kv_peak = max(kv_peak, used)
@@ -382,7 +370,7 @@ def _streaming(model, tokens, n_ctx, ev, n_threads, progress, on_chunk, piece, o
             nll2_sum += float((lp * lp).sum())
             count += len(lp)
             ppl, _ = _running(nll_sum, nll2_sum, count)
-            if count == next_report or b == n_tok - 1:
+            if count == next_report or b == n_tok:
                 running.append(ppl)
                 if on_chunk is not None:
                     on_chunk(len(running) - 1, ppl)

@@ -13,6 +13,8 @@
  *   2. the rest of the budget: the highest scores among the unprotected tokens;
  *      ties go to the newer token (larger position).
  *   3. compaction keeps the surviving slots in their slot order.
+ * Under the streaming schedule no head keeps more than n_ctx - slack - 1 tokens (a
+ * per-head allocation above that is cut), so the next tokens always have a slot.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -75,6 +77,7 @@ int32_t rk_evict_room(const rk_session *s) {
     int32_t used = rk_evict_max_used(s), room = s->n_ctx - used;
     if (rk_evict_streaming(s)) {
         int32_t r = budget_tokens(&s->evict, s->n_ctx) + s->evict.slack + 1 - used;
+        if (r < 1) r = 1; /* a head given more than budget + slack (pyramidkv, adakv): one token at a time */
         if (r < room) room = r;
     }
     return room < 0 ? 0 : room; /* 0: full (only after a failed eviction) */
@@ -122,7 +125,8 @@ static rk_status validate(const rk_session *s, const rk_evict_params *p, const r
     if (p->positions == RK_POSITIONS_SHIFT && pol->allocate)
         return rk_fail(RK_ERR_ARG, "positions=shift needs the same number of tokens in every head; "
                                    "policy '%s' varies it", pol->name);
-    if (p->schedule == RK_SCHEDULE_STREAMING && strcmp(pol->name, "full") && strcmp(pol->name, "topk")) {
+    if (p->schedule == RK_SCHEDULE_STREAMING && strcmp(pol->name, "full") && strcmp(pol->name, "topk") &&
+        !(budget_is_fraction(p) && p->budget >= 1.0f)) {
         int64_t need = (int64_t)budget_tokens(p, s->n_ctx) + p->slack + 1;
         if (need > s->n_ctx)
             return rk_fail(RK_ERR_ARG, "streaming schedule needs n_ctx >= budget + slack + 1 = %lld, the session has %d",
@@ -408,6 +412,9 @@ static rk_status compress_to(rk_session *s, int32_t budget) {
         if (st) return st;
         for (int g = 0; g < G; g++) keep_n[g] = budget;
         if (pol->allocate) pol->allocate(&v, s->ev_scores, keep_n);
+        if (rk_evict_streaming(s)) /* leave room for slack + 1 new tokens, whatever a head was given */
+            for (int g = 0; g < G; g++)
+                if (keep_n[g] > C - s->evict.slack - 1) keep_n[g] = C - s->evict.slack - 1;
         for (int g = 0; g < G; g++) {
             const int32_t n = v.n_used[g];
             int32_t c = keep_n[g] < 1 ? 1 : keep_n[g];

@@ -78,6 +78,7 @@ void rk_forward(rk_session *s, const int32_t *tokens, int n) {
         add_rows(s->x, s->proj, (size_t)n * d);
     }
     rk_rmsnorm(s->xb, s->x, m->output_norm, n, d, m->rms_eps);
+    memcpy(s->last_h, s->xb + (size_t)(n - 1) * d, (size_t)d * sizeof(float));
     s->n_past += n;
     s->next_pos += n;
 }

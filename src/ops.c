@@ -42,20 +42,18 @@ static void matmul_task(void *ctx, int ith, int nth) {
         long lo = b > base ? b : base, hi = e < base + w->n_out ? e : base + w->n_out;
         const rk_type_traits *tr = rk_get_type_traits(w->type);
         const rk_vec_dot_fn dot = tr->vec_dot;
-        const rk_vec_dot_rows_fn dot_rows = tr->vec_dot_rows;
+        const rk_vec_dot_tile_fn tile = tr->vec_dot_tile;
         for (long r0 = lo; r0 < hi; r0 += MM_ROW_BLOCK) {
             long r1 = r0 + MM_ROW_BLOCK < hi ? r0 + MM_ROW_BLOCK : hi;
             int t = 0;
-            /* RK_DOT_ROWS tokens per call share each unpacked weight block; the
-             * rest go one by one. Either way every output is bit-identical. */
-            if (dot_rows)
-                for (; t + RK_DOT_ROWS <= j->n_tokens; t += RK_DOT_ROWS) {
-                    const uint8_t *a = j->act_buf + (size_t)t * j->act_row;
-                    float *yt = j->y[i] + (size_t)t * (size_t)w->n_out;
-                    for (long r = r0; r < r1; r++)
-                        dot_rows(w->n_in, &yt[r - base], (size_t)w->n_out,
-                                 (const uint8_t *)w->data + (size_t)(r - base) * w->row_bytes, a, j->act_row);
-                }
+            /* RK_DOT_ROWS tokens at a time against the whole row block: each
+             * weight block unpacked once per group of tokens; the remaining
+             * tokens one by one. Either way every output is bit-identical. */
+            if (tile)
+                for (; t + RK_DOT_ROWS <= j->n_tokens; t += RK_DOT_ROWS)
+                    tile(w->n_in, (int)(r1 - r0), j->y[i] + (size_t)t * (size_t)w->n_out + (r0 - base),
+                         (size_t)w->n_out, (const uint8_t *)w->data + (size_t)(r0 - base) * w->row_bytes,
+                         w->row_bytes, j->act_buf + (size_t)t * j->act_row, j->act_row);
             for (; t < j->n_tokens; t++) {
                 const uint8_t *a = j->act_buf + (size_t)t * j->act_row;
                 float *yt = j->y[i] + (size_t)t * (size_t)w->n_out;

@@ -476,15 +476,16 @@ static void vec_dot_q6_K(int64_t n, float *s, const void *vw, const void *va) {
     *s = sum;
 }
 
-/* ---- several activation rows per weight row (vec_dot_rows) ----
- * The portable twins of the AVX2 vec_dot_rows kernels: each weight block is
- * unpacked once, and every output then takes exactly the float steps of the
- * single-row kernel above (same expression, same order of blocks). */
+/* ---- tiles: several weight rows x RK_DOT_ROWS activation rows (vec_dot_tile) ----
+ * The portable twins of the AVX2 tile kernels: each weight block is unpacked
+ * once for RK_DOT_ROWS activation rows, and every output then takes exactly
+ * the float steps of the single-row kernel above (same expression, same order
+ * of blocks). */
 
 #define NR RK_DOT_ROWS
 #define ROW(p, t, ba, T) ((const T *)((const uint8_t *)(p) + (size_t)(t) * (ba)))
 
-static void vec_dot_rows_q4_0(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+static inline void rows_q4_0(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
     const blk_q4_0 *w = vw;
     uint8_t q[QK];
     float sum[NR] = {0};
@@ -500,7 +501,7 @@ static void vec_dot_rows_q4_0(int64_t n, float *s, size_t bs, const void *vw, co
     for (int t = 0; t < NR; t++) s[(size_t)t * bs] = sum[t];
 }
 
-static void vec_dot_rows_q4_1(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+static inline void rows_q4_1(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
     const blk_q4_1 *w = vw;
     uint8_t q[QK];
     float sum[NR] = {0};
@@ -516,7 +517,7 @@ static void vec_dot_rows_q4_1(int64_t n, float *s, size_t bs, const void *vw, co
     for (int t = 0; t < NR; t++) s[(size_t)t * bs] = sum[t];
 }
 
-static void vec_dot_rows_q5_0(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+static inline void rows_q5_0(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
     const blk_q5_0 *w = vw;
     uint8_t q[QK];
     float sum[NR] = {0};
@@ -532,7 +533,7 @@ static void vec_dot_rows_q5_0(int64_t n, float *s, size_t bs, const void *vw, co
     for (int t = 0; t < NR; t++) s[(size_t)t * bs] = sum[t];
 }
 
-static void vec_dot_rows_q5_1(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+static inline void rows_q5_1(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
     const blk_q5_1 *w = vw;
     uint8_t q[QK];
     float sum[NR] = {0};
@@ -548,7 +549,7 @@ static void vec_dot_rows_q5_1(int64_t n, float *s, size_t bs, const void *vw, co
     for (int t = 0; t < NR; t++) s[(size_t)t * bs] = sum[t];
 }
 
-static void vec_dot_rows_q8_0(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+static inline void rows_q8_0(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
     const blk_q8_0 *w = vw;
     float sum[NR] = {0};
     for (int64_t i = 0; i < n / QK; i++) {
@@ -601,14 +602,14 @@ static inline void q45_K_rows(int five, int64_t n, float *s, size_t bs, const vo
     for (int t = 0; t < NR; t++) s[(size_t)t * bs] = sum[t];
 }
 
-static void vec_dot_rows_q4_K(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
+static inline void rows_q4_K(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
     q45_K_rows(0, n, s, bs, w, a, ba);
 }
-static void vec_dot_rows_q5_K(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
+static inline void rows_q5_K(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
     q45_K_rows(1, n, s, bs, w, a, ba);
 }
 
-static void vec_dot_rows_q6_K(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+static inline void rows_q6_K(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
     const blk_q6_K *w = vw;
     int8_t q[QK_K];
     float sum[NR] = {0};
@@ -628,6 +629,13 @@ static void vec_dot_rows_q6_K(int64_t n, float *s, size_t bs, const void *vw, co
     for (int t = 0; t < NR; t++) s[(size_t)t * bs] = sum[t];
 }
 
+#define TILE(t)                                                                                         \
+    static void vec_dot_tile_##t(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw,     \
+                                 const void *a, size_t ba) {                                           \
+        for (int r = 0; r < nr; r++) rows_##t(n, s + r, bs, (const uint8_t *)w + (size_t)r * bw, a, ba); \
+    }
+TILE(q4_0) TILE(q4_1) TILE(q5_0) TILE(q5_1) TILE(q8_0) TILE(q4_K) TILE(q5_K) TILE(q6_K)
+#undef TILE
 #undef ROW
 #undef NR
 
@@ -639,15 +647,15 @@ static const rk_type_traits scalar_traits[N_TYPES] = {
     [RK_TYPE_F32]  = {"F32",  1,    4,   RK_TYPE_F32,  to_float_f32,  from_float_f32,  vec_dot_f32},
     [RK_TYPE_F16]  = {"F16",  1,    2,   RK_TYPE_F32,  to_float_f16,  from_float_f16,  vec_dot_f16},
     [RK_TYPE_BF16] = {"BF16", 1,    2,   RK_TYPE_F32,  to_float_bf16, from_float_bf16, vec_dot_bf16},
-    [RK_TYPE_Q4_0] = {"Q4_0", QK,   18,  RK_TYPE_Q8_0, to_float_q4_0, NULL,            vec_dot_q4_0, vec_dot_rows_q4_0},
-    [RK_TYPE_Q4_1] = {"Q4_1", QK,   20,  RK_TYPE_Q8_1, to_float_q4_1, NULL,            vec_dot_q4_1, vec_dot_rows_q4_1},
-    [RK_TYPE_Q5_0] = {"Q5_0", QK,   22,  RK_TYPE_Q8_0, to_float_q5_0, NULL,            vec_dot_q5_0, vec_dot_rows_q5_0},
-    [RK_TYPE_Q5_1] = {"Q5_1", QK,   24,  RK_TYPE_Q8_1, to_float_q5_1, NULL,            vec_dot_q5_1, vec_dot_rows_q5_1},
-    [RK_TYPE_Q8_0] = {"Q8_0", QK,   34,  RK_TYPE_Q8_0, to_float_q8_0, from_float_q8_0, vec_dot_q8_0, vec_dot_rows_q8_0},
+    [RK_TYPE_Q4_0] = {"Q4_0", QK,   18,  RK_TYPE_Q8_0, to_float_q4_0, NULL,            vec_dot_q4_0, vec_dot_tile_q4_0},
+    [RK_TYPE_Q4_1] = {"Q4_1", QK,   20,  RK_TYPE_Q8_1, to_float_q4_1, NULL,            vec_dot_q4_1, vec_dot_tile_q4_1},
+    [RK_TYPE_Q5_0] = {"Q5_0", QK,   22,  RK_TYPE_Q8_0, to_float_q5_0, NULL,            vec_dot_q5_0, vec_dot_tile_q5_0},
+    [RK_TYPE_Q5_1] = {"Q5_1", QK,   24,  RK_TYPE_Q8_1, to_float_q5_1, NULL,            vec_dot_q5_1, vec_dot_tile_q5_1},
+    [RK_TYPE_Q8_0] = {"Q8_0", QK,   34,  RK_TYPE_Q8_0, to_float_q8_0, from_float_q8_0, vec_dot_q8_0, vec_dot_tile_q8_0},
     [RK_TYPE_Q8_1] = {"Q8_1", QK,   36,  -1,           to_float_q8_1, from_float_q8_1, NULL},
-    [RK_TYPE_Q4_K] = {"Q4_K", QK_K, 144, RK_TYPE_Q8_K, to_float_q4_K, NULL,            vec_dot_q4_K, vec_dot_rows_q4_K},
-    [RK_TYPE_Q5_K] = {"Q5_K", QK_K, 176, RK_TYPE_Q8_K, to_float_q5_K, NULL,            vec_dot_q5_K, vec_dot_rows_q5_K},
-    [RK_TYPE_Q6_K] = {"Q6_K", QK_K, 210, RK_TYPE_Q8_K, to_float_q6_K, NULL,            vec_dot_q6_K, vec_dot_rows_q6_K},
+    [RK_TYPE_Q4_K] = {"Q4_K", QK_K, 144, RK_TYPE_Q8_K, to_float_q4_K, NULL,            vec_dot_q4_K, vec_dot_tile_q4_K},
+    [RK_TYPE_Q5_K] = {"Q5_K", QK_K, 176, RK_TYPE_Q8_K, to_float_q5_K, NULL,            vec_dot_q5_K, vec_dot_tile_q5_K},
+    [RK_TYPE_Q6_K] = {"Q6_K", QK_K, 210, RK_TYPE_Q8_K, to_float_q6_K, NULL,            vec_dot_q6_K, vec_dot_tile_q6_K},
     [RK_TYPE_Q8_K] = {"Q8_K", QK_K, 292, -1,           to_float_q8_K, from_float_q8_K, NULL},
 };
 
@@ -681,15 +689,15 @@ static void init_kernels(void) {
         t[RK_TYPE_Q4_K].vec_dot = rk_avx2_vec_dot_q4_K;
         t[RK_TYPE_Q5_K].vec_dot = rk_avx2_vec_dot_q5_K;
         t[RK_TYPE_Q6_K].vec_dot = rk_avx2_vec_dot_q6_K;
-        /* the multi-row kernels, each paired with the vec_dot it reproduces */
-        t[RK_TYPE_Q4_0].vec_dot_rows = rk_avx2_vec_dot_rows_q4_0;
-        t[RK_TYPE_Q4_1].vec_dot_rows = rk_avx2_vec_dot_rows_q4_1;
-        t[RK_TYPE_Q5_0].vec_dot_rows = rk_avx2_vec_dot_rows_q5_0;
-        t[RK_TYPE_Q5_1].vec_dot_rows = rk_avx2_vec_dot_rows_q5_1;
-        t[RK_TYPE_Q8_0].vec_dot_rows = rk_avx2_vec_dot_rows_q8_0;
-        t[RK_TYPE_Q4_K].vec_dot_rows = rk_avx2_vec_dot_rows_q4_K;
-        t[RK_TYPE_Q5_K].vec_dot_rows = rk_avx2_vec_dot_rows_q5_K;
-        t[RK_TYPE_Q6_K].vec_dot_rows = rk_avx2_vec_dot_rows_q6_K;
+        /* the tile kernels, each paired with the vec_dot it reproduces */
+        t[RK_TYPE_Q4_0].vec_dot_tile = rk_avx2_vec_dot_tile_q4_0;
+        t[RK_TYPE_Q4_1].vec_dot_tile = rk_avx2_vec_dot_tile_q4_1;
+        t[RK_TYPE_Q5_0].vec_dot_tile = rk_avx2_vec_dot_tile_q5_0;
+        t[RK_TYPE_Q5_1].vec_dot_tile = rk_avx2_vec_dot_tile_q5_1;
+        t[RK_TYPE_Q8_0].vec_dot_tile = rk_avx2_vec_dot_tile_q8_0;
+        t[RK_TYPE_Q4_K].vec_dot_tile = rk_avx2_vec_dot_tile_q4_K;
+        t[RK_TYPE_Q5_K].vec_dot_tile = rk_avx2_vec_dot_tile_q5_K;
+        t[RK_TYPE_Q6_K].vec_dot_tile = rk_avx2_vec_dot_tile_q6_K;
         t[RK_TYPE_Q8_K].from_float = rk_avx2_from_float_q8_K;
 #endif
     }

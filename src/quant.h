@@ -17,14 +17,15 @@ typedef void (*rk_to_float_fn)(const void *src, float *dst, int64_t n);
 typedef void (*rk_from_float_fn)(const float *src, void *dst, int64_t n);
 /* s = dot(w[0..n), a[0..n)); w of the weight type, a of its vec_dot_type */
 typedef void (*rk_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
-/* Several activation rows at once: for t in [0, RK_DOT_ROWS),
- *   s[t * s_stride] = dot(w[0..n), a + t * a_stride bytes),
- * bit for bit what vec_dot(n, &s[t * s_stride], w, a + t * a_stride) gives
- * (the same float operations in the same order for every output); only the
- * unpacking of the weight blocks and the integer work is shared. */
+/* A tile: nr weight rows (w_stride bytes apart) against RK_DOT_ROWS activation
+ * rows (a_stride bytes apart):
+ *   s[t * s_stride + r] = dot(w + r * w_stride, a + t * a_stride),  r < nr, t < RK_DOT_ROWS,
+ * each output bit for bit what vec_dot gives for that pair (the same float
+ * operations in the same order); only the unpacking of each weight block, the
+ * conversion of the activation scales and the integer work are shared. */
 #define RK_DOT_ROWS 4
-typedef void (*rk_vec_dot_rows_fn)(int64_t n, float *s, size_t s_stride, const void *w, const void *a,
-                                   size_t a_stride);
+typedef void (*rk_vec_dot_tile_fn)(int64_t n, int nr, float *s, size_t s_stride, const void *w, size_t w_stride,
+                                   const void *a, size_t a_stride);
 
 typedef struct {
     const char      *name;
@@ -34,7 +35,7 @@ typedef struct {
     rk_to_float_fn   to_float;      /* dequantise (NULL if unsupported) */
     rk_from_float_fn from_float;    /* quantise (set for activation formats at least) */
     rk_vec_dot_fn    vec_dot;       /* NULL if not a weight type */
-    rk_vec_dot_rows_fn vec_dot_rows; /* RK_DOT_ROWS activation rows at once; NULL: use vec_dot */
+    rk_vec_dot_tile_fn vec_dot_tile; /* several rows x RK_DOT_ROWS tokens; NULL: use vec_dot */
 } rk_type_traits;
 
 /* NULL for a type this engine does not handle. Calls rk_quant_init() itself. */

@@ -45,11 +45,11 @@ static inline __m256i dot_ss8(__m256i a, __m256i b) {
     return dot_us8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
 }
 
-/* 16 packed bytes -> 32 nibbles: low nibbles in bytes 0-15, high in 16-31 */
+/* 16 packed bytes -> 32 nibbles: low nibbles in bytes 0-15, high in 16-31
+ * (the bytes in both halves, the upper half shifted right by 4) */
 static inline __m256i unpack_nibbles(const uint8_t *p) {
-    const __m128i x = _mm_loadu_si128((const __m128i *)p);
-    const __m256i v = _mm256_set_m128i(_mm_srli_epi16(x, 4), x);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0F));
 }
 
 /* byte j = 0xFF where bit j of bits is set, else 0 */
@@ -295,25 +295,26 @@ void rk_avx2_vec_dot_q6_K(int64_t n, float *s, const void *vw, const void *va) {
     *s = hsum_ps(acc);
 }
 
-/* ---- several activation rows per weight row (vec_dot_rows) ----
+/* ---- tiles: several weight rows x four activation rows (vec_dot_tile) ----
  *
- * Each weight block is unpacked once and met with four activation rows.
- * Integer sums are exact in any order, so only the float work must match the
- * single-row kernels above, and it does output by output: the same products
- * (operands in the same order), the same FMAs into the same accumulators
- * (two alternating ones for the 32-element formats), the same final
- * reductions. The block scales of the four rows are converted and multiplied
- * in one vector: IEEE operations are lane-wise, so each lane holds exactly the
- * scalar kernel's value. Per-row state lives in structs with named fields (not
- * arrays), which GCC keeps in registers. */
+ * Each weight block is unpacked once and met with four activation rows, and
+ * the activation scales are converted to float once per tile. Integer sums
+ * are exact in any order, so only the float work must match the single-row
+ * kernels above, and it does output by output: the same products (operands in
+ * the same order), the same FMAs into the same accumulators (two alternating
+ * ones for the 32-element formats), the same final reductions. The block
+ * scales of the four rows are multiplied in one vector: IEEE operations are
+ * lane-wise, so each lane holds exactly the scalar kernel's value. Per-row
+ * state lives in structs with named fields (not arrays), which GCC keeps in
+ * registers. */
 
 #define AI static inline __attribute__((always_inline))
-_Static_assert(RK_DOT_ROWS == 4, "the AVX2 vec_dot_rows kernels take four activation rows");
+_Static_assert(RK_DOT_ROWS == 4, "the AVX2 vec_dot_tile kernels take four activation rows");
 
 typedef struct { __m256 r0, r1, r2, r3; } f8x4;
 typedef struct { __m128 r0, r1, r2, r3; } f4x4;
 typedef struct { __m256i r0, r1, r2, r3; } i8x4;
-/* X(k, field) for each of the four rows */
+/* X(k, field) for each of the four activation rows */
 #define FOR_ROWS(X) X(0, r0) X(1, r1) X(2, r2) X(3, r3)
 
 AI f8x4 zero_f8x4(void) { const __m256 z = _mm256_setzero_ps(); return (f8x4){z, z, z, z}; }
@@ -328,6 +329,21 @@ AI __m256 half_pairs4(const uint8_t *p, size_t stride) {
                                           (int)ld32(p + 3 * stride)));
 }
 
+/* Scales of the four activation rows, per block, as floats. q8_1 (pairs = 1):
+ * 8 per block, [d0 s0 d1 s1 d2 s2 d3 s3]; q8_0: 4 per block, [d0 d1 d2 d3].
+ * Rows longer than TAB_BLOCKS blocks convert them block by block instead. */
+#define TAB_BLOCKS 512
+AI void legacy_scale_table(float *tab, int pairs, size_t ablk, int64_t nb, const uint8_t *a, size_t ba) {
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256 v = half_pairs4(a + i * (int64_t)ablk, ba);
+        if (pairs)
+            _mm256_storeu_ps(tab + 8 * i, v);
+        else
+            _mm_storeu_ps(tab + 4 * i, _mm256_castps256_ps128(
+                                           _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6))));
+    }
+}
+
 /* "_0" formats against q8_0: signed weights, one scale. kind: 0 q4_0, 1 q5_0, 2 q8_0 */
 AI __m256i legacy0_weights(const uint8_t *blk, int kind) {
     if (kind == 0) return _mm256_sub_epi8(unpack_nibbles(blk + 2), _mm256_set1_epi8(8));
@@ -337,15 +353,24 @@ AI __m256i legacy0_weights(const uint8_t *blk, int kind) {
     return load256(blk + 2);
 }
 
-AI f8x4 legacy0_block(int kind, size_t wsize, const uint8_t *w, const uint8_t *a, size_t ba, int64_t i, f8x4 acc) {
+/* block i of one weight row; tab: the scale table, or NULL to convert here */
+AI f8x4 legacy0_block(int kind, size_t wsize, const uint8_t *w, const uint8_t *a, size_t ba, const float *tab,
+                      int64_t i, f8x4 acc) {
     const uint8_t *wb = w + i * (int64_t)wsize, *ab = a + i * (int64_t)sizeof(blk_q8_0);
     const __m256i wq = legacy0_weights(wb, kind);
     const __m256i wabs = _mm256_sign_epi8(wq, wq);
-    /* lanes 2k: h2f(w.d) * h2f(a_k.d); odd lanes: junk, unused */
+    const __m128 wd = _mm_cvtph_ps(_mm_set1_epi16((short)ld16(wb)));
+    /* lanes 2k (no table) or k (table): h2f(w.d) * h2f(a_k.d) */
     float d[8];
-    _mm256_storeu_ps(d, _mm256_mul_ps(_mm256_set1_ps(h2f(ld16(wb))), half_pairs4(ab, ba)));
+    int step = 1;
+    if (tab) {
+        _mm_storeu_ps(d, _mm_mul_ps(wd, _mm_loadu_ps(tab + 4 * i)));
+    } else {
+        _mm256_storeu_ps(d, _mm256_mul_ps(_mm256_set_m128(wd, wd), half_pairs4(ab, ba)));
+        step = 2;
+    }
 #define ROW(k, f)                                                                                          \
-    acc.f = _mm256_fmadd_ps(_mm256_broadcast_ss(&d[2 * (k)]),                                              \
+    acc.f = _mm256_fmadd_ps(_mm256_broadcast_ss(&d[step * (k)]),                                           \
                             _mm256_cvtepi32_ps(dot_us8(wabs, _mm256_sign_epi8(load256(ab + (k) * ba + 2), wq))), \
                             acc.f);
     FOR_ROWS(ROW)
@@ -353,42 +378,57 @@ AI f8x4 legacy0_block(int kind, size_t wsize, const uint8_t *w, const uint8_t *a
     return acc;
 }
 
-AI void legacy0_rows(int kind, size_t wsize, int64_t n, float *s, size_t bs, const void *vw, const void *va,
-                     size_t ba) {
-    const uint8_t *w = vw, *a = va;
-    const int64_t nb = n / QK;
+AI void legacy0_row(int kind, size_t wsize, int64_t nb, float *s, size_t bs, const uint8_t *w, const uint8_t *a,
+                    size_t ba, const float *tab) {
     f8x4 acc0 = zero_f8x4(), acc1 = zero_f8x4();
     int64_t i = 0;
     for (; i + 1 < nb; i += 2) {
-        acc0 = legacy0_block(kind, wsize, w, a, ba, i, acc0);
-        acc1 = legacy0_block(kind, wsize, w, a, ba, i + 1, acc1);
+        acc0 = legacy0_block(kind, wsize, w, a, ba, tab, i, acc0);
+        acc1 = legacy0_block(kind, wsize, w, a, ba, tab, i + 1, acc1);
     }
-    if (i < nb) acc0 = legacy0_block(kind, wsize, w, a, ba, i, acc0);
+    if (i < nb) acc0 = legacy0_block(kind, wsize, w, a, ba, tab, i, acc0);
 #define ROW(k, f) s[(k) * bs] = hsum_ps(_mm256_add_ps(acc0.f, acc1.f));
     FOR_ROWS(ROW)
 #undef ROW
 }
 
-void rk_avx2_vec_dot_rows_q4_0(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
-    legacy0_rows(0, sizeof(blk_q4_0), n, s, bs, w, a, ba);
+AI void legacy0_tile(int kind, size_t wsize, int64_t n, int nr, float *s, size_t bs, const void *vw, size_t bw,
+                     const void *va, size_t ba) {
+    const uint8_t *w = vw, *a = va;
+    const int64_t nb = n / QK;
+    if (nb > TAB_BLOCKS) {
+        for (int r = 0; r < nr; r++) legacy0_row(kind, wsize, nb, s + r, bs, w + (size_t)r * bw, a, ba, NULL);
+        return;
+    }
+    float tab[4 * TAB_BLOCKS];
+    legacy_scale_table(tab, 0, sizeof(blk_q8_0), nb, a, ba);
+    for (int r = 0; r < nr; r++) legacy0_row(kind, wsize, nb, s + r, bs, w + (size_t)r * bw, a, ba, tab);
 }
-void rk_avx2_vec_dot_rows_q5_0(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
-    legacy0_rows(1, sizeof(blk_q5_0), n, s, bs, w, a, ba);
+
+void rk_avx2_vec_dot_tile_q4_0(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba) {
+    legacy0_tile(0, sizeof(blk_q4_0), n, nr, s, bs, w, bw, a, ba);
 }
-void rk_avx2_vec_dot_rows_q8_0(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
-    legacy0_rows(2, sizeof(blk_q8_0), n, s, bs, w, a, ba);
+void rk_avx2_vec_dot_tile_q5_0(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba) {
+    legacy0_tile(1, sizeof(blk_q5_0), n, nr, s, bs, w, bw, a, ba);
+}
+void rk_avx2_vec_dot_tile_q8_0(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba) {
+    legacy0_tile(2, sizeof(blk_q8_0), n, nr, s, bs, w, bw, a, ba);
 }
 
 /* "_1" formats against q8_1: unsigned weights, scale d and offset m. The
- * (d, s) halves of the four activation blocks, [d0 s0 d1 s1 d2 s2 d3 s3], times
+ * (d, s) pairs of the four activation blocks, [d0 s0 d1 s1 d2 s2 d3 s3], times
  * [dw mw dw mw ...] are dm_products' [d_w d_a, m_w s_a] for each row, and one
  * vector add gathers m_w s_a of all four rows in the odd lanes. */
-AI f8x4 legacy1_block(int five, size_t wsize, const uint8_t *w, const uint8_t *a, size_t ba, int64_t i, f8x4 acc,
-                      __m256 *ms) {
+AI f8x4 legacy1_block(int five, size_t wsize, const uint8_t *w, const uint8_t *a, size_t ba, const float *tab,
+                      int64_t i, f8x4 acc, __m256 *ms) {
     const uint8_t *wb = w + i * (int64_t)wsize, *ab = a + i * (int64_t)sizeof(blk_q8_1);
     __m256i wq = unpack_nibbles(wb + (five ? 8 : 4));
     if (five) wq = _mm256_or_si256(wq, _mm256_and_si256(bits_to_bytes(wb + 4), _mm256_set1_epi8(0x10)));
-    const __m256 dm = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi32((int)ld32(wb))), half_pairs4(ab, ba));
+    const __m256 dm = _mm256_mul_ps(_mm256_cvtph_ps(_mm_castps_si128(_mm_set1_ps(ldf(wb)))),
+                                    tab ? _mm256_loadu_ps(tab + 8 * i) : half_pairs4(ab, ba));
     *ms = _mm256_add_ps(*ms, dm);
     float d[8];
     _mm256_storeu_ps(d, dm);
@@ -400,18 +440,16 @@ AI f8x4 legacy1_block(int five, size_t wsize, const uint8_t *w, const uint8_t *a
     return acc;
 }
 
-AI void legacy1_rows(int five, size_t wsize, int64_t n, float *s, size_t bs, const void *vw, const void *va,
-                     size_t ba) {
-    const uint8_t *w = vw, *a = va;
-    const int64_t nb = n / QK;
+AI void legacy1_row(int five, size_t wsize, int64_t nb, float *s, size_t bs, const uint8_t *w, const uint8_t *a,
+                    size_t ba, const float *tab) {
     f8x4 acc0 = zero_f8x4(), acc1 = zero_f8x4();
     __m256 ms = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 1 < nb; i += 2) {
-        acc0 = legacy1_block(five, wsize, w, a, ba, i, acc0, &ms);
-        acc1 = legacy1_block(five, wsize, w, a, ba, i + 1, acc1, &ms);
+        acc0 = legacy1_block(five, wsize, w, a, ba, tab, i, acc0, &ms);
+        acc1 = legacy1_block(five, wsize, w, a, ba, tab, i + 1, acc1, &ms);
     }
-    if (i < nb) acc0 = legacy1_block(five, wsize, w, a, ba, i, acc0, &ms);
+    if (i < nb) acc0 = legacy1_block(five, wsize, w, a, ba, tab, i, acc0, &ms);
     float m[8];
     _mm256_storeu_ps(m, ms);
 #define ROW(k, f) s[(k) * bs] = hsum_ps(_mm256_add_ps(acc0.f, acc1.f)) + m[2 * (k) + 1];
@@ -419,11 +457,26 @@ AI void legacy1_rows(int five, size_t wsize, int64_t n, float *s, size_t bs, con
 #undef ROW
 }
 
-void rk_avx2_vec_dot_rows_q4_1(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
-    legacy1_rows(0, sizeof(blk_q4_1), n, s, bs, w, a, ba);
+AI void legacy1_tile(int five, size_t wsize, int64_t n, int nr, float *s, size_t bs, const void *vw, size_t bw,
+                     const void *va, size_t ba) {
+    const uint8_t *w = vw, *a = va;
+    const int64_t nb = n / QK;
+    if (nb > TAB_BLOCKS) {
+        for (int r = 0; r < nr; r++) legacy1_row(five, wsize, nb, s + r, bs, w + (size_t)r * bw, a, ba, NULL);
+        return;
+    }
+    float tab[8 * TAB_BLOCKS];
+    legacy_scale_table(tab, 1, sizeof(blk_q8_1), nb, a, ba);
+    for (int r = 0; r < nr; r++) legacy1_row(five, wsize, nb, s + r, bs, w + (size_t)r * bw, a, ba, tab);
 }
-void rk_avx2_vec_dot_rows_q5_1(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
-    legacy1_rows(1, sizeof(blk_q5_1), n, s, bs, w, a, ba);
+
+void rk_avx2_vec_dot_tile_q4_1(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba) {
+    legacy1_tile(0, sizeof(blk_q4_1), n, nr, s, bs, w, bw, a, ba);
+}
+void rk_avx2_vec_dot_tile_q5_1(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba) {
+    legacy1_tile(1, sizeof(blk_q5_1), n, nr, s, bs, w, bw, a, ba);
 }
 
 /* the f32 scales d of four q8_K rows */
@@ -432,7 +485,7 @@ AI __m128 q8K_d4(const uint8_t *ab, size_t ba) {
 }
 #define Q8K(ab, k, ba) ((const blk_q8_K *)((ab) + (size_t)(k) * (ba)))
 
-/* q4_K / q5_K, as q45_K_dot for each row */
+/* one q4_K / q5_K weight row against four activation rows, as q45_K_dot for each */
 AI void q45_K_rows(int five, int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     const uint8_t *a = va;
@@ -496,14 +549,16 @@ AI void q45_K_rows(int five, int64_t n, float *s, size_t bs, const void *vw, con
 #undef ROW
 }
 
-void rk_avx2_vec_dot_rows_q4_K(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
-    q45_K_rows(0, n, s, bs, w, a, ba);
+void rk_avx2_vec_dot_tile_q4_K(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba) {
+    for (int r = 0; r < nr; r++) q45_K_rows(0, n, s + r, bs, (const uint8_t *)w + (size_t)r * bw, a, ba);
 }
-void rk_avx2_vec_dot_rows_q5_K(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba) {
-    q45_K_rows(1, n, s, bs, w, a, ba);
+void rk_avx2_vec_dot_tile_q5_K(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba) {
+    for (int r = 0; r < nr; r++) q45_K_rows(1, n, s + r, bs, (const uint8_t *)w + (size_t)r * bw, a, ba);
 }
 
-void rk_avx2_vec_dot_rows_q6_K(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
+AI void q6_K_rows(int64_t n, float *s, size_t bs, const void *vw, const void *va, size_t ba) {
     const blk_q6_K *w = vw;
     const uint8_t *a = va;
     const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
@@ -544,6 +599,11 @@ void rk_avx2_vec_dot_rows_q6_K(int64_t n, float *s, size_t bs, const void *vw, c
 #define ROW(k, f) s[(k) * bs] = hsum_ps(acc.f);
     FOR_ROWS(ROW)
 #undef ROW
+}
+
+void rk_avx2_vec_dot_tile_q6_K(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba) {
+    for (int r = 0; r < nr; r++) q6_K_rows(n, s + r, bs, (const uint8_t *)w + (size_t)r * bw, a, ba);
 }
 
 #undef Q8K

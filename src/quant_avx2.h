@@ -78,15 +78,23 @@ void rk_avx2_vec_dot_q4_K(int64_t n, float *s, const void *w, const void *a);
 void rk_avx2_vec_dot_q5_K(int64_t n, float *s, const void *w, const void *a);
 void rk_avx2_vec_dot_q6_K(int64_t n, float *s, const void *w, const void *a);
 
-/* RK_DOT_ROWS activation rows per call (rk_vec_dot_rows_fn), bit-identical to the above */
-void rk_avx2_vec_dot_rows_q4_0(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba);
-void rk_avx2_vec_dot_rows_q4_1(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba);
-void rk_avx2_vec_dot_rows_q5_0(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba);
-void rk_avx2_vec_dot_rows_q5_1(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba);
-void rk_avx2_vec_dot_rows_q8_0(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba);
-void rk_avx2_vec_dot_rows_q4_K(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba);
-void rk_avx2_vec_dot_rows_q5_K(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba);
-void rk_avx2_vec_dot_rows_q6_K(int64_t n, float *s, size_t bs, const void *w, const void *a, size_t ba);
+/* nr weight rows x RK_DOT_ROWS activation rows (rk_vec_dot_tile_fn), bit-identical to the above */
+void rk_avx2_vec_dot_tile_q4_0(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba);
+void rk_avx2_vec_dot_tile_q4_1(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba);
+void rk_avx2_vec_dot_tile_q5_0(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba);
+void rk_avx2_vec_dot_tile_q5_1(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba);
+void rk_avx2_vec_dot_tile_q8_0(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba);
+void rk_avx2_vec_dot_tile_q4_K(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba);
+void rk_avx2_vec_dot_tile_q5_K(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba);
+void rk_avx2_vec_dot_tile_q6_K(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
+                               size_t ba);
 
 void rk_avx2_to_float_f16(const void *src, float *dst, int64_t n);
 void rk_avx2_from_float_f16(const float *src, void *dst, int64_t n);

@@ -143,6 +143,12 @@ rk_status   rk_session_eval(rk_session *session, const int32_t *tokens, int32_t 
  * n-1 positions. */
 rk_status   rk_session_logprobs(rk_session *session, const int32_t *tokens, int32_t n,
                                 float *out, int32_t *argmax_out);
+/* Like rk_session_logprobs, but tokens[0] is scored too, from the last token evaluated
+ * before this call: writes n values, out[i] = log p(tokens[i] | everything before it), so
+ * a long text can be scored in consecutive pieces without losing or repeating a
+ * prediction. Needs at least one token evaluated since the last reset. */
+rk_status   rk_session_logprobs_next(rk_session *session, const int32_t *tokens, int32_t n,
+                                     float *out, int32_t *argmax_out);
 rk_status   rk_session_reset(rk_session *session);             /* empty KV cache, n_past = 0 */
 int32_t     rk_session_n_past(const rk_session *session);      /* tokens evaluated since reset */
 int32_t     rk_session_n_ctx(const rk_session *session);

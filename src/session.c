@@ -4,6 +4,7 @@
  * the session exactly as it was.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,7 +47,8 @@ static rk_status alloc_scratch(rk_session *s) {
     s->att_ws = malloc((size_t)s->n_threads * (2 * (size_t)s->n_ctx + (size_t)m->head_dim) * sizeof(float));
     s->logit_rows = malloc((size_t)RK_LOGIT_BLOCK * (size_t)m->n_vocab * sizeof(float));
     s->act = malloc(act);
-    if (!s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->proj || !s->hb || !s->hb2 || !s->cos_sin ||
+    s->last_h = malloc(d * sizeof(float));
+    if (!s->last_h || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->proj || !s->hb || !s->hb2 || !s->cos_sin ||
         !s->att_ws || !s->logit_rows || !s->act)
         return rk_fail(RK_ERR_OOM, "cannot allocate session scratch buffers");
     return RK_OK;
@@ -92,7 +94,7 @@ void rk_session_free(rk_session *s) {
     rk_evict_free(s);
     rk_kv_free(&s->kv);
     free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att); free(s->proj);
-    free(s->hb); free(s->hb2); free(s->cos_sin); free(s->att_ws); free(s->logit_rows); free(s->act);
+    free(s->hb); free(s->hb2); free(s->cos_sin); free(s->att_ws); free(s->logit_rows); free(s->act); free(s->last_h);
     free(s);
 }
 
@@ -123,7 +125,9 @@ static int next_batch(const rk_session *s, int32_t left) {
 static rk_status stopped(const rk_session *s, rk_status st, int32_t done, int32_t n) {
     if (st == RK_OK)
         st = rk_fail(RK_ERR_CTX_FULL, "the KV cache is full (%d slots) and nothing could be evicted", s->n_ctx);
-    return rk_fail(st, "%s (after %d of %d tokens)", rk_last_error(), done, n);
+    char why[512];
+    snprintf(why, sizeof why, "%s", rk_last_error()); /* rk_fail rewrites that buffer */
+    return rk_fail(st, "%s (after %d of %d tokens)", why, done, n);
 }
 
 rk_status rk_session_eval(rk_session *s, const int32_t *tokens, int32_t n, float *logits, int32_t mode) {
@@ -197,6 +201,19 @@ rk_status rk_session_logprobs(rk_session *s, const int32_t *tokens, int32_t n, f
         if ((st = rk_evict_after_forward(s))) return stopped(s, st, i + nb, n);
     }
     return RK_OK;
+}
+
+rk_status rk_session_logprobs_next(rk_session *s, const int32_t *tokens, int32_t n, float *out, int32_t *argmax_out) {
+    rk_status st = check_tokens(s, tokens, n, "rk_session_logprobs_next");
+    if (st) return st;
+    if (!out) return rk_fail(RK_ERR_ARG, "rk_session_logprobs_next: out is NULL");
+    if (s->n_past == 0)
+        return rk_fail(RK_ERR_ARG, "rk_session_logprobs_next: no token evaluated yet to predict tokens[0] from");
+    rk_logits(s, s->last_h, 1, s->logit_rows);
+    lp_job j = {s->logit_rows, 1, s->model->n_vocab, tokens, out, argmax_out};
+    rk_pool_run(s->pool, logprob_task, &j);
+    return n > 1 ? rk_session_logprobs(s, tokens, n, out + 1, argmax_out ? argmax_out + 1 : NULL)
+                 : rk_session_eval(s, tokens, 1, NULL, RK_LOGITS_NONE);
 }
 
 rk_status rk_session_reset(rk_session *s) {

@@ -25,6 +25,7 @@ struct rk_session {
     float    *att_ws;   /* [n_threads][2 n_ctx + head_dim] per-thread scores, a V row, top-k scratch */
     float    *logit_rows; /* [RK_LOGIT_BLOCK][n_vocab] */
     void     *act;      /* quantised activations for rk_matmul */
+    float    *last_h;   /* [n_embd] final-normed hidden state of the last evaluated token */
 
     /* KV eviction (evict.c) */
     rk_evict_params    evict;

@@ -101,3 +101,20 @@ def test_reset_and_continuation(tiny_gguf):
         b = s.eval(TOKENS[5:])
         np.testing.assert_allclose(a, b, atol=1e-5)
         assert s.kv_bytes_used > 0 and s.kv_bytes_used <= s.kv_bytes_alloc
+
+
+def test_logprobs_in_pieces_equal_one_call(tiny_gguf):
+    """score_first chains pieces: every prediction once, identical to a single call."""
+    path = tiny_gguf(weight_type="Q4_1")
+    toks = TOKENS * 3
+    with engine.Model(path) as m:
+        with m.session(n_ctx=64) as s:
+            whole = s.logprobs(toks)
+        with m.session(n_ctx=64) as s:
+            parts = [s.logprobs(toks[:5])]
+            for a, b in ((5, 6), (6, 20), (20, len(toks))):
+                parts.append(s.logprobs(toks[a:b], score_first=True))
+            assert s.n_past == len(toks)
+        np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=1e-5)
+        with m.session(n_ctx=64) as s, pytest.raises(engine.EngineError, match="no token evaluated"):
+            s.logprobs([1, 2], score_first=True)

@@ -34,6 +34,9 @@ CASES = [(t, {}) for t in QUANT_TYPES] + [
     ("Q4_K", dict(n_ff=768, output_type="Q6_K")),      # 3 super-blocks in w_down
     ("Q5_K", dict(n_ff=768)),
     ("Q6_K", dict(n_ff=768, output_type="Q8_0")),
+    # w_down rows of 513 blocks: longer than the AVX2 tiles' scale table (512 blocks)
+    ("Q4_1", dict(n_ff=16416, n_layers=1)),
+    ("Q8_0", dict(n_ff=16416, n_layers=1)),
 ]
 
 

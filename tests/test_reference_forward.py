@@ -234,11 +234,9 @@ def test_wrong_convention_is_detected(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------
 
 def _smollm2():
-    env = os.environ.get("RESTKV_SMOLLM2")
-    for p in ([Path(env)] if env else []) + [ROOT / "models" / SMOLLM2_NAME]:
-        if p.is_file():
-            return p
-    pytest.skip(f"SmolLM2 not found (set RESTKV_SMOLLM2 or put {SMOLLM2_NAME} in models/)")
+    from conftest import smollm2_or_skip
+
+    return Path(smollm2_or_skip())
 
 
 def _dequantized_copy(src: Path, dst: Path, n_layers: int) -> Path:

@@ -41,16 +41,10 @@ tp = _load_parity()
 
 
 def smollm2_path() -> str:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF: $RESTKV_SMOLLM2, else models/ of this checkout, else skip."""
-    env = os.environ.get("RESTKV_SMOLLM2")
-    if env:
-        if not Path(env).is_file():
-            pytest.skip(f"RESTKV_SMOLLM2={env} is not a file")
-        return env
-    p = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if p.is_file():
-        return str(p)
-    pytest.skip("SmolLM2 GGUF not found (set RESTKV_SMOLLM2 or put it in models/)")
+    """The SmolLM2-135M-Instruct Q4_1 GGUF (found or fetched as conftest does), else skip."""
+    from conftest import smollm2_or_skip
+
+    return smollm2_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -397,7 +391,10 @@ def spm_meta(tmp_path_factory):
     pytest.importorskip("llama_cpp")
     pytest.importorskip("sentencepiece")
     work = tmp_path_factory.mktemp("spm")
-    meta = tp.train_spm_vocab(str(work), tp.spm_training_text(300_000), vocab_size=2000,
+    text = tp.spm_training_text(300_000)
+    if len(text) < 100_000:
+        pytest.skip(f"training text for the SentencePiece vocabulary not found under {tp.SHARED_DATA}")
+    meta = tp.train_spm_vocab(str(work), text, vocab_size=2000,
                               user_defined=["<|user|>", "▁▁▁▁"])
     meta.pop("_model_file")
     return meta
@@ -429,8 +426,10 @@ def test_live_spm_vocab_with_cross_word_pieces(tmp_path):
     """Pieces spanning words ("of▁the") disable the per-word cut; ids must not change."""
     pytest.importorskip("sentencepiece")
     pytest.importorskip("llama_cpp")
-    meta = tp.train_spm_vocab(str(tmp_path), tp.spm_training_text(200_000), vocab_size=2000,
-                              split_by_whitespace=False)
+    text = tp.spm_training_text(200_000)
+    if len(text) < 100_000:
+        pytest.skip(f"training text for the SentencePiece vocabulary not found under {tp.SHARED_DATA}")
+    meta = tp.train_spm_vocab(str(tmp_path), text, vocab_size=2000, split_by_whitespace=False)
     meta.pop("_model_file")
     assert any("▁" in t.decode("utf-8")[1:] for t in meta["tokenizer.ggml.tokens"])
     path = tp.write_vocab_gguf(str(tmp_path / "spm.gguf"), meta)

@@ -1,4 +1,4 @@
-"""Model and Session: Python objects that own the C handles (tier 2 over engine._ffi)."""
+"""Model and Session: Python objects that own the C handles (tier 2 over the _restkv_ffi core)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from ._ffi import ffi, lib
+from ._native import ffi, lib
 from .errors import EngineError
 
 _KV_TYPES = {"f16": lib.RK_TYPE_F16, "f32": lib.RK_TYPE_F32}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Union
 
-from ._ffi import ffi, lib
+from ._native import ffi, lib
 from .errors import EngineError
 
 SCHEDULES = {"prefix": lib.RK_SCHEDULE_PREFIX, "streaming": lib.RK_SCHEDULE_STREAMING}

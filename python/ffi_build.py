@@ -1,4 +1,9 @@
-"""Generates the cffi extension source (engine._ffi) from the one public header.
+"""Generates the cffi extension source (_restkv_ffi) from the one public header.
+
+The compiled core is a top-level module beside the pure-Python `engine` package, so a
+checkout's engine/ folder works unchanged once the package is installed (running
+`python -m engine.perplexity` from the checkout imports the source engine/ and the
+installed _restkv_ffi).
 
 The cdef is the text between the RK_API_BEGIN and RK_API_END markers of
 src/restkv.h, so the bindings can never drift from the C API. Run by CMake:
@@ -24,7 +29,7 @@ def read_cdef(header_path: str) -> str:
 def build(header_path: str) -> FFI:
     ffi = FFI()
     ffi.cdef(read_cdef(header_path))
-    ffi.set_source("engine._ffi", '#include "restkv.h"')
+    ffi.set_source("_restkv_ffi", '#include "restkv.h"')
     return ffi
 
 

@@ -16,7 +16,7 @@ import pytest
 
 import engine
 from engine import EngineError, Model, Session
-from engine._ffi import ffi, lib
+from engine._native import ffi, lib
 
 TINY = dict(n_vocab=384, n_layers=2, n_heads=4, n_kv_heads=2, n_embd=128, n_ff=256, n_ctx_train=512)
 PREFIX = [5, 17, 42, 99]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from engine import Model
-from engine._ffi import ffi, lib
+from engine._native import ffi, lib
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER_DIR = ROOT / "src"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import engine
-from engine._ffi import ffi, lib
+from engine._native import ffi, lib
 
 TEXT = "Hello, world! Ünïcödé — 日本語 and emoji 🎉\n\ttabs  and  spaces 12345"
 

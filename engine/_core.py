@@ -250,6 +250,15 @@ class Session:
         """Prefix schedule: compresses every (layer, kv-head) buffer to the budget now."""
         _check(lib.rk_session_compress(self._handle()))
 
+    def copy_state_from(self, src: "Session") -> None:
+        """Takes src's evaluated state (KV cache, positions, the statistics this session's policy
+        scores with); this session keeps its eviction settings. One prefill then serves several
+        policies and budgets: prefill a source set to h2o (it gathers every statistic), then per
+        configuration copy, compress and continue. Both on the same model, n_ctx and kv_type."""
+        if not isinstance(src, Session):
+            raise EngineError(f"copy_state_from needs a Session, got {type(src).__name__}")
+        _check(lib.rk_session_copy_state(self._handle(), src._handle()))
+
     def kv_count(self, layer: int, kv_head: int) -> int:
         n = int(lib.rk_session_kv_count(self._handle(), layer, kv_head))
         if n < 0:

@@ -27,7 +27,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -147,70 +147,95 @@ def lambada(model, items: Sequence[LambadaItem] | Sequence[str], eviction=None, 
     eviction: None (the full cache), an engine.eviction.Eviction or a dict of its fields; its schedule
     is forced to "prefix". on_passage(i, correct, nll) after each passage.
     """
-    from .perplexity import resolve_policy
+    cb = None if on_passage is None else (lambda i, res: on_passage(i, *res[0]))
+    return lambada_many(model, items, [eviction], n_threads, progress, cb, bar_position)[0]
 
-    ev = _as_eviction(eviction)
-    if ev is not None:
-        resolve_policy(ev.policy, ev.budget, "prefix")
+
+class _Tally:
+    """One configuration's running figures over the passages."""
+
+    def __init__(self):
+        self.cases = {c: 0 for c in CASES}
+        self.n_correct = self.n_target = self.n_eval = 0
+        self.nlls, self.running, self.kept_tokens, self.kv_pre, self.kv_kept = [], [], [], [], []
+        self.kv_peak = 0
+        self.seconds = 0.0
+
+
+def lambada_many(model, items: Sequence[LambadaItem] | Sequence[str], evictions: list,
+                 n_threads: Optional[int] = None, progress: bool = True, on_passage=None,
+                 bar_position: int = 0) -> list[LambadaResult]:
+    """lambada() for several eviction configurations, sharing each passage's prefill
+    (engine.shared_prefill): the results of separate lambada() calls, bit for bit, at about the cost
+    of one. on_passage(i, [(correct, nll) per configuration])."""
+    from .perplexity import resolve_policy
+    from .shared_prefill import SharedPrefill
+
+    evs = [_as_eviction(e) for e in evictions]
+    if not evs:
+        raise EngineError("lambada_many: no eviction configuration given")
+    for ev in evs:
+        if ev is not None:
+            resolve_policy(ev.policy, ev.budget, "prefix")
     skipped = 0
     if items and isinstance(items[0], str):
         items, skipped = prepare(model, items)
     if not items:
         raise EngineError("no LAMBADA passage to score (each needs a context and a last word)")
     n_ctx = max(len(it.context_ids) + len(it.target_ids) for it in items)
-    cases = {c: 0 for c in CASES}
-    n_correct = n_target = n_eval = 0
-    nlls, running, kept_tokens, kv_pre, kv_kept = [], [], [], [], []
-    kv_peak = 0
+    tallies = [_Tally() for _ in evs]
     every = max(1, len(items) // 10)
     bar = _bar(progress, len(items), "passage", "lambada", bar_position)
-    t0 = time.perf_counter()
-    with model.session(n_ctx=n_ctx, n_threads=n_threads, n_batch=min(512, n_ctx)) as s:
-        if ev is not None:
-            s.set_eviction(replace(ev, schedule="prefix"))
-        alloc = s.kv_bytes_alloc
+    with SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx)) as sp:
+        alloc = sp.kv_bytes_alloc
         for i, it in enumerate(items):
             ctx, target = it.context_ids, it.target_ids
-            s.reset()
-            s.eval(ctx[:-1], logits=None)
-            kv_pre.append(s.kv_bytes_used)
-            if ev is not None:
-                s.compress()
-            kv_kept.append(s.kv_bytes_used)
-            kept_tokens.append(kv_kept[-1] * n_ctx / alloc)  # entries per (layer, kv-head) buffer, mean
-            lp, am = s.logprobs([ctx[-1]] + list(target), return_argmax=True)
-            kv_peak = max(kv_peak, kv_pre[-1], s.kv_bytes_used)
-            correct = bool(np.array_equal(am, np.asarray(target, dtype=np.int32)))
-            nll = float(-lp.astype(np.float64).sum())
-            nlls.append(nll)
-            n_correct += correct
-            n_target += len(target)
-            n_eval += len(ctx) + len(target)
-            cases[it.case] = cases.get(it.case, 0) + 1
-            acc, ppl = n_correct / (i + 1), math.exp(float(np.mean(nlls)))
-            if (i + 1) % every == 0 or i + 1 == len(items):
-                running.append((acc, ppl))
+            results = [None] * len(evs)
+            for j, s, prefill_secs in sp.prefill(ctx[:-1]):
+                t, ev = tallies[j], evs[j]
+                t0 = time.perf_counter()
+                t.kv_pre.append(s.kv_bytes_used)
+                if ev is not None:
+                    s.compress()
+                t.kv_kept.append(s.kv_bytes_used)
+                t.kept_tokens.append(t.kv_kept[-1] * n_ctx / alloc)  # entries per (layer, kv-head) buffer, mean
+                lp, am = s.logprobs([ctx[-1]] + list(target), return_argmax=True)
+                t.kv_peak = max(t.kv_peak, t.kv_pre[-1], s.kv_bytes_used)
+                correct = bool(np.array_equal(am, np.asarray(target, dtype=np.int32)))
+                nll = float(-lp.astype(np.float64).sum())
+                t.nlls.append(nll)
+                t.n_correct += correct
+                t.n_target += len(target)
+                t.n_eval += len(ctx) + len(target)
+                t.cases[it.case] = t.cases.get(it.case, 0) + 1
+                if (i + 1) % every == 0 or i + 1 == len(items):
+                    t.running.append((t.n_correct / (i + 1), math.exp(float(np.mean(t.nlls)))))
+                t.seconds += prefill_secs + time.perf_counter() - t0
+                results[j] = (correct, nll)
             if bar is not None:
-                bar.set_postfix(acc=f"{acc:.4f}", ppl=f"{ppl:.3f}")
+                t = tallies[0]
+                bar.set_postfix(acc=f"{t.n_correct / (i + 1):.4f}", ppl=f"{math.exp(float(np.mean(t.nlls))):.3f}")
                 bar.update(1)
             if on_passage is not None:
-                on_passage(i, correct, nll)
+                on_passage(i, results)
     if bar is not None:
         bar.close()
-    secs = time.perf_counter() - t0
     n = len(items)
-    acc = n_correct / n
-    res = LambadaResult(accuracy=acc, accuracy_stderr=math.sqrt(acc * (1 - acc) / n),
-                        ppl=math.exp(float(np.mean(nlls))), n_scored=n, n_correct=n_correct,
-                        n_target_tokens=n_target, n_skipped=skipped,
-                        target_cases=cases, running=running, seconds=secs,
-                        tokens_per_second=n_eval / secs if secs > 0 else 0.0, n_ctx=n_ctx,
-                        budget_tokens_mean=float(np.mean(kept_tokens)), kv_bytes_peak=kv_peak,
-                        kv_bytes_mean=float(np.mean(kv_kept)), kv_bytes_alloc=alloc,
-                        kv_bytes_full=float(np.mean(kv_pre)), n_tokens_evaluated=n_eval)
-    if ev is not None:
-        res.policy, res.budget, res.eviction = ev.policy, float(ev.budget), ev.as_dict()
-    return res
+    out = []
+    for t, ev in zip(tallies, evs):
+        acc = t.n_correct / n
+        res = LambadaResult(accuracy=acc, accuracy_stderr=math.sqrt(acc * (1 - acc) / n),
+                            ppl=math.exp(float(np.mean(t.nlls))), n_scored=n, n_correct=t.n_correct,
+                            n_target_tokens=t.n_target, n_skipped=skipped,
+                            target_cases=t.cases, running=t.running, seconds=t.seconds,
+                            tokens_per_second=t.n_eval / t.seconds if t.seconds > 0 else 0.0, n_ctx=n_ctx,
+                            budget_tokens_mean=float(np.mean(t.kept_tokens)), kv_bytes_peak=t.kv_peak,
+                            kv_bytes_mean=float(np.mean(t.kv_kept)), kv_bytes_alloc=alloc,
+                            kv_bytes_full=float(np.mean(t.kv_pre)), n_tokens_evaluated=t.n_eval)
+        if ev is not None:
+            res.policy, res.budget, res.eviction = ev.policy, float(ev.budget), ev.as_dict()
+        out.append(res)
+    return out
 
 
 def run_cli(args, ev) -> int:

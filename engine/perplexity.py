@@ -274,52 +274,103 @@ def perplexity(model, tokens: list[int] | np.ndarray, n_ctx: int = 512, n_chunks
     return res
 
 
-def _prefix(model, tokens, n_ctx, n, bos_id, ev, n_threads, progress, on_chunk, bar_position) -> PerplexityResult:
-    first = n_ctx // 2
-    nll_sum = nll2_sum = 0.0
-    count = 0
-    running = []
-    bar = _bar(progress, n, "chunk", "perplexity", bar_position)
-    t0 = time.perf_counter()
-    kv_peak = 0
-    kv_kept = []  # after compression
-    kv_pre = []   # the uncompressed prefill
-    with model.session(n_ctx=n_ctx, n_threads=n_threads, n_batch=min(512, n_ctx)) as s:
+def perplexity_many(model, tokens: list[int] | np.ndarray, evictions: list, n_ctx: int = 512,
+                    n_chunks: Optional[int] = None, n_threads: Optional[int] = None, bos_id: Optional[int] = None,
+                    progress: bool = True, on_chunk=None, bar_position: int = 0) -> list[PerplexityResult]:
+    """perplexity() with the prefix protocol for several eviction configurations at once: each chunk's
+    first half is prefilled once and shared (engine.shared_prefill), so a sweep of P configurations
+    costs about P scorings plus one prefill per chunk instead of P of each. The results are those of
+    separate perplexity() calls, bit for bit. on_chunk(i, [ppl per configuration])."""
+    tokens = np.asarray(tokens, dtype=np.int32)
+    evs = [_as_eviction(e) for e in evictions]
+    if not evs:
+        raise EngineError("perplexity_many: no eviction configuration given")
+    if n_ctx < 4 or n_ctx % 2:
+        raise EngineError(f"--ctx must be an even number >= 4, got {n_ctx}")
+    if len(tokens) < 2 * n_ctx:
+        raise EngineError(f"need at least 2*ctx = {2 * n_ctx} tokens, the text has {len(tokens)}")
+    for ev in evs:
         if ev is not None:
-            s.set_eviction(replace(ev, schedule="prefix"))
+            resolve_policy(ev.policy, ev.budget, "prefix")
+    total = len(tokens) // n_ctx
+    n = total if not n_chunks or n_chunks < 0 else min(n_chunks, total)
+    out = _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_chunk, bar_position)
+    for res, ev in zip(out, evs):
+        if ev is not None:
+            res.budget, res.policy, res.eviction = float(ev.budget), ev.policy, ev.as_dict()
+        res.protocol = "prefix"
+    return out
+
+
+class _Tally:
+    """One configuration's running figures over the chunks of the prefix protocol."""
+
+    def __init__(self):
+        self.nll_sum = self.nll2_sum = 0.0
+        self.count = 0
+        self.running, self.kv_kept, self.kv_pre = [], [], []
+        self.kv_peak = 0
+        self.seconds = 0.0
+
+    def add(self, lp: np.ndarray) -> float:
+        self.nll_sum += float(-lp.sum())
+        self.nll2_sum += float((lp * lp).sum())
+        self.count += len(lp)
+        ppl, _ = _running(self.nll_sum, self.nll2_sum, self.count)
+        self.running.append(ppl)
+        return ppl
+
+
+def _prefix(model, tokens, n_ctx, n, bos_id, ev, n_threads, progress, on_chunk, bar_position) -> PerplexityResult:
+    cb = None if on_chunk is None else (lambda i, ppls: on_chunk(i, ppls[0]))
+    return _prefix_many(model, tokens, n_ctx, n, bos_id, [ev], n_threads, progress, cb, bar_position)[0]
+
+
+def _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_chunk,
+                 bar_position) -> list[PerplexityResult]:
+    """The prefix protocol for several eviction configurations, sharing each chunk's prefill."""
+    from .shared_prefill import SharedPrefill
+
+    first = n_ctx // 2
+    tallies = [_Tally() for _ in evs]
+    bar = _bar(progress, n, "chunk", "perplexity", bar_position)
+    with SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx)) as sp:
         for i in range(n):
             chunk = tokens[i * n_ctx:(i + 1) * n_ctx].copy()
             if bos_id is not None:
                 chunk[0] = bos_id
-            s.reset()
-            s.eval(chunk[:first], logits=None)
-            kv_pre.append(s.kv_bytes_used)
-            if ev is not None:
-                s.compress()
-            kv_kept.append(s.kv_bytes_used)
-            lp = s.logprobs(chunk[first:]).astype(np.float64)
-            kv_peak = max(kv_peak, s.kv_bytes_used, kv_pre[-1])
-            nll_sum += float(-lp.sum())
-            nll2_sum += float((lp * lp).sum())
-            count += len(lp)
-            ppl, _ = _running(nll_sum, nll2_sum, count)
-            running.append(ppl)
+            for j, s, prefill_secs in sp.prefill(chunk[:first]):
+                t, ev = tallies[j], evs[j]
+                t0 = time.perf_counter()
+                t.kv_pre.append(s.kv_bytes_used)
+                if ev is not None:
+                    s.compress()
+                t.kv_kept.append(s.kv_bytes_used)
+                lp = s.logprobs(chunk[first:]).astype(np.float64)
+                t.kv_peak = max(t.kv_peak, s.kv_bytes_used, t.kv_pre[-1])
+                t.add(lp)
+                # what this configuration alone would have taken: its prefill, compression and scoring
+                t.seconds += prefill_secs + time.perf_counter() - t0
             if bar is not None:
-                bar.set_postfix(ppl=f"{ppl:.4f}")
+                bar.set_postfix(ppl=" ".join(f"{t.running[-1]:.4f}" for t in tallies[:4])
+                                + (" ..." if len(tallies) > 4 else ""))
                 bar.update(1)
             if on_chunk is not None:
-                on_chunk(i, ppl)
-        alloc = s.kv_bytes_alloc
+                on_chunk(i, [t.running[-1] for t in tallies])
+        alloc = sp.kv_bytes_alloc
     if bar is not None:
         bar.close()
-    secs = time.perf_counter() - t0
-    ppl, err = _running(nll_sum, nll2_sum, count)
-    return PerplexityResult(ppl=ppl, ppl_stderr=err, n_chunks=n, n_ctx=n_ctx, n_scored=count,
-                            n_tokens_file=len(tokens), chunk_ppl=running, seconds=secs,
-                            tokens_per_second=n * n_ctx / secs if secs > 0 else 0.0, kv_bytes_peak=kv_peak,
-                            budget_tokens=budget_tokens(ev.budget, first) if ev is not None else first,
-                            kv_bytes_mean=float(np.mean(kv_kept)), kv_bytes_alloc=alloc,
-                            kv_bytes_full=float(np.mean(kv_pre)), n_tokens_evaluated=n * n_ctx)
+    out = []
+    for t, ev in zip(tallies, evs):
+        ppl, err = _running(t.nll_sum, t.nll2_sum, t.count)
+        out.append(PerplexityResult(
+            ppl=ppl, ppl_stderr=err, n_chunks=n, n_ctx=n_ctx, n_scored=t.count, n_tokens_file=len(tokens),
+            chunk_ppl=t.running, seconds=t.seconds,
+            tokens_per_second=n * n_ctx / t.seconds if t.seconds > 0 else 0.0, kv_bytes_peak=t.kv_peak,
+            budget_tokens=budget_tokens(ev.budget, first) if ev is not None else first,
+            kv_bytes_mean=float(np.mean(t.kv_kept)), kv_bytes_alloc=alloc,
+            kv_bytes_full=float(np.mean(t.kv_pre)), n_tokens_evaluated=n * n_ctx))
+    return out
 
 
 def _streaming(model, tokens, n_ctx, ev, n_threads, progress, on_chunk, piece, on_piece,

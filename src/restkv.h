@@ -210,6 +210,14 @@ int32_t     rk_session_kv_count(const rk_session *session, int32_t layer, int32_
 int32_t     rk_session_kv_positions(const rk_session *session, int32_t layer, int32_t kv_head, int32_t *out, int32_t cap);
 /* Position the next evaluated token gets (= n_past with original positions). */
 int32_t     rk_session_next_pos(const rk_session *session);
+/* Copies src's evaluated state into dst: the KV cache with its positions, n_past, the
+ * next position, and the statistics dst's eviction policy scores with (its window of
+ * queries, accumulated attention), so one prefill can be compressed and continued under
+ * several eviction configurations. dst keeps its own eviction settings. Both sessions
+ * must be on the same model with the same n_ctx and KV type, and src must have gathered
+ * what dst needs: the same window, and accumulated attention for h2o (a source set to
+ * h2o gathers everything). "topk" changes the prefill itself: it shares only with the same topk setting. */
+rk_status   rk_session_copy_state(rk_session *dst, const rk_session *src);
 
 /* ---- tensor-type utilities (block formats; used by tests and tools) ---- */
 const char *rk_type_name(int32_t type);               /* NULL if unknown */

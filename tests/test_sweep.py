@@ -9,6 +9,7 @@ import json
 import pytest
 
 import engine
+from engine import lambada as lambada_mod
 from engine import sweep as sweep_mod
 from engine.errors import EngineError
 from engine.eviction import Eviction
@@ -95,18 +96,20 @@ def test_sweep_writes_results_and_resumes(tiny_gguf, data, tmp_path, monkeypatch
         raise AssertionError("re-ran a finished combination")
 
     monkeypatch.setattr(sweep_mod, "perplexity", boom)
+    monkeypatch.setattr(sweep_mod, "perplexity_many", boom)
+    monkeypatch.setattr(lambada_mod, "lambada_many", boom)
     r2 = run(gguf, out, data)
     assert r2["ran"] == 0 and r2["skipped"] == 10 and json.loads((out / "sweep.json").read_text()) == saved
     # ... only the new combinations do; a failing run is reported, recorded and retried next time
     monkeypatch.undo()
-    real = sweep_mod.perplexity
+    real = sweep_mod.perplexity_many
 
-    def flaky(model, tokens, **kw):
-        if kw["eviction"].policy == "topk":
+    def flaky(model, tokens, evs, **kw):
+        if any(ev.policy == "topk" for ev in evs):
             raise EngineError("policy 'topk' is not implemented yet")
-        return real(model, tokens, **kw)
+        return real(model, tokens, evs, **kw)
 
-    monkeypatch.setattr(sweep_mod, "perplexity", flaky)
+    monkeypatch.setattr(sweep_mod, "perplexity_many", flaky)
     r3 = run(gguf, out, data, budgets=(1.0, 0.5, 0.25, 0.1))
     assert r3["ran"] == 3 and r3["skipped"] == 10 and r3["failed"] == ["wikitext topk @ 0.1 (prefix)"]
     saved = json.loads((out / "sweep.json").read_text())

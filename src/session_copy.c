@@ -1,0 +1,70 @@
+/*
+ * session_copy.c: rk_session_copy_state, so one prefill can serve several
+ * eviction configurations (a sweep compresses the same prefix once per policy
+ * and budget instead of prefilling it again each time).
+ */
+#include <string.h>
+
+#include "error.h"
+#include "session.h"
+
+static rk_status check_compatible(const rk_session *dst, const rk_session *src) {
+    if (!dst || !src) return rk_fail(RK_ERR_ARG, "rk_session_copy_state: NULL session");
+    if (dst == src) return rk_fail(RK_ERR_ARG, "rk_session_copy_state: source and destination are the same session");
+    if (dst->model != src->model)
+        return rk_fail(RK_ERR_ARG, "rk_session_copy_state: the sessions are on different models");
+    if (dst->n_ctx != src->n_ctx || dst->kv.capacity != src->kv.capacity || dst->kv.type != src->kv.type)
+        return rk_fail(RK_ERR_ARG,
+                       "rk_session_copy_state: the sessions differ in n_ctx (%d vs %d) or KV type (%s vs %s)",
+                       dst->n_ctx, src->n_ctx, dst->kv.type == RK_TYPE_F16 ? "f16" : "f32",
+                       src->kv.type == RK_TYPE_F16 ? "f16" : "f32");
+    /* top-k sparse attention changes the prefill's own outputs: only the same setting may share it */
+    if (dst->topk != src->topk || dst->topk_frac != src->topk_frac)
+        return rk_fail(RK_ERR_ARG, "rk_session_copy_state: top-k sparse attention differs between the sessions "
+                                   "(it changes the prefill itself, which then cannot be shared)");
+    /* the destination's policy scores with statistics the source must have gathered */
+    if (dst->win && src->win != dst->win)
+        return rk_fail(RK_ERR_ARG,
+                       "rk_session_copy_state: the destination's policy needs the last %d queries, the source "
+                       "kept %d (configure the source with the same window and a scoring policy)",
+                       dst->win, src->win);
+    if (dst->acc && !src->acc)
+        return rk_fail(RK_ERR_ARG,
+                       "rk_session_copy_state: the destination's policy needs accumulated attention, which the "
+                       "source did not gather (configure the source with a policy that does, e.g. h2o)");
+    return RK_OK;
+}
+
+rk_status rk_session_copy_state(rk_session *dst, const rk_session *src) {
+    rk_status st = check_compatible(dst, src);
+    if (st) return st;
+    const rk_model *m = src->model;
+    const rk_kv *a = &src->kv;
+    rk_kv *b = &dst->kv;
+    const size_t heads = (size_t)a->n_layers * (size_t)a->n_kv_heads, C = (size_t)a->capacity,
+                 row = (size_t)a->head_dim * a->elt_size;
+    for (size_t hi = 0; hi < heads; hi++) {
+        const size_t n = (size_t)a->n_used[hi], off = hi * C;
+        memcpy(b->k + off * row, a->k + off * row, n * row);
+        memcpy(b->v + off * row, a->v + off * row, n * row);
+        memcpy(b->pos + off, a->pos + off, n * sizeof(int32_t));
+        b->n_used[hi] = a->n_used[hi];
+    }
+    dst->n_past = src->n_past;
+    dst->next_pos = src->next_pos;
+    memcpy(dst->last_h, src->last_h, (size_t)m->n_embd * sizeof(float));
+    if (dst->win) {
+        const size_t dq = (size_t)m->n_heads * m->head_dim;
+        memcpy(dst->q_win, src->q_win, (size_t)m->n_layers * dst->win * dq * sizeof(float));
+        memcpy(dst->q_win_pos, src->q_win_pos, (size_t)dst->win * sizeof(int32_t));
+        dst->q_win_head = src->q_win_head;
+        dst->q_win_n = src->q_win_n;
+    } else {
+        dst->q_win_head = dst->q_win_n = 0;
+    }
+    if (dst->acc) {
+        memcpy(dst->acc, src->acc, (size_t)m->n_layers * m->n_heads * C * sizeof(float));
+        memcpy(dst->acc_cnt, src->acc_cnt, (size_t)m->n_layers * m->n_kv_heads * C * sizeof(float));
+    }
+    return RK_OK;
+}

@@ -237,9 +237,11 @@ class Session:
         from .eviction import Eviction
 
         if eviction is None:
-            eviction = Eviction(**kwargs)
+            eviction = Eviction.of(**kwargs)
         elif isinstance(eviction, dict):
-            eviction = Eviction(**{**eviction, **kwargs})
+            eviction = Eviction.of(**{**eviction, **kwargs})
+        elif not isinstance(eviction, Eviction):
+            raise EngineError(f"eviction must be an Eviction, a dict or None, got {type(eviction).__name__}")
         elif kwargs:
             raise EngineError("pass either an Eviction or keyword arguments, not both")
         _check(lib.rk_session_set_evict(self._handle(), eviction.to_c()))

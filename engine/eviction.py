@@ -47,6 +47,15 @@ class Eviction:
     lacache_span: int = 16
     lacache_overlap: int = 0
 
+    @classmethod
+    def of(cls, **kwargs) -> "Eviction":
+        """Eviction(**kwargs), with an EngineError naming unknown fields (not a TypeError)."""
+        bad = sorted(set(kwargs) - {f.name for f in fields(cls)})
+        if bad:
+            raise EngineError(f"unknown eviction parameter(s) {', '.join(bad)} "
+                              f"(known: {', '.join(f.name for f in fields(cls))})")
+        return cls(**kwargs)
+
     def to_c(self):
         if self.schedule not in SCHEDULES:
             raise EngineError(f"unknown schedule {self.schedule!r} (expected one of {sorted(SCHEDULES)})")

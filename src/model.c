@@ -281,10 +281,9 @@ rk_model_params rk_model_default_params(void) {
     return p;
 }
 
-rk_status rk_model_load(rk_model **out, const char *path, const rk_model_params *params) {
-    if (!out) return rk_fail(RK_ERR_ARG, "rk_model_load: out is NULL");
-    *out = NULL;
-    if (!path) return rk_fail(RK_ERR_ARG, "rk_model_load: path is NULL");
+/* path != NULL: map that file; else parse buf[0..size) (kept, not copied), called `name` */
+static rk_status load(rk_model **out, const char *path, const void *buf, size_t size, const char *name,
+                      const rk_model_params *params) {
     rk_model_params p = params ? *params : rk_model_default_params();
     if (p.device == RK_DEVICE_CUDA && !rk_has_cuda())
         return rk_fail(RK_ERR_NO_CUDA, "device 'cuda' requested, but this build of restkv-engine has no CUDA backend");
@@ -294,7 +293,7 @@ rk_status rk_model_load(rk_model **out, const char *path, const rk_model_params 
     rk_quant_init();
     rk_model *m = calloc(1, sizeof *m);
     if (!m) return rk_fail(RK_ERR_OOM, "out of memory");
-    rk_status st = rk_gguf_open(&m->gguf, path);
+    rk_status st = path ? rk_gguf_open(&m->gguf, path) : rk_gguf_parse(&m->gguf, buf, size, name);
     if (!st) st = read_hparams(m);
     if (!st) st = load_tensors(m);
     if (!st) st = rk_vocab_load(m);
@@ -310,6 +309,21 @@ rk_status rk_model_load(rk_model **out, const char *path, const rk_model_params 
              rk_ggml_type_name((uint32_t)m->layers[0].wq.type));
     *out = m;
     return RK_OK;
+}
+
+rk_status rk_model_load(rk_model **out, const char *path, const rk_model_params *params) {
+    if (!out) return rk_fail(RK_ERR_ARG, "rk_model_load: out is NULL");
+    *out = NULL;
+    if (!path) return rk_fail(RK_ERR_ARG, "rk_model_load: path is NULL");
+    return load(out, path, NULL, 0, NULL, params);
+}
+
+rk_status rk_model_load_buffer(rk_model **out, const void *buf, size_t size, const char *name,
+                               const rk_model_params *params) {
+    if (!out) return rk_fail(RK_ERR_ARG, "rk_model_load_buffer: out is NULL");
+    *out = NULL;
+    if (!buf && size) return rk_fail(RK_ERR_ARG, "rk_model_load_buffer: buf is NULL");
+    return load(out, NULL, buf, size, name ? name : "<buffer>", params);
 }
 
 void rk_model_free(rk_model *m) {

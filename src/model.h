@@ -64,4 +64,9 @@ struct rk_model {
 /* vocab.c: reads the GGUF vocabulary (optional: a model without one still runs on ids) */
 rk_status rk_vocab_load(rk_model *m);
 
+/* Loads a model from a caller-owned GGUF image in memory (kept, not copied, until
+ * rk_model_free): the fuzzer's entry point; error messages call it `name`. */
+rk_status rk_model_load_buffer(rk_model **out, const void *buf, size_t size, const char *name,
+                               const rk_model_params *params);
+
 #endif

@@ -20,6 +20,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #define RK_X86 1
+#include <cpuid.h>
 #else
 #define RK_X86 0
 #endif
@@ -667,8 +668,10 @@ static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static void init_kernels(void) {
 #if RK_X86
     __builtin_cpu_init();
-    have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                __builtin_cpu_supports("f16c");
+    /* F16C straight from CPUID (leaf 1, ECX bit 29): older clangs do not know "f16c" as a feature name */
+    unsigned a, b, c, d;
+    const int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+    have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 #endif
     if (have_avx2) {
 #if RK_X86

@@ -263,10 +263,12 @@ static void layer_kv_f32(rk_session *s, int il) {
 
 /* ---- selection and compaction ---- */
 
-static const float *sel_scores;
-static const int32_t *sel_pos;
+/* qsort has no context argument: the comparators read these, per thread, since sessions in
+ * other threads may be evicting at the same time (a session evicts on its calling thread) */
+static _Thread_local const float *sel_scores;
+static _Thread_local const int32_t *sel_pos;
 
-/* higher score first; ties: newer position first (qsort is not re-entrant: eviction runs on one thread) */
+/* higher score first; ties: newer position first */
 static int cmp_keep(const void *a, const void *b) {
     const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
     const float sx = isnan(sel_scores[x]) ? -INFINITY : sel_scores[x];

@@ -1,0 +1,45 @@
+"""engine.bench on a tiny model: every case measured, llama.cpp alongside, RSS probes, CLI and JSON.
+(Speed goals live in the benchmark's output, not in tests: here only that it measures what it says.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine import EngineError
+from engine import bench
+
+
+def test_bench_measures_every_case(tiny_gguf):
+    pytest.importorskip("llama_cpp")
+    res = bench.run(tiny_gguf(weight_type="Q4_0"), threads=1, reps=1, vs=True, prefills=(32, 64), depths=(0, 96),
+                    gen=8, rss=True, log=open("/dev/null", "w"))
+    cases = [r["case"] for r in res["rows"]]
+    assert cases == ["prefill 32", "prefill 64", "decode 8 @ depth 0", "decode 8 @ depth 96",
+                     "decode 8 @ depth 96, restkv 0.1"]
+    for r in res["rows"]:
+        assert r["ours_tok_s"] > 0 and r["llama_cpp_tok_s"] > 0 and r["ratio"] > 0
+        assert len(r["ours_samples"]) == 1
+    by = {r["case"]: r for r in res["rows"]}
+    # the compressed decode holds about a tenth of the 96-token cache (plus the decoded tokens)
+    assert by["decode 8 @ depth 96, restkv 0.1"]["kv_bytes"] < by["decode 8 @ depth 96"]["kv_bytes"] / 4
+    # compared with llama.cpp's full-cache decode at the same depth
+    assert by["decode 8 @ depth 96, restkv 0.1"]["llama_cpp_tok_s"] == by["decode 8 @ depth 96"]["llama_cpp_tok_s"]
+    assert res["rss"]["ours"]["peak_rss_bytes"] > 0 and res["rss"]["llama.cpp"]["peak_rss_bytes"] > 0
+
+
+def test_bench_cli_json(tiny_gguf, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    rc = bench.main(["--gguf", tiny_gguf(weight_type="Q4_0"), "--threads", "1", "--reps", "1", "--prefill", "16",
+                     "--depths", "0,32", "--gen", "4", "--no-rss", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert [r["case"] for r in data["rows"]][-1] == "decode 4 @ depth 32, restkv 0.1"
+    assert "| prefill 16 |" in capsys.readouterr().out
+
+
+def test_bench_bad_arguments(tiny_gguf, tmp_path):
+    with pytest.raises(EngineError, match="no such file"):
+        bench.run(str(tmp_path / "none.gguf"))
+    assert bench.main(["--gguf", tiny_gguf(weight_type="Q4_0"), "--depths", "a,b"]) == 1

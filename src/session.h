@@ -22,7 +22,7 @@ struct rk_session {
     float    *proj;     /* [n_batch][n_embd] output of attn_output / ffn_down */
     float    *hb, *hb2; /* [n_batch][n_ff] */
     float    *cos_sin;  /* [n_batch][n_rot] */
-    float    *att_ws;   /* [n_threads][2 n_ctx + head_dim] per-thread scores, a V row, top-k scratch */
+    float    *att_ws;   /* [n_threads][rk_attention_scratch_floats] per-thread scores and rows */
     float    *logit_rows; /* [RK_LOGIT_BLOCK][n_vocab] */
     void     *act;      /* quantised activations for rk_matmul */
     float    *last_h;   /* [n_embd] final-normed hidden state of the last evaluated token */
@@ -75,5 +75,10 @@ void rk_logits(rk_session *s, const float *hidden, int n_rows, float *logits);
 
 /* Causal attention of n query tokens at positions pos0.. over layer il's cache. */
 void rk_attention(rk_session *s, int il, int n, int32_t pos0);
+/* query rows attention handles together (tokens x heads of a GQA group), and tokens per job */
+#define RK_ATT_ROWS 16
+#define RK_ATT_TOKENS 4
+/* floats of attention scratch per thread */
+size_t rk_attention_scratch_floats(int n_ctx, int head_dim);
 
 #endif

@@ -150,8 +150,20 @@ def rss_probe(engine_name: str, gguf: str, threads: int, n_ctx: int, fill: int) 
         ids = _ids(llm.n_vocab(), fill)
         llm.eval(ids)
         kv = None
-    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "kv_bytes_alloc": kv,
-            "n_ctx": n_ctx, "filled": fill}
+    return {"peak_rss_bytes": peak_rss(), "kv_bytes_alloc": kv, "n_ctx": n_ctx, "filled": fill}
+
+
+def peak_rss() -> int:
+    """This process image's peak resident memory. Not getrusage's ru_maxrss: Linux carries that over
+    fork and exec, so a child started by a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _probe_child(which: str, gguf: str, threads: int, n_ctx: int, fill: int) -> Optional[dict]:

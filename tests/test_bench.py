@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from engine import EngineError
@@ -13,6 +14,7 @@ from engine import bench
 
 def test_bench_measures_every_case(tiny_gguf):
     pytest.importorskip("llama_cpp")
+    big = np.ones(400 * 2**20 // 8)  # the children's peak RSS must not include this parent's
     res = bench.run(tiny_gguf(weight_type="Q4_0"), threads=1, reps=1, vs=True, prefills=(32, 64), depths=(0, 96),
                     gen=8, rss=True, log=open("/dev/null", "w"))
     cases = [r["case"] for r in res["rows"]]
@@ -26,7 +28,9 @@ def test_bench_measures_every_case(tiny_gguf):
     assert by["decode 8 @ depth 96, restkv 0.1"]["kv_bytes"] < by["decode 8 @ depth 96"]["kv_bytes"] / 4
     # compared with llama.cpp's full-cache decode at the same depth
     assert by["decode 8 @ depth 96, restkv 0.1"]["llama_cpp_tok_s"] == by["decode 8 @ depth 96"]["llama_cpp_tok_s"]
-    assert res["rss"]["ours"]["peak_rss_bytes"] > 0 and res["rss"]["llama.cpp"]["peak_rss_bytes"] > 0
+    for who in ("ours", "llama.cpp"):
+        assert 0 < res["rss"][who]["peak_rss_bytes"] < 300 * 2**20, who
+    del big
 
 
 def test_bench_cli_json(tiny_gguf, tmp_path, capsys):

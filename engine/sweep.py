@@ -8,8 +8,8 @@ Budget 1 is the full cache, the same for every policy, so it runs once (policy "
 the budget-1 column of every policy (with --protocol streaming the budget-1 cache of --ctx tokens
 still evicts, so there it runs per policy). The prefix-protocol runs of one dataset go together:
 each chunk's (passage's) prefill is computed once and shared by every policy and budget
-(engine.shared_prefill; the figures are those of separate runs, bit for bit), which roughly halves
-a WikiText sweep and makes a LAMBADA sweep cost little more than one run.
+(engine.shared_prefill; the figures are those of separate runs, bit for bit): measured on
+SmolLM2-135M, 37 configurations took a third less time on WikiText and four fifths less on LAMBADA.
 
 Writes, after every batch of runs sharing prefills (an interrupted sweep loses the batch in
 progress; pass fewer --policies/--budgets per call to checkpoint more often):

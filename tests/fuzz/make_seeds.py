@@ -1,10 +1,12 @@
 """Writes the fuzzer's seed corpus: one small valid GGUF and malformed variants of it.
 
-    python tests/fuzz/make_seeds.py [--out tests/fuzz/corpus]
+    python tests/fuzz/make_seeds.py [--out build/fuzz-seeds]
 
-Every malformed seed is named after what is wrong with it; manifest.json maps each file to a
-regular expression its load error must match (tests/test_fuzz_corpus.py checks both that the
-loader rejects it with that message and that this script reproduces the corpus byte for byte).
+The corpus is generated, not committed (no model files in git; the seeds hold random weights).
+Every malformed seed is named after what is wrong with it; the committed tests/fuzz/manifest.json
+maps each file to a regular expression its load error must match, and this script writes the
+same mapping next to the seeds. tests/test_fuzz_corpus.py checks that the two agree and that the
+loader rejects every seed with its message; tests/fuzz/run.sh generates the seeds before fuzzing.
 """
 
 from __future__ import annotations
@@ -165,7 +167,8 @@ def seeds(good: bytes) -> dict[str, tuple[bytes, str]]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(HERE / "corpus"), help="folder to write (default tests/fuzz/corpus)")
+    ap.add_argument("--out", default=str(HERE.parent.parent / "build" / "fuzz-seeds"),
+                    help="folder to write (default build/fuzz-seeds)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

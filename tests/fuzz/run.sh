@@ -2,8 +2,7 @@
 # Fuzzes the GGUF parser and model loader under AddressSanitizer + UndefinedBehaviorSanitizer.
 #   tests/fuzz/run.sh [SECONDS] [BUILD_DIR]      (default 60 s, build/fuzz-<compiler>)
 # With clang it builds a libFuzzer target (coverage-guided); otherwise gcc with tests/fuzz/driver.c
-# (random mutations of the seeds). New inputs go to a scratch copy of the corpus, never to the
-# repository's seeds. Exits non-zero on any crash, leak or sanitizer report.
+# (random mutations of the seeds). New inputs go to a scratch folder. Exits non-zero on any crash, leak or sanitizer report.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-60}
@@ -19,12 +18,14 @@ cmake --build "$build" --target restkv-fuzz > "$build.build.log" 2>&1 || { cat "
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/corpus"
+# the seeds are generated (no model files in git): tests/fuzz/make_seeds.py, needs the gguf package
+python3 tests/fuzz/make_seeds.py --out "$work/seeds" > /dev/null
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-echo "fuzz: $("$cc" --version | head -1), $secs s, seeds tests/fuzz/corpus ($(ls tests/fuzz/corpus | wc -l) files)"
+echo "fuzz: $("$cc" --version | head -1), $secs s, $(ls "$work/seeds" | wc -l) seeds from tests/fuzz/make_seeds.py"
 # -rss_limit_mb: the loader allocates from sizes it read; a seed that makes it ask for gigabytes is a bug
 "$build/restkv-fuzz" -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=2048 -timeout=10 \
-    -artifact_prefix="$work/" "$work/corpus" tests/fuzz/corpus 2>&1 | tail -25
+    -artifact_prefix="$work/" "$work/corpus" "$work/seeds" 2>&1 | tail -25
 status=${PIPESTATUS[0]}
 if ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* >/dev/null 2>&1 || [ -f crash-input.gguf ]; then
     mkdir -p fuzz-artifacts && cp "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* crash-input.gguf \

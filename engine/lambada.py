@@ -191,13 +191,11 @@ def lambada_many(model, items: Sequence[LambadaItem] | Sequence[str], evictions:
         for i, it in enumerate(items):
             ctx, target = it.context_ids, it.target_ids
             results = [None] * len(evs)
-            for j, s, prefill_secs in sp.prefill(ctx[:-1]):
-                t, ev = tallies[j], evs[j]
+            for j, s, pf in sp.prefill(ctx[:-1]):
+                t = tallies[j]
                 t0 = time.perf_counter()
-                t.kv_pre.append(s.kv_bytes_used)
-                if ev is not None:
-                    s.compress()
-                t.kv_kept.append(s.kv_bytes_used)
+                t.kv_pre.append(pf.kv_bytes_full)
+                t.kv_kept.append(pf.kv_bytes_kept)
                 t.kept_tokens.append(t.kv_kept[-1] * n_ctx / alloc)  # entries per (layer, kv-head) buffer, mean
                 lp, am = s.logprobs([ctx[-1]] + list(target), return_argmax=True)
                 t.kv_peak = max(t.kv_peak, t.kv_pre[-1], s.kv_bytes_used)
@@ -210,7 +208,7 @@ def lambada_many(model, items: Sequence[LambadaItem] | Sequence[str], evictions:
                 t.cases[it.case] = t.cases.get(it.case, 0) + 1
                 if (i + 1) % every == 0 or i + 1 == len(items):
                     t.running.append((t.n_correct / (i + 1), math.exp(float(np.mean(t.nlls)))))
-                t.seconds += prefill_secs + time.perf_counter() - t0
+                t.seconds += pf.seconds + time.perf_counter() - t0
                 results[j] = (correct, nll)
             if bar is not None:
                 t = tallies[0]

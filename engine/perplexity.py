@@ -339,18 +339,16 @@ def _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_c
             chunk = tokens[i * n_ctx:(i + 1) * n_ctx].copy()
             if bos_id is not None:
                 chunk[0] = bos_id
-            for j, s, prefill_secs in sp.prefill(chunk[:first]):
-                t, ev = tallies[j], evs[j]
+            for j, s, pf in sp.prefill(chunk[:first]):
+                t = tallies[j]
                 t0 = time.perf_counter()
-                t.kv_pre.append(s.kv_bytes_used)
-                if ev is not None:
-                    s.compress()
-                t.kv_kept.append(s.kv_bytes_used)
+                t.kv_pre.append(pf.kv_bytes_full)
+                t.kv_kept.append(pf.kv_bytes_kept)
                 lp = s.logprobs(chunk[first:]).astype(np.float64)
                 t.kv_peak = max(t.kv_peak, s.kv_bytes_used, t.kv_pre[-1])
                 t.add(lp)
                 # what this configuration alone would have taken: its prefill, compression and scoring
-                t.seconds += prefill_secs + time.perf_counter() - t0
+                t.seconds += pf.seconds + time.perf_counter() - t0
             if bar is not None:
                 bar.set_postfix(ppl=" ".join(f"{t.running[-1]:.4f}" for t in tallies[:4])
                                 + (" ..." if len(tallies) > 4 else ""))

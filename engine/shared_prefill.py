@@ -12,10 +12,17 @@ from the first query on), so it gets a prefill of its own, as does a lone config
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Sequence
 
 from .eviction import Eviction
+
+
+@dataclass
+class Prefilled:
+    kv_bytes_full: int   # KV bytes of the uncompressed prefill
+    kv_bytes_kept: int   # after the compression
+    seconds: float       # what this configuration alone would have spent: its prefill and compression
 
 
 def _own_prefill(ev: Optional[Eviction]) -> bool:
@@ -23,9 +30,9 @@ def _own_prefill(ev: Optional[Eviction]) -> bool:
 
 
 class SharedPrefill:
-    """prefill(ids) yields (i, session, prefill_seconds) for each configuration i: the session holds
-    the uncompressed prefill of ids under evs[i]'s settings (prefix schedule); the caller compresses
-    and continues it before asking for the next one. Use as a context manager (closes sessions)."""
+    """prefill(ids) yields (i, session, Prefilled) for each configuration i: the session holds the
+    prefill of ids compressed by evs[i] (prefix schedule; nothing evicted for None); the caller
+    continues it before asking for the next one. Use as a context manager (closes sessions)."""
 
     def __init__(self, model, evs: Sequence[Optional[Eviction]], n_ctx: int, n_threads: Optional[int] = None,
                  n_batch: int = 512):
@@ -64,7 +71,7 @@ class SharedPrefill:
         self._sessions.append(s)
         return s
 
-    def prefill(self, ids) -> Iterator[tuple[int, object, float]]:
+    def prefill(self, ids) -> Iterator[tuple[int, object, "Prefilled"]]:
         for key, members in self.groups.items():
             src = self.sources[key]
             t0 = time.perf_counter()
@@ -72,14 +79,22 @@ class SharedPrefill:
             src.eval(ids, logits=None)
             secs = time.perf_counter() - t0
             for i in members:
+                t0 = time.perf_counter()
                 self.dst.set_eviction(self.evs[i] if self.evs[i] is not None else Eviction())
                 self.dst.copy_state_from(src)
-                yield i, self.dst, secs
+                yield i, self.dst, self._compress(self.dst, i, secs + time.perf_counter() - t0)
         for i, s in self.own.items():
             t0 = time.perf_counter()
             s.reset()
             s.eval(ids, logits=None)
-            yield i, s, time.perf_counter() - t0
+            yield i, s, self._compress(s, i, time.perf_counter() - t0)
+
+    def _compress(self, s, i: int, secs: float) -> "Prefilled":
+        pre = s.kv_bytes_used
+        t0 = time.perf_counter()
+        if self.evs[i] is not None:
+            s.compress()
+        return Prefilled(pre, s.kv_bytes_used, secs + time.perf_counter() - t0)
 
     @property
     def kv_bytes_alloc(self) -> int:

@@ -3,14 +3,19 @@
 
 #include "ops.h"
 #include "quant.h"
+#include "repack.h"
 #include "session.h"
 
 static void embed(const rk_session *s, const int32_t *tokens, int n) {
     const rk_weight *e = &s->model->tok_embd;
     const rk_type_traits *tr = rk_get_type_traits(e->type);
-    for (int t = 0; t < n; t++)
-        tr->to_float((const uint8_t *)e->data + (size_t)tokens[t] * e->row_bytes, s->x + (size_t)t * e->n_in,
-                     e->n_in);
+    for (int t = 0; t < n; t++) {
+        float *x = s->x + (size_t)t * e->n_in;
+        if (e->packed) /* the file's rows were dropped from memory once repacked */
+            rk_packed_row_to_float(e, tokens[t], x);
+        else
+            tr->to_float((const uint8_t *)e->data + (size_t)tokens[t] * e->row_bytes, x, e->n_in);
+    }
 }
 
 /* a new slot's accumulated-attention statistics start at zero */

@@ -27,6 +27,7 @@
 
 #include "error.h"
 #include "model.h"
+#include "repack.h"
 #include "quant.h"
 
 static int str_eq(const char *s, uint64_t len, const char *lit) {
@@ -298,6 +299,7 @@ static rk_status load(rk_model **out, const char *path, const void *buf, size_t 
     if (!st) st = load_tensors(m);
     if (!st) st = rk_vocab_load(m);
     if (!st) st = compute_wo_gram(m);
+    if (!st) st = rk_model_repack(m); /* after the Gram matrices: they read the rows as stored */
     if (st) {
         rk_model_free(m);
         return st;
@@ -331,6 +333,7 @@ void rk_model_free(rk_model *m) {
     rk_gguf_close(m->gguf);
     free(m->layers);
     free(m->wo_gram);
+    free(m->packed);
     free(m->owned);
     free(m->tok_text);
     free(m->tok_len);

@@ -21,6 +21,7 @@ typedef struct {
     int64_t     n_out;      /* rows */
     size_t      row_bytes;
     const void *data;       /* [n_out][row_bytes], inside the mapping */
+    const void *packed;     /* the same bytes in the 8-row layout of repack.h, or NULL */
 } rk_weight;
 
 typedef struct {
@@ -47,6 +48,8 @@ struct rk_model {
     float    *wo_gram;            /* [n_layers][n_heads][head_dim][head_dim] */
     float    *owned;              /* f32 copies of norm vectors stored as F16/BF16 */
     size_t    owned_used, owned_cap;
+    void     *packed;             /* every rk_weight.packed lives here */
+    size_t    packed_bytes;
     int32_t   n_threads;          /* default for sessions */
     int32_t   device;
     int64_t   n_params;

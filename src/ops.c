@@ -4,6 +4,7 @@
 
 #include "ops.h"
 #include "quant.h"
+#include "repack.h"
 
 #define MM_ROW_BLOCK 16 /* weight rows kept hot in L1 while all tokens pass over them */
 
@@ -32,6 +33,20 @@ static void quantize_task(void *ctx, int ith, int nth) {
     for (long t = b; t < e; t++) j->act->from_float(j->x + t * j->n_in, j->act_buf + t * j->act_row, j->n_in);
 }
 
+/* rows [r0, r1) of a repacked matrix (r0, r1 multiples of RK_PACK_ROWS): each group of
+ * 8 rows meets the tokens RK_DOT_ROWS at a time, then the rest one by one */
+static void packed_rows(const mm_job *j, const rk_weight *w, rk_vec_dot_packed_fn dot, float *y, long r0, long r1) {
+    const size_t group_bytes = (size_t)RK_PACK_ROWS * w->row_bytes;
+    for (long r = r0; r < r1; r += RK_PACK_ROWS) {
+        const uint8_t *wg = (const uint8_t *)w->packed + (size_t)(r / RK_PACK_ROWS) * group_bytes;
+        for (int t = 0; t < j->n_tokens; t += RK_DOT_ROWS) {
+            const int nt = j->n_tokens - t < RK_DOT_ROWS ? j->n_tokens - t : RK_DOT_ROWS;
+            dot(w->n_in, nt, y + (size_t)t * (size_t)w->n_out + r, (size_t)w->n_out, wg,
+                j->act_buf + (size_t)t * j->act_row, j->act_row);
+        }
+    }
+}
+
 static void matmul_task(void *ctx, int ith, int nth) {
     mm_job *j = ctx;
     long b, e;
@@ -43,6 +58,13 @@ static void matmul_task(void *ctx, int ith, int nth) {
         const rk_type_traits *tr = rk_get_type_traits(w->type);
         const rk_vec_dot_fn dot = tr->vec_dot;
         const rk_vec_dot_tile_fn tile = tr->vec_dot_tile;
+        /* a range not on 8-row boundaries (only after an unpacked matrix of odd height
+         * in the same call) takes the row kernels on the file's layout */
+        if (w->packed && tr->vec_dot_packed && (lo - base) % RK_PACK_ROWS == 0 && (hi - base) % RK_PACK_ROWS == 0) {
+            packed_rows(j, w, tr->vec_dot_packed, j->y[i], lo - base, hi - base);
+            base += w->n_out;
+            continue;
+        }
         for (long r0 = lo; r0 < hi; r0 += MM_ROW_BLOCK) {
             long r1 = r0 + MM_ROW_BLOCK < hi ? r0 + MM_ROW_BLOCK : hi;
             int t = 0;

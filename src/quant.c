@@ -702,6 +702,9 @@ static void init_kernels(void) {
         t[RK_TYPE_Q5_K].vec_dot_tile = rk_avx2_vec_dot_tile_q5_K;
         t[RK_TYPE_Q6_K].vec_dot_tile = rk_avx2_vec_dot_tile_q6_K;
         t[RK_TYPE_Q8_K].from_float = rk_avx2_from_float_q8_K;
+        t[RK_TYPE_Q4_0].vec_dot_packed = rk_avx2_vec_dot_packed_q4_0;
+        t[RK_TYPE_Q4_1].vec_dot_packed = rk_avx2_vec_dot_packed_q4_1;
+        t[RK_TYPE_Q8_0].vec_dot_packed = rk_avx2_vec_dot_packed_q8_0;
 #endif
     }
     const char *env = getenv("RK_CPU"); /* "scalar": test the portable fallback */

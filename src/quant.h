@@ -27,6 +27,11 @@ typedef void (*rk_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a)
 typedef void (*rk_vec_dot_tile_fn)(int64_t n, int nr, float *s, size_t s_stride, const void *w, size_t w_stride,
                                    const void *a, size_t a_stride);
 
+/* Eight weight rows in the interleaved layout of repack.h against nt (1..RK_DOT_ROWS)
+ * activation rows: s[t * s_stride + r], r < 8. */
+typedef void (*rk_vec_dot_packed_fn)(int64_t n, int nt, float *s, size_t s_stride, const void *w, const void *a,
+                                     size_t a_stride);
+
 typedef struct {
     const char      *name;
     int32_t          blck;          /* elements per block */
@@ -36,6 +41,7 @@ typedef struct {
     rk_from_float_fn from_float;    /* quantise (set for activation formats at least) */
     rk_vec_dot_fn    vec_dot;       /* NULL if not a weight type */
     rk_vec_dot_tile_fn vec_dot_tile; /* several rows x RK_DOT_ROWS tokens; NULL: use vec_dot */
+    rk_vec_dot_packed_fn vec_dot_packed; /* over repacked rows (repack.h); NULL: no packed layout */
 } rk_type_traits;
 
 /* NULL for a type this engine does not handle. Calls rk_quant_init() itself. */

@@ -96,6 +96,11 @@ void rk_avx2_vec_dot_tile_q5_K(int64_t n, int nr, float *s, size_t bs, const voi
 void rk_avx2_vec_dot_tile_q6_K(int64_t n, int nr, float *s, size_t bs, const void *w, size_t bw, const void *a,
                                size_t ba);
 
+/* 8 repacked rows x nt tokens (rk_vec_dot_packed_fn, quant_avx2_packed.c) */
+void rk_avx2_vec_dot_packed_q4_0(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
+void rk_avx2_vec_dot_packed_q4_1(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
+void rk_avx2_vec_dot_packed_q8_0(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
+
 void rk_avx2_to_float_f16(const void *src, float *dst, int64_t n);
 void rk_avx2_from_float_f16(const float *src, void *dst, int64_t n);
 void rk_avx2_from_float_q8_0(const float *src, void *dst, int64_t n);

@@ -70,14 +70,14 @@ void rk_forward(rk_session *s, const int32_t *tokens, int n) {
 
         /* feed-forward block */
         rk_rmsnorm(s->xb, s->x, L->ffn_norm, n, d, m->rms_eps);
-        const rk_weight *gu[2] = {&L->w_gate, &L->w_up};
-        float *const gu_out[2] = {s->hb, s->hb2};
         if (L->w_gate.type == L->w_up.type) {
-            rk_matmul(s->pool, s->xb, n, gu, gu_out, 2, s->act);
+            rk_matmul_swiglu(s->pool, s->xb, n, &L->w_gate, &L->w_up, s->hb, s->hb2, s->act);
         } else {
+            const rk_weight *gu[2] = {&L->w_gate, &L->w_up};
+            float *const gu_out[2] = {s->hb, s->hb2};
             for (int i = 0; i < 2; i++) rk_matmul(s->pool, s->xb, n, &gu[i], &gu_out[i], 1, s->act);
+            rk_swiglu(s->hb, s->hb2, (size_t)n * m->n_ff);
         }
-        rk_swiglu(s->hb, s->hb2, (size_t)n * m->n_ff);
         const rk_weight *wd = &L->w_down;
         rk_matmul(s->pool, s->hb, n, &wd, &s->proj, 1, s->act);
         add_rows(s->x, s->proj, (size_t)n * d);

@@ -1,5 +1,6 @@
 /* ops.c: CPU operators: threaded quantised matmul, RMSNorm, RoPE, SwiGLU. */
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "ops.h"
@@ -23,7 +24,10 @@ typedef struct {
     uint8_t *act_buf;
     size_t act_row;
     int64_t n_in;
-    long total_rows;
+    long total_rows;            /* rows handed out: all weights' rows, or gate rows when fused */
+    int swiglu;                 /* w = {gate, up}: each chunk computes both, then y[0] = silu(y[0]) * y[1] */
+    long chunk;                 /* rows per chunk, a multiple of MM_ROW_BLOCK */
+    atomic_long next;           /* first row of the next chunk to take */
 } mm_job;
 
 static void quantize_task(void *ctx, int ith, int nth) {
@@ -47,57 +51,101 @@ static void packed_rows(const mm_job *j, const rk_weight *w, rk_vec_dot_packed_f
     }
 }
 
+/* rows [lo, hi) of one weight into y, for every token */
+static void weight_rows(const mm_job *j, const rk_weight *w, float *y, long lo, long hi) {
+    const rk_type_traits *tr = rk_get_type_traits(w->type);
+    /* a range not on 8-row boundaries (only after an unpacked matrix of odd height
+     * in the same call) takes the row kernels on the file's layout */
+    if (w->packed && tr->vec_dot_packed && lo % RK_PACK_ROWS == 0 && hi % RK_PACK_ROWS == 0) {
+        packed_rows(j, w, tr->vec_dot_packed, y, lo, hi);
+        return;
+    }
+    const rk_vec_dot_fn dot = tr->vec_dot;
+    const rk_vec_dot_tile_fn tile = tr->vec_dot_tile;
+    for (long r0 = lo; r0 < hi; r0 += MM_ROW_BLOCK) {
+        long r1 = r0 + MM_ROW_BLOCK < hi ? r0 + MM_ROW_BLOCK : hi;
+        int t = 0;
+        /* RK_DOT_ROWS tokens at a time against the whole row block: each
+         * weight block unpacked once per group of tokens; the remaining
+         * tokens one by one. Either way every output is bit-identical. */
+        if (tile)
+            for (; t + RK_DOT_ROWS <= j->n_tokens; t += RK_DOT_ROWS)
+                tile(w->n_in, (int)(r1 - r0), y + (size_t)t * (size_t)w->n_out + r0, (size_t)w->n_out,
+                     (const uint8_t *)w->data + (size_t)r0 * w->row_bytes, w->row_bytes,
+                     j->act_buf + (size_t)t * j->act_row, j->act_row);
+        for (; t < j->n_tokens; t++) {
+            const uint8_t *a = j->act_buf + (size_t)t * j->act_row;
+            float *yt = y + (size_t)t * (size_t)w->n_out;
+            for (long r = r0; r < r1; r++)
+                dot(w->n_in, &yt[r], (const uint8_t *)w->data + (size_t)r * w->row_bytes, a);
+        }
+    }
+}
+
+static inline float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* Threads take chunks of rows until none is left: a thread slowed by a neighbour
+ * on a shared machine does less, instead of everyone waiting for its fixed share.
+ * Which thread computes a row does not change its bits. */
 static void matmul_task(void *ctx, int ith, int nth) {
+    (void)ith;
+    (void)nth;
     mm_job *j = ctx;
-    long b, e;
-    rk_split_range(j->total_rows, ith, nth, MM_ROW_BLOCK, &b, &e);
-    long base = 0;
-    for (int i = 0; i < j->n_w && b < e; i++) {
-        const rk_weight *w = j->w[i];
-        long lo = b > base ? b : base, hi = e < base + w->n_out ? e : base + w->n_out;
-        const rk_type_traits *tr = rk_get_type_traits(w->type);
-        const rk_vec_dot_fn dot = tr->vec_dot;
-        const rk_vec_dot_tile_fn tile = tr->vec_dot_tile;
-        /* a range not on 8-row boundaries (only after an unpacked matrix of odd height
-         * in the same call) takes the row kernels on the file's layout */
-        if (w->packed && tr->vec_dot_packed && (lo - base) % RK_PACK_ROWS == 0 && (hi - base) % RK_PACK_ROWS == 0) {
-            packed_rows(j, w, tr->vec_dot_packed, j->y[i], lo - base, hi - base);
-            base += w->n_out;
+    for (;;) {
+        const long b = atomic_fetch_add_explicit(&j->next, j->chunk, memory_order_relaxed);
+        if (b >= j->total_rows) return;
+        const long e = b + j->chunk < j->total_rows ? b + j->chunk : j->total_rows;
+        if (j->swiglu) {
+            const long n_out = j->w[0]->n_out;
+            weight_rows(j, j->w[0], j->y[0], b, e);
+            weight_rows(j, j->w[1], j->y[1], b, e);
+            for (int t = 0; t < j->n_tokens; t++) {
+                float *g = j->y[0] + (size_t)t * (size_t)n_out;
+                const float *u = j->y[1] + (size_t)t * (size_t)n_out;
+                for (long r = b; r < e; r++) g[r] = silu(g[r]) * u[r];
+            }
             continue;
         }
-        for (long r0 = lo; r0 < hi; r0 += MM_ROW_BLOCK) {
-            long r1 = r0 + MM_ROW_BLOCK < hi ? r0 + MM_ROW_BLOCK : hi;
-            int t = 0;
-            /* RK_DOT_ROWS tokens at a time against the whole row block: each
-             * weight block unpacked once per group of tokens; the remaining
-             * tokens one by one. Either way every output is bit-identical. */
-            if (tile)
-                for (; t + RK_DOT_ROWS <= j->n_tokens; t += RK_DOT_ROWS)
-                    tile(w->n_in, (int)(r1 - r0), j->y[i] + (size_t)t * (size_t)w->n_out + (r0 - base),
-                         (size_t)w->n_out, (const uint8_t *)w->data + (size_t)(r0 - base) * w->row_bytes,
-                         w->row_bytes, j->act_buf + (size_t)t * j->act_row, j->act_row);
-            for (; t < j->n_tokens; t++) {
-                const uint8_t *a = j->act_buf + (size_t)t * j->act_row;
-                float *yt = j->y[i] + (size_t)t * (size_t)w->n_out;
-                for (long r = r0; r < r1; r++)
-                    dot(w->n_in, &yt[r - base], (const uint8_t *)w->data + (size_t)(r - base) * w->row_bytes, a);
-            }
+        long base = 0;
+        for (int i = 0; i < j->n_w && base < e; i++) {
+            const rk_weight *w = j->w[i];
+            const long lo = b > base ? b : base, hi = e < base + w->n_out ? e : base + w->n_out;
+            if (lo < hi) weight_rows(j, w, j->y[i], lo - base, hi - base);
+            base += w->n_out;
         }
-        base += w->n_out;
     }
+}
+
+static void run_matmul(rk_pool *pool, mm_job *j) {
+    const int nth = rk_pool_size(pool);
+    /* about four chunks per thread: enough to even out, few enough to keep rows together */
+    const long per = (j->total_rows + 4L * nth - 1) / (4L * nth);
+    j->chunk = (per + MM_ROW_BLOCK - 1) / MM_ROW_BLOCK * MM_ROW_BLOCK;
+    atomic_init(&j->next, 0);
+    if (j->n_tokens >= 4 * nth)
+        rk_pool_run(pool, quantize_task, j);
+    else
+        quantize_task(j, 0, 1);
+    rk_pool_run(pool, matmul_task, j);
 }
 
 void rk_matmul(rk_pool *pool, const float *x, int n_tokens, const rk_weight *const *w, float *const *y, int n_w,
                void *scratch) {
     const rk_type_traits *tr = rk_get_type_traits(w[0]->type);
     mm_job j = {x, n_tokens, w, y, n_w, rk_get_type_traits(tr->vec_dot_type), scratch,
-                rk_row_bytes(tr->vec_dot_type, w[0]->n_in), w[0]->n_in, 0};
+                rk_row_bytes(tr->vec_dot_type, w[0]->n_in), w[0]->n_in, 0, 0, 0, 0};
     for (int i = 0; i < n_w; i++) j.total_rows += w[i]->n_out;
-    if (n_tokens >= 4 * rk_pool_size(pool))
-        rk_pool_run(pool, quantize_task, &j);
-    else
-        quantize_task(&j, 0, 1);
-    rk_pool_run(pool, matmul_task, &j);
+    run_matmul(pool, &j);
+}
+
+void rk_matmul_swiglu(rk_pool *pool, const float *x, int n_tokens, const rk_weight *gate, const rk_weight *up,
+                      float *y_gate, float *y_up, void *scratch) {
+    const rk_type_traits *tr = rk_get_type_traits(gate->type);
+    const rk_weight *w[2] = {gate, up};
+    float *const y[2] = {y_gate, y_up};
+    mm_job j = {x, n_tokens, w, y, 2, rk_get_type_traits(tr->vec_dot_type), scratch,
+                rk_row_bytes(tr->vec_dot_type, gate->n_in), gate->n_in, gate->n_out, 1, 0, 0};
+    run_matmul(pool, &j);
 }
 
 void rk_rmsnorm(float *y, const float *x, const float *weight, int n_rows, int n, float eps) {
@@ -140,5 +188,5 @@ void rk_rope_apply(float *x, int n_heads, int head_dim, int n_rot, const float *
 }
 
 void rk_swiglu(float *a, const float *b, size_t n) {
-    for (size_t i = 0; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
+    for (size_t i = 0; i < n; i++) a[i] = silu(a[i]) * b[i];
 }

@@ -20,6 +20,11 @@ size_t rk_matmul_scratch_bytes(const rk_weight *w, int n_tokens);
 void rk_matmul(rk_pool *pool, const float *x, int n_tokens, const rk_weight *const *w, float *const *y, int n_w,
                void *scratch);
 
+/* rk_matmul of {gate, up} (same type and shape) followed by y_gate = silu(y_gate) * y_up,
+ * fused: each thread applies it to the rows it has just computed. */
+void rk_matmul_swiglu(rk_pool *pool, const float *x, int n_tokens, const rk_weight *gate, const rk_weight *up,
+                      float *y_gate, float *y_up, void *scratch);
+
 /* y = x / sqrt(mean(x^2) + eps) * weight, per row of n elements. In place is fine. */
 void rk_rmsnorm(float *y, const float *x, const float *weight, int n_rows, int n, float eps);
 

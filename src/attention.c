@@ -3,18 +3,28 @@
  * buffers of one layer. A query at position p sees exactly the slots whose
  * stored position is <= p, wherever those slots are in the buffer.
  *
- * Work is cut into jobs of several query rows that share one kv-head (up to
- * RK_ATT_TOKENS tokens x the heads of a GQA group), so each K and V row is read
- * and converted to f32 once per job instead of once per query row. Every output
- * is computed with the same float operations in the same order as a one-row
- * loop would use (dot of the f32 key with the query, softmax, V rows added in
- * slot order), so the grouping changes speed, not results.
+ * Every query row is computed with the same float operations in the same
+ * order, however the work is cut: the score of a slot is the KV type's dot of
+ * the stored key with the query (times 1/sqrt(head_dim)), the softmax sums in
+ * slot order, and V rows are added into the output in slot order. So how rows
+ * are grouped changes speed, not results; decode gives the bits a prefill gives.
+ *
+ * Prefill: jobs of several query rows that share one kv-head (up to
+ * RK_ATT_TOKENS tokens x the heads of a GQA group), so each K and V row is
+ * read once per job instead of once per query row.
+ * Decode (one token): three passes, so that both threads stream the cache and
+ * each K/V row is read once for the whole GQA group: scores by (kv-head, slot
+ * block), softmax by head, then value sums by (kv-head, 32-wide slice of the
+ * head dimension), each slice keeping the slot order of its sums.
  */
 #include <math.h>
 #include <string.h>
 
 #include "quant.h"
 #include "session.h"
+
+#define DEC_SLOTS 256 /* slots per scoring job of a decode step */
+#define DEC_DIMS 32   /* head-dimension slice per value job of a decode step */
 
 typedef struct {
     rk_session *s;
@@ -25,26 +35,56 @@ typedef struct {
     int whole_heads;          /* accumulated statistics: a job owns one head for every token */
 } att_job;
 
-size_t rk_attention_scratch_floats(int n_ctx, int head_dim) {
-    return (size_t)(RK_ATT_ROWS + 1) * (size_t)n_ctx + (size_t)(RK_ATT_ROWS + 2) * (size_t)head_dim + RK_ATT_ROWS;
+size_t rk_attention_scratch_floats(int n_ctx) {
+    return (size_t)(RK_ATT_ROWS + 1) * (size_t)n_ctx + RK_ATT_ROWS;
 }
 
-/* rows r = (t - t0) * nh + (h - h0) for tokens [t0, t1) and query heads [h0, h0 + nh) of kv-head g */
+/* Query row (token at position p, head h of kv-head g) with raw scores sc[0..n_used):
+ * turns them into exp(score - max) (0 where masked) and returns 1/sum; adds the
+ * normalised weights to the accumulated-attention statistics when they are kept. */
+static float softmax_row(const rk_session *s, int il, int g, int h, int32_t p, float *sc, int32_t n_used,
+                         float *tmp) {
+    const rk_model *m = s->model;
+    const int group = m->n_heads / m->n_kv_heads;
+    const size_t C = (size_t)s->n_ctx;
+    const int32_t *pos = rk_kv_pos(&s->kv, il, g);
+    float mx = -INFINITY;
+    for (int32_t sl = 0; sl < n_used; sl++)
+        if (sc[sl] > mx) mx = sc[sl];
+    if (s->topk || s->topk_frac > 0) rk_topk_mask(s->topk, s->topk_frac, sc, n_used, tmp);
+    double sum = 0.0;
+    for (int32_t sl = 0; sl < n_used; sl++) {
+        const float w = sc[sl] == -INFINITY ? 0.0f : expf(sc[sl] - mx);
+        sc[sl] = w;
+        sum += w;
+    }
+    const float inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
+    if (s->acc) {
+        float *acc = s->acc + ((size_t)il * m->n_heads + h) * C;
+        float *cnt = s->acc_cnt + ((size_t)il * m->n_kv_heads + g) * C;
+        for (int32_t sl = 0; sl < n_used; sl++) {
+            if (pos[sl] > p) continue;
+            acc[sl] += sc[sl] * inv;
+            if (h % group == 0) cnt[sl] += 1.0f;
+        }
+    }
+    return inv;
+}
+
+/* ---- prefill: rows r = (t - t0) * nh + (h - h0) for tokens [t0, t1) and query heads [h0, h0 + nh) of kv-head g */
 static void attend_rows(const att_job *j, float *ws, int g, int h0, int nh, int t0, int t1) {
     rk_session *s = j->s;
     const rk_model *m = s->model;
     const rk_kv *kv = &s->kv;
-    const int hd = m->head_dim, dq = m->n_heads * hd, group = m->n_heads / m->n_kv_heads;
+    const int hd = m->head_dim, dq = m->n_heads * hd;
     const size_t C = (size_t)s->n_ctx;
     const rk_type_traits *kt = rk_get_type_traits(kv->type);
-    const rk_vec_dot_fn dot = rk_get_type_traits(RK_TYPE_F32)->vec_dot;
     const size_t row = (size_t)hd * kv->elt_size;
     const float scale = 1.0f / sqrtf((float)hd);
     const int R = (t1 - t0) * nh;
     float *scores = ws;                        /* [R][C] */
     float *tmp = ws + (size_t)RK_ATT_ROWS * C; /* [C] top-k scratch */
-    float *kf = tmp + C, *vf = kf + hd;        /* [hd] each */
-    float *inv = vf + hd;                      /* [R] */
+    float *inv = tmp + C;                      /* [R] */
     const uint8_t *K = rk_kv_k(kv, j->il, g), *V = rk_kv_v(kv, j->il, g);
     const int32_t *pos = rk_kv_pos(kv, j->il, g);
     const int32_t n_used = kv->n_used[rk_kv_head_index(kv, j->il, g)];
@@ -55,68 +95,32 @@ static void attend_rows(const att_job *j, float *ws, int g, int h0, int nh, int 
             for (int r = 0; r < R; r++) scores[(size_t)r * C + sl] = -INFINITY;
             continue;
         }
-        const float *k = (const float *)(K + (size_t)sl * row);
-        if (kv->type != RK_TYPE_F32) {
-            kt->to_float(K + (size_t)sl * row, kf, hd);
-            k = kf;
-        }
+        const uint8_t *k = K + (size_t)sl * row;
         for (int t = t0, r = 0; t < t1; t++) {
             const int vis = pos[sl] <= j->pos0 + t;
             for (int h = h0; h < h0 + nh; h++, r++) {
                 float d = -INFINITY;
                 if (vis) {
-                    dot(hd, &d, k, s->q + (size_t)t * dq + (size_t)h * hd);
+                    kt->vec_dot(hd, &d, k, s->q + (size_t)t * dq + (size_t)h * hd);
                     d *= scale;
                 }
                 scores[(size_t)r * C + sl] = d;
             }
         }
     }
-    for (int t = t0, r = 0; t < t1; t++) {
+    for (int t = t0, r = 0; t < t1; t++)
         for (int h = h0; h < h0 + nh; h++, r++) {
-            float *sc = scores + (size_t)r * C;
-            float mx = -INFINITY;
-            for (int32_t sl = 0; sl < n_used; sl++)
-                if (sc[sl] > mx) mx = sc[sl];
-            if (s->topk || s->topk_frac > 0) rk_topk_mask(s->topk, s->topk_frac, sc, n_used, tmp);
-            double sum = 0.0;
-            for (int32_t sl = 0; sl < n_used; sl++) {
-                const float w = sc[sl] == -INFINITY ? 0.0f : expf(sc[sl] - mx);
-                sc[sl] = w;
-                sum += w;
-            }
-            inv[r] = sum > 0 ? (float)(1.0 / sum) : 0.0f;
+            inv[r] = softmax_row(s, j->il, g, h, j->pos0 + t, scores + (size_t)r * C, n_used, tmp);
             memset(s->att + (size_t)t * dq + (size_t)h * hd, 0, (size_t)hd * sizeof(float));
-            if (s->acc) {
-                const int32_t p = j->pos0 + t;
-                float *acc = s->acc + ((size_t)j->il * m->n_heads + h) * C;
-                float *cnt = s->acc_cnt + ((size_t)j->il * m->n_kv_heads + g) * C;
-                for (int32_t sl = 0; sl < n_used; sl++) {
-                    if (pos[sl] > p) continue;
-                    acc[sl] += sc[sl] * inv[r];
-                    if (h % group == 0) cnt[sl] += 1.0f;
-                }
-            }
         }
-    }
     for (int32_t sl = 0; sl < n_used; sl++) {
         if (pos[sl] > p_last) continue;
-        const float *v = NULL;
-        for (int t = t0, r = 0; t < t1; t++) {
+        const uint8_t *v = V + (size_t)sl * row;
+        for (int t = t0, r = 0; t < t1; t++)
             for (int h = h0; h < h0 + nh; h++, r++) {
                 const float w = scores[(size_t)r * C + sl] * inv[r];
-                if (w == 0.0f) continue;
-                if (!v) {
-                    v = (const float *)(V + (size_t)sl * row);
-                    if (kv->type != RK_TYPE_F32) {
-                        kt->to_float(V + (size_t)sl * row, vf, hd);
-                        v = vf;
-                    }
-                }
-                float *out = s->att + (size_t)t * dq + (size_t)h * hd;
-                for (int d = 0; d < hd; d++) out[d] += w * v[d];
+                if (w != 0.0f) kt->axpy(hd, w, v, s->att + (size_t)t * dq + (size_t)h * hd);
             }
-        }
     }
 }
 
@@ -125,7 +129,7 @@ static void attention_task(void *ctx, int ith, int nth) {
     rk_session *s = j->s;
     const rk_model *m = s->model;
     const int group = m->n_heads / m->n_kv_heads;
-    float *ws = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx, m->head_dim);
+    float *ws = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx);
     long b, e;
     if (j->whole_heads) { /* job = one query head, all tokens, in blocks */
         rk_split_range(m->n_heads, ith, nth, 1, &b, &e);
@@ -147,14 +151,111 @@ static void attention_task(void *ctx, int ith, int nth) {
     }
 }
 
+/* ---- decode: one query token at position j->pos0 */
+
+static long max_used(const rk_session *s, int il) {
+    long mx = 0;
+    for (int g = 0; g < s->model->n_kv_heads; g++) {
+        const long u = s->kv.n_used[rk_kv_head_index(&s->kv, il, g)];
+        if (u > mx) mx = u;
+    }
+    return mx;
+}
+
+/* job = (kv-head, block of DEC_SLOTS slots): the group's scores, each key read once */
+static void decode_scores_task(void *ctx, int ith, int nth) {
+    const att_job *j = ctx;
+    rk_session *s = j->s;
+    const rk_model *m = s->model;
+    const rk_kv *kv = &s->kv;
+    const int hd = m->head_dim, group = m->n_heads / m->n_kv_heads;
+    const size_t C1 = (size_t)s->n_ctx + 1, row = (size_t)hd * kv->elt_size;
+    const rk_vec_dot_fn dot = rk_get_type_traits(kv->type)->vec_dot;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const long n_blocks = (max_used(s, j->il) + DEC_SLOTS - 1) / DEC_SLOTS;
+    long b, e;
+    rk_split_range((long)m->n_kv_heads * n_blocks, ith, nth, 1, &b, &e);
+    for (long job = b; job < e; job++) {
+        const int g = (int)(job / n_blocks);
+        const int32_t n_used = kv->n_used[rk_kv_head_index(kv, j->il, g)];
+        const int32_t s0 = (int32_t)(job % n_blocks) * DEC_SLOTS;
+        const int32_t s1 = s0 + DEC_SLOTS < n_used ? s0 + DEC_SLOTS : n_used;
+        const uint8_t *K = rk_kv_k(kv, j->il, g);
+        const int32_t *pos = rk_kv_pos(kv, j->il, g);
+        for (int32_t sl = s0; sl < s1; sl++)
+            for (int h = g * group; h < (g + 1) * group; h++) {
+                float d = -INFINITY;
+                if (pos[sl] <= j->pos0) {
+                    dot(hd, &d, K + (size_t)sl * row, s->q + (size_t)h * hd);
+                    d *= scale;
+                }
+                s->att_dec[(size_t)h * C1 + sl] = d;
+            }
+    }
+}
+
+/* job = one head: softmax over its scores; 1/sum stored after them */
+static void decode_softmax_task(void *ctx, int ith, int nth) {
+    const att_job *j = ctx;
+    rk_session *s = j->s;
+    const rk_model *m = s->model;
+    const int group = m->n_heads / m->n_kv_heads;
+    const size_t C = (size_t)s->n_ctx;
+    float *tmp = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx);
+    long b, e;
+    rk_split_range(m->n_heads, ith, nth, 1, &b, &e);
+    for (long h = b; h < e; h++) {
+        const int g = (int)h / group;
+        float *sc = s->att_dec + (size_t)h * (C + 1);
+        const int32_t n_used = s->kv.n_used[rk_kv_head_index(&s->kv, j->il, g)];
+        sc[C] = softmax_row(s, j->il, g, (int)h, j->pos0, sc, n_used, tmp);
+    }
+}
+
+/* job = (kv-head, DEC_DIMS-wide slice): every slot's V slice into the group's outputs, in slot order */
+static void decode_values_task(void *ctx, int ith, int nth) {
+    const att_job *j = ctx;
+    rk_session *s = j->s;
+    const rk_model *m = s->model;
+    const rk_kv *kv = &s->kv;
+    const int hd = m->head_dim, group = m->n_heads / m->n_kv_heads;
+    const size_t C = (size_t)s->n_ctx, row = (size_t)hd * kv->elt_size;
+    const rk_axpy_fn axpy = rk_get_type_traits(kv->type)->axpy;
+    const int n_slices = (hd + DEC_DIMS - 1) / DEC_DIMS;
+    long b, e;
+    rk_split_range((long)m->n_kv_heads * n_slices, ith, nth, 1, &b, &e);
+    for (long job = b; job < e; job++) {
+        const int g = (int)(job / n_slices), d0 = (int)(job % n_slices) * DEC_DIMS;
+        const int nd = d0 + DEC_DIMS < hd ? DEC_DIMS : hd - d0;
+        const int32_t n_used = kv->n_used[rk_kv_head_index(kv, j->il, g)];
+        const uint8_t *V = rk_kv_v(kv, j->il, g) + (size_t)d0 * kv->elt_size;
+        const int32_t *pos = rk_kv_pos(kv, j->il, g);
+        for (int h = g * group; h < (g + 1) * group; h++) memset(s->att + (size_t)h * hd + d0, 0, (size_t)nd * sizeof(float));
+        for (int32_t sl = 0; sl < n_used; sl++) {
+            if (pos[sl] > j->pos0) continue;
+            for (int h = g * group; h < (g + 1) * group; h++) {
+                const float *sc = s->att_dec + (size_t)h * (C + 1);
+                const float w = sc[sl] * sc[C];
+                if (w != 0.0f) axpy(nd, w, V + (size_t)sl * row, s->att + (size_t)h * hd + d0);
+            }
+        }
+    }
+}
+
 void rk_attention(rk_session *s, int il, int n, int32_t pos0) {
     const rk_model *m = s->model;
     const int group = m->n_heads / m->n_kv_heads;
     att_job j = {s, il, n, pos0, 1, 1, 0, 0, s->acc != NULL};
+    if (n == 1) {
+        rk_pool_run(s->pool, decode_scores_task, &j);
+        rk_pool_run(s->pool, decode_softmax_task, &j);
+        rk_pool_run(s->pool, decode_values_task, &j);
+        return;
+    }
     if (n >= RK_ATT_TOKENS) { /* prefill: share each K/V row among tokens and the group's heads */
         j.heads = group * RK_ATT_TOKENS <= RK_ATT_ROWS ? group : (RK_ATT_ROWS / RK_ATT_TOKENS > 0 ? RK_ATT_ROWS / RK_ATT_TOKENS : 1);
         j.tokens = RK_ATT_ROWS / j.heads < RK_ATT_TOKENS ? RK_ATT_ROWS / j.heads : RK_ATT_TOKENS;
-    } /* decode and short batches: one row a job, so the threads split the heads evenly */
+    } /* short batches: one row a job, so the threads split the heads evenly */
     j.n_tb = (n + j.tokens - 1) / j.tokens;
     j.n_hb = (group + j.heads - 1) / j.heads;
     rk_pool_run(s->pool, attention_task, &j);

@@ -101,6 +101,11 @@ void rk_avx2_vec_dot_packed_q4_0(int64_t n, int nt, float *s, size_t ss, const v
 void rk_avx2_vec_dot_packed_q4_1(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
 void rk_avx2_vec_dot_packed_q8_0(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
 
+/* y += a * x (rk_axpy_fn, attention_avx2.c) */
+void rk_avx2_axpy_f32(int64_t n, float a, const void *x, float *y);
+void rk_avx2_axpy_f16(int64_t n, float a, const void *x, float *y);
+void rk_avx2_axpy_bf16(int64_t n, float a, const void *x, float *y);
+
 void rk_avx2_to_float_f16(const void *src, float *dst, int64_t n);
 void rk_avx2_from_float_f16(const float *src, void *dst, int64_t n);
 void rk_avx2_from_float_q8_0(const float *src, void *dst, int64_t n);

@@ -44,12 +44,13 @@ static rk_status alloc_scratch(rk_session *s) {
     s->hb = malloc(nb * ff * sizeof(float));
     s->hb2 = malloc(nb * ff * sizeof(float));
     s->cos_sin = malloc(nb * (size_t)m->n_rot * sizeof(float));
-    s->att_ws = malloc((size_t)s->n_threads * rk_attention_scratch_floats(s->n_ctx, m->head_dim) * sizeof(float));
+    s->att_ws = malloc((size_t)s->n_threads * rk_attention_scratch_floats(s->n_ctx) * sizeof(float));
+    s->att_dec = malloc((size_t)m->n_heads * ((size_t)s->n_ctx + 1) * sizeof(float));
     s->logit_rows = malloc((size_t)RK_LOGIT_BLOCK * (size_t)m->n_vocab * sizeof(float));
     s->act = malloc(act);
     s->last_h = malloc(d * sizeof(float));
     if (!s->last_h || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->proj || !s->hb || !s->hb2 || !s->cos_sin ||
-        !s->att_ws || !s->logit_rows || !s->act)
+        !s->att_ws || !s->att_dec || !s->logit_rows || !s->act)
         return rk_fail(RK_ERR_OOM, "cannot allocate session scratch buffers");
     return RK_OK;
 }
@@ -94,7 +95,7 @@ void rk_session_free(rk_session *s) {
     rk_evict_free(s);
     rk_kv_free(&s->kv);
     free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att); free(s->proj);
-    free(s->hb); free(s->hb2); free(s->cos_sin); free(s->att_ws); free(s->logit_rows); free(s->act); free(s->last_h);
+    free(s->hb); free(s->hb2); free(s->cos_sin); free(s->att_ws); free(s->att_dec); free(s->logit_rows); free(s->act); free(s->last_h);
     free(s);
 }
 

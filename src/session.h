@@ -23,6 +23,7 @@ struct rk_session {
     float    *hb, *hb2; /* [n_batch][n_ff] */
     float    *cos_sin;  /* [n_batch][n_rot] */
     float    *att_ws;   /* [n_threads][rk_attention_scratch_floats] per-thread scores and rows */
+    float    *att_dec;  /* [n_heads][n_ctx + 1] one decoded token's scores, then 1/sum per head */
     float    *logit_rows; /* [RK_LOGIT_BLOCK][n_vocab] */
     void     *act;      /* quantised activations for rk_matmul */
     float    *last_h;   /* [n_embd] final-normed hidden state of the last evaluated token */
@@ -79,6 +80,6 @@ void rk_attention(rk_session *s, int il, int n, int32_t pos0);
 #define RK_ATT_ROWS 16
 #define RK_ATT_TOKENS 4
 /* floats of attention scratch per thread */
-size_t rk_attention_scratch_floats(int n_ctx, int head_dim);
+size_t rk_attention_scratch_floats(int n_ctx);
 
 #endif

@@ -112,6 +112,8 @@ class Model:
     n_ctx_train = property(lambda self: int(lib.rk_model_n_ctx_train(self._handle())))
     n_params = property(lambda self: int(lib.rk_model_n_params(self._handle())))
     weight_bytes = property(lambda self: int(lib.rk_model_weight_bytes(self._handle())))
+    #: weights re-laid out at load for the AVX2 kernels (0 with the portable ones or RK_REPACK=0)
+    repacked_bytes = property(lambda self: int(lib.rk_model_repacked_bytes(self._handle())))
     desc = property(lambda self: ffi.string(lib.rk_model_desc(self._handle())).decode())
 
     def __repr__(self) -> str:

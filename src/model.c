@@ -350,4 +350,5 @@ int32_t rk_model_head_dim(const rk_model *m) { return m ? m->head_dim : 0; }
 int32_t rk_model_n_ctx_train(const rk_model *m) { return m ? m->n_ctx_train : 0; }
 int64_t rk_model_n_params(const rk_model *m) { return m ? m->n_params : 0; }
 size_t rk_model_weight_bytes(const rk_model *m) { return m ? m->weight_bytes : 0; }
+size_t rk_model_repacked_bytes(const rk_model *m) { return m ? m->packed_bytes : 0; }
 const char *rk_model_desc(const rk_model *m) { return m ? m->desc : ""; }

@@ -110,10 +110,16 @@ rk_status rk_model_repack(rk_model *m) {
         if (!(i == 1 && m->output.data == m->tok_embd.data) && rk_repack_supported(w))
             total += (size_t)w->n_out * w->row_bytes;
     if (!total) return RK_OK;
-    if (posix_memalign(&m->packed, 64, total)) {
+    /* 2 MiB-aligned and marked for transparent huge pages where the kernel offers them:
+     * a decode step streams every weight once, and 4 KiB pages would cost a TLB miss each */
+    const size_t huge = (size_t)2 << 20;
+    if (posix_memalign(&m->packed, total >= huge ? huge : 64, total)) {
         m->packed = NULL;
         return rk_fail(RK_ERR_OOM, "cannot allocate %zu bytes for the repacked weights", total);
     }
+#ifdef MADV_HUGEPAGE
+    if (total >= huge) madvise(m->packed, total, MADV_HUGEPAGE);
+#endif
     m->packed_bytes = total;
     uint8_t *p = m->packed;
     for (int i = 0; (w = each_weight(m, i)); i++) {

@@ -117,6 +117,9 @@ int32_t     rk_model_head_dim(const rk_model *model);
 int32_t     rk_model_n_ctx_train(const rk_model *model);
 int64_t     rk_model_n_params(const rk_model *model);
 size_t      rk_model_weight_bytes(const rk_model *model);
+/* Bytes of weights the model re-laid out at load for the CPU's kernels (8 interleaved rows of
+ * Q4_0/Q4_1/Q8_0 matrices with AVX2; 0 with the portable kernels or RK_REPACK=0). */
+size_t      rk_model_repacked_bytes(const rk_model *model);
 /* The bytes token `id` stands for when text is decoded (GPT-2 byte-level or
  * SentencePiece conventions, from the GGUF vocabulary); control tokens give ""
  * unless `special` is 1. Writes at most `size` bytes to buf (not NUL-terminated)

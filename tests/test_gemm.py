@@ -133,3 +133,27 @@ def test_smollm2_batched_prefill_is_bit_identical(smollm2):
     assert np.isfinite(whole).all()
     np.testing.assert_array_equal(whole, single)
     np.testing.assert_array_equal(whole, b7)
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "f32"])
+def test_decode_attention_matches_batch_over_long_cache(tiny_gguf, kv_type):
+    """Decode attention runs in three passes (scores by slot blocks of 256, softmax by head,
+    values by 32-wide slices of the head dimension); a batch goes through attend_rows. Over a
+    cache of several slot blocks, with head_dim 64 (two slices) and GQA, both give the same
+    logits, and the accumulated-attention statistics H2O keeps are the same: compressing
+    afterwards keeps the same slots, so the next logits agree too."""
+    # f32 weights: no 8-bit activation step to absorb a last-bit difference
+    path = tiny_gguf(weight_type="F32", n_heads=2, n_kv_heads=1, n_embd=128)  # head_dim 64
+    rng = np.random.default_rng(1)
+    prompt, tail = rng.integers(0, 384, 600).tolist(), rng.integers(0, 384, 12).tolist()
+    with engine.Model(path, n_threads=2) as m:
+        out = []
+        for step in (True, False):
+            with m.session(n_ctx=640, n_batch=600, kv_type=kv_type) as s:
+                s.set_eviction(policy="h2o", budget=0.25)
+                s.eval(prompt, logits=None)
+                got = np.stack([s.eval([t]) for t in tail]) if step else s.eval(tail, logits="all")
+                s.compress()
+                out.append((got, s.eval([5, 6, 7], logits="all")))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])

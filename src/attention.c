@@ -21,10 +21,45 @@
 #include <string.h>
 
 #include "quant.h"
+#include "quant_avx2.h"
 #include "session.h"
 
 #define DEC_SLOTS 256 /* slots per scoring job of a decode step */
 #define DEC_DIMS 32   /* head-dimension slice per value job of a decode step */
+#define BLK 8         /* K and V rows converted to f32 together, then met by every query row */
+
+/* Key and value blocks: keys scored 8 at a time against one query, values summed 8 slots at a
+ * time into one output row. Prefill and decode use the same pair, so their rows agree bit for bit. */
+typedef struct {
+    void (*dot_block)(int n, int nk, const float *k, const float *q, float *out);
+    void (*accum_block)(int n, int nv, const float *w, const float *v, size_t vs, float *out);
+} att_kernels;
+
+/* portable twins: one accumulator per key, in element order; values as in the AVX2 kernel */
+static void dot_block_c(int n, int nk, const float *k, const float *q, float *out) {
+    for (int i = 0; i < nk; i++) {
+        double acc = 0.0;
+        for (int c = 0; c < n; c++) acc += (double)k[(size_t)i * n + c] * q[c];
+        out[i] = (float)acc;
+    }
+}
+
+static void accum_block_c(int n, int nv, const float *w, const float *v, size_t vs, float *out) {
+    for (int c = 0; c < n; c++)
+        for (int i = 0; i < nv; i++)
+            if (w[i] != 0.0f) out[c] += w[i] * v[(size_t)i * vs + c];
+}
+
+static att_kernels pick_kernels(int head_dim) {
+    att_kernels k = {dot_block_c, accum_block_c};
+#if defined(RK_HAVE_X86)
+    if (head_dim % 8 == 0 && strcmp(rk_quant_features(), "scalar") != 0)
+        k = (att_kernels){rk_avx2_dot_block, rk_avx2_accum_block};
+#else
+    (void)head_dim;
+#endif
+    return k;
+}
 
 typedef struct {
     rk_session *s;
@@ -33,10 +68,11 @@ typedef struct {
     int tokens, heads;        /* rows of a job: `tokens` query tokens x `heads` query heads */
     long n_tb, n_hb;          /* token blocks, head blocks per kv-head */
     int whole_heads;          /* accumulated statistics: a job owns one head for every token */
+    att_kernels kern;
 } att_job;
 
-size_t rk_attention_scratch_floats(int n_ctx) {
-    return (size_t)(RK_ATT_ROWS + 1) * (size_t)n_ctx + RK_ATT_ROWS;
+size_t rk_attention_scratch_floats(int n_ctx, int head_dim) {
+    return (size_t)(RK_ATT_ROWS + 1) * (size_t)n_ctx + RK_ATT_ROWS + (size_t)2 * BLK * (size_t)head_dim + 2 * BLK;
 }
 
 /* Query row (token at position p, head h of kv-head g) with raw scores sc[0..n_used):
@@ -81,45 +117,37 @@ static void attend_rows(const att_job *j, float *ws, int g, int h0, int nh, int 
     const rk_type_traits *kt = rk_get_type_traits(kv->type);
     const size_t row = (size_t)hd * kv->elt_size;
     const float scale = 1.0f / sqrtf((float)hd);
-    const int R = (t1 - t0) * nh;
-    float *scores = ws;                        /* [R][C] */
+    float *scores = ws;                        /* [(t1 - t0) * nh][C] */
     float *tmp = ws + (size_t)RK_ATT_ROWS * C; /* [C] top-k scratch */
     float *inv = tmp + C;                      /* [R] */
+    float *kf = inv + RK_ATT_ROWS, *vf = kf + BLK * hd; /* [BLK][hd] each */
+    float *blk = vf + BLK * hd;                /* [BLK] scores or weights of one row */
     const uint8_t *K = rk_kv_k(kv, j->il, g), *V = rk_kv_v(kv, j->il, g);
     const int32_t *pos = rk_kv_pos(kv, j->il, g);
     const int32_t n_used = kv->n_used[rk_kv_head_index(kv, j->il, g)];
-    const int32_t p_last = j->pos0 + t1 - 1;
 
-    for (int32_t sl = 0; sl < n_used; sl++) {
-        if (pos[sl] > p_last) { /* after every query of the job */
-            for (int r = 0; r < R; r++) scores[(size_t)r * C + sl] = -INFINITY;
-            continue;
-        }
-        const uint8_t *k = K + (size_t)sl * row;
-        for (int t = t0, r = 0; t < t1; t++) {
-            const int vis = pos[sl] <= j->pos0 + t;
+    for (int32_t s0 = 0; s0 < n_used; s0 += BLK) {
+        const int ns = s0 + BLK < n_used ? BLK : n_used - s0;
+        kt->to_float(K + (size_t)s0 * row, kf, (int64_t)ns * hd);
+        for (int t = t0, r = 0; t < t1; t++)
             for (int h = h0; h < h0 + nh; h++, r++) {
-                float d = -INFINITY;
-                if (vis) {
-                    kt->vec_dot(hd, &d, k, s->q + (size_t)t * dq + (size_t)h * hd);
-                    d *= scale;
-                }
-                scores[(size_t)r * C + sl] = d;
+                j->kern.dot_block(hd, ns, kf, s->q + (size_t)t * dq + (size_t)h * hd, blk);
+                float *sc = scores + (size_t)r * C + s0;
+                for (int i = 0; i < ns; i++) sc[i] = pos[s0 + i] <= j->pos0 + t ? blk[i] * scale : -INFINITY;
             }
-        }
     }
     for (int t = t0, r = 0; t < t1; t++)
         for (int h = h0; h < h0 + nh; h++, r++) {
             inv[r] = softmax_row(s, j->il, g, h, j->pos0 + t, scores + (size_t)r * C, n_used, tmp);
             memset(s->att + (size_t)t * dq + (size_t)h * hd, 0, (size_t)hd * sizeof(float));
         }
-    for (int32_t sl = 0; sl < n_used; sl++) {
-        if (pos[sl] > p_last) continue;
-        const uint8_t *v = V + (size_t)sl * row;
+    for (int32_t s0 = 0; s0 < n_used; s0 += BLK) {
+        const int ns = s0 + BLK < n_used ? BLK : n_used - s0;
+        kt->to_float(V + (size_t)s0 * row, vf, (int64_t)ns * hd);
         for (int t = t0, r = 0; t < t1; t++)
             for (int h = h0; h < h0 + nh; h++, r++) {
-                const float w = scores[(size_t)r * C + sl] * inv[r];
-                if (w != 0.0f) kt->axpy(hd, w, v, s->att + (size_t)t * dq + (size_t)h * hd);
+                for (int i = 0; i < ns; i++) blk[i] = scores[(size_t)r * C + s0 + i] * inv[r];
+                j->kern.accum_block(hd, ns, blk, vf, (size_t)hd, s->att + (size_t)t * dq + (size_t)h * hd);
             }
     }
 }
@@ -129,7 +157,7 @@ static void attention_task(void *ctx, int ith, int nth) {
     rk_session *s = j->s;
     const rk_model *m = s->model;
     const int group = m->n_heads / m->n_kv_heads;
-    float *ws = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx);
+    float *ws = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx, m->head_dim);
     long b, e;
     if (j->whole_heads) { /* job = one query head, all tokens, in blocks */
         rk_split_range(m->n_heads, ith, nth, 1, &b, &e);
@@ -170,8 +198,10 @@ static void decode_scores_task(void *ctx, int ith, int nth) {
     const rk_kv *kv = &s->kv;
     const int hd = m->head_dim, group = m->n_heads / m->n_kv_heads;
     const size_t C1 = (size_t)s->n_ctx + 1, row = (size_t)hd * kv->elt_size;
-    const rk_vec_dot_fn dot = rk_get_type_traits(kv->type)->vec_dot;
+    const rk_type_traits *kt = rk_get_type_traits(kv->type);
     const float scale = 1.0f / sqrtf((float)hd);
+    float *kf = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx, hd) + (size_t)(RK_ATT_ROWS + 1) * (size_t)s->n_ctx + RK_ATT_ROWS;
+    float *blk = kf + 2 * BLK * hd;
     const long n_blocks = (max_used(s, j->il) + DEC_SLOTS - 1) / DEC_SLOTS;
     long b, e;
     rk_split_range((long)m->n_kv_heads * n_blocks, ith, nth, 1, &b, &e);
@@ -182,15 +212,15 @@ static void decode_scores_task(void *ctx, int ith, int nth) {
         const int32_t s1 = s0 + DEC_SLOTS < n_used ? s0 + DEC_SLOTS : n_used;
         const uint8_t *K = rk_kv_k(kv, j->il, g);
         const int32_t *pos = rk_kv_pos(kv, j->il, g);
-        for (int32_t sl = s0; sl < s1; sl++)
+        for (int32_t b0 = s0; b0 < s1; b0 += BLK) {
+            const int ns = b0 + BLK < s1 ? BLK : s1 - b0;
+            kt->to_float(K + (size_t)b0 * row, kf, (int64_t)ns * hd);
             for (int h = g * group; h < (g + 1) * group; h++) {
-                float d = -INFINITY;
-                if (pos[sl] <= j->pos0) {
-                    dot(hd, &d, K + (size_t)sl * row, s->q + (size_t)h * hd);
-                    d *= scale;
-                }
-                s->att_dec[(size_t)h * C1 + sl] = d;
+                j->kern.dot_block(hd, ns, kf, s->q + (size_t)h * hd, blk);
+                float *sc = s->att_dec + (size_t)h * C1 + b0;
+                for (int i = 0; i < ns; i++) sc[i] = pos[b0 + i] <= j->pos0 ? blk[i] * scale : -INFINITY;
             }
+        }
     }
 }
 
@@ -201,7 +231,7 @@ static void decode_softmax_task(void *ctx, int ith, int nth) {
     const rk_model *m = s->model;
     const int group = m->n_heads / m->n_kv_heads;
     const size_t C = (size_t)s->n_ctx;
-    float *tmp = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx);
+    float *tmp = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx, m->head_dim);
     long b, e;
     rk_split_range(m->n_heads, ith, nth, 1, &b, &e);
     for (long h = b; h < e; h++) {
@@ -220,7 +250,9 @@ static void decode_values_task(void *ctx, int ith, int nth) {
     const rk_kv *kv = &s->kv;
     const int hd = m->head_dim, group = m->n_heads / m->n_kv_heads;
     const size_t C = (size_t)s->n_ctx, row = (size_t)hd * kv->elt_size;
-    const rk_axpy_fn axpy = rk_get_type_traits(kv->type)->axpy;
+    const rk_type_traits *kt = rk_get_type_traits(kv->type);
+    float *vf = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx, hd) + (size_t)(RK_ATT_ROWS + 1) * (size_t)s->n_ctx + RK_ATT_ROWS;
+    float *blk = vf + 2 * BLK * hd;
     const int n_slices = (hd + DEC_DIMS - 1) / DEC_DIMS;
     long b, e;
     rk_split_range((long)m->n_kv_heads * n_slices, ith, nth, 1, &b, &e);
@@ -229,14 +261,15 @@ static void decode_values_task(void *ctx, int ith, int nth) {
         const int nd = d0 + DEC_DIMS < hd ? DEC_DIMS : hd - d0;
         const int32_t n_used = kv->n_used[rk_kv_head_index(kv, j->il, g)];
         const uint8_t *V = rk_kv_v(kv, j->il, g) + (size_t)d0 * kv->elt_size;
-        const int32_t *pos = rk_kv_pos(kv, j->il, g);
         for (int h = g * group; h < (g + 1) * group; h++) memset(s->att + (size_t)h * hd + d0, 0, (size_t)nd * sizeof(float));
-        for (int32_t sl = 0; sl < n_used; sl++) {
-            if (pos[sl] > j->pos0) continue;
+        for (int32_t s0 = 0; s0 < n_used; s0 += BLK) {
+            const int ns = s0 + BLK < n_used ? BLK : n_used - s0;
+            for (int i = 0; i < ns; i++) kt->to_float(V + (size_t)(s0 + i) * row, vf + (size_t)i * nd, nd);
             for (int h = g * group; h < (g + 1) * group; h++) {
                 const float *sc = s->att_dec + (size_t)h * (C + 1);
-                const float w = sc[sl] * sc[C];
-                if (w != 0.0f) axpy(nd, w, V + (size_t)sl * row, s->att + (size_t)h * hd + d0);
+                /* a slot after the query has weight 0 (its score was -inf): skipped like any zero */
+                for (int i = 0; i < ns; i++) blk[i] = sc[s0 + i] * sc[C];
+                j->kern.accum_block(nd, ns, blk, vf, (size_t)nd, s->att + (size_t)h * hd + d0);
             }
         }
     }
@@ -245,7 +278,7 @@ static void decode_values_task(void *ctx, int ith, int nth) {
 void rk_attention(rk_session *s, int il, int n, int32_t pos0) {
     const rk_model *m = s->model;
     const int group = m->n_heads / m->n_kv_heads;
-    att_job j = {s, il, n, pos0, 1, 1, 0, 0, s->acc != NULL};
+    att_job j = {s, il, n, pos0, 1, 1, 0, 0, s->acc != NULL, pick_kernels(m->head_dim)};
     if (n == 1) {
         rk_pool_run(s->pool, decode_scores_task, &j);
         rk_pool_run(s->pool, decode_softmax_task, &j);

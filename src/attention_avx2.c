@@ -1,12 +1,13 @@
 /*
- * attention_avx2.c: AVX2/F16C kernels for attention's value sums, y += a * x
- * over one stored V row. Built with -ffp-contract=off: a multiply then an add,
- * never fused, so every element rounds as in quant.c's portable loops.
+ * attention_avx2.c: AVX2/FMA/F16C kernels of attention: value sums (y += a * x over
+ * stored V rows) and blocks of key-query dot products. Built with -ffp-contract=off:
+ * the value sums multiply then add, never fused, so every element rounds as in the
+ * portable loops; the dot products use explicit FMAs.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
-#if defined(__GNUC__) && !defined(__clang__) && !(defined(__AVX2__) && defined(__F16C__))
-#pragma GCC target("avx2,f16c")
+#if defined(__GNUC__) && !defined(__clang__) && !(defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
+#pragma GCC target("avx2,fma,f16c")
 #endif
 
 #include <immintrin.h>
@@ -40,5 +41,36 @@ static inline float get_bf16(const void *x, int64_t i) {
 AXPY(rk_avx2_axpy_f32, load8_f32, get_f32)
 AXPY(rk_avx2_axpy_f16, load8_f16, get_f16)
 AXPY(rk_avx2_axpy_bf16, load8_bf16, get_bf16)
+
+/* out[i] = dot(k + i * n, q), i < nk <= 8, n a multiple of 8. Lane j of key i's accumulator
+ * sums elements j, j + 8, ...; the eight lanes are then added by one fixed tree per key. */
+void rk_avx2_dot_block(int n, int nk, const float *k, const float *q, float *out) {
+    __m256 acc[8];
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+    for (int c = 0; c < n; c += 8) {
+        const __m256 qc = _mm256_loadu_ps(q + c);
+        for (int i = 0; i < nk; i++) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(k + (size_t)i * n + c), qc, acc[i]);
+    }
+    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+    const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    float tmp[8];
+    _mm256_storeu_ps(tmp, sum);
+    for (int i = 0; i < nk; i++) out[i] = tmp[i];
+}
+
+/* out[0..n) += w[i] * v[i * vs ..] for i < nv in order, skipping w[i] == 0 (a multiply then an add) */
+void rk_avx2_accum_block(int n, int nv, const float *w, const float *v, size_t vs, float *out) {
+    int c = 0;
+    for (; c + 8 <= n; c += 8) {
+        __m256 acc = _mm256_loadu_ps(out + c);
+        for (int i = 0; i < nv; i++)
+            if (w[i] != 0.0f) acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(w[i]), _mm256_loadu_ps(v + i * vs + c)));
+        _mm256_storeu_ps(out + c, acc);
+    }
+    for (; c < n; c++)
+        for (int i = 0; i < nv; i++)
+            if (w[i] != 0.0f) out[c] += w[i] * v[i * vs + c];
+}
 
 #endif

@@ -44,7 +44,7 @@ static rk_status alloc_scratch(rk_session *s) {
     s->hb = malloc(nb * ff * sizeof(float));
     s->hb2 = malloc(nb * ff * sizeof(float));
     s->cos_sin = malloc(nb * (size_t)m->n_rot * sizeof(float));
-    s->att_ws = malloc((size_t)s->n_threads * rk_attention_scratch_floats(s->n_ctx) * sizeof(float));
+    s->att_ws = malloc((size_t)s->n_threads * rk_attention_scratch_floats(s->n_ctx, m->head_dim) * sizeof(float));
     s->att_dec = malloc((size_t)m->n_heads * ((size_t)s->n_ctx + 1) * sizeof(float));
     s->logit_rows = malloc((size_t)RK_LOGIT_BLOCK * (size_t)m->n_vocab * sizeof(float));
     s->act = malloc(act);

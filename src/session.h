@@ -80,6 +80,6 @@ void rk_attention(rk_session *s, int il, int n, int32_t pos0);
 #define RK_ATT_ROWS 16
 #define RK_ATT_TOKENS 4
 /* floats of attention scratch per thread */
-size_t rk_attention_scratch_floats(int n_ctx);
+size_t rk_attention_scratch_floats(int n_ctx, int head_dim);
 
 #endif

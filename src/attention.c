@@ -33,6 +33,8 @@
 typedef struct {
     void (*dot_block)(int n, int nk, const float *k, const float *q, float *out);
     void (*accum_block)(int n, int nv, const float *w, const float *v, size_t vs, float *out);
+    /* sc[i] = exp(sc[i] - mx) (0 for -inf), returns their sum */
+    double (*softmax_exp)(float *sc, int n, float mx);
 } att_kernels;
 
 /* portable twins: one accumulator per key, in element order; values as in the AVX2 kernel */
@@ -50,11 +52,20 @@ static void accum_block_c(int n, int nv, const float *w, const float *v, size_t 
             if (w[i] != 0.0f) out[c] += w[i] * v[(size_t)i * vs + c];
 }
 
+static double softmax_exp_c(float *sc, int n, float mx) {
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        sc[i] = sc[i] == -INFINITY ? 0.0f : expf(sc[i] - mx);
+        sum += sc[i];
+    }
+    return sum;
+}
+
 static att_kernels pick_kernels(int head_dim) {
-    att_kernels k = {dot_block_c, accum_block_c};
+    att_kernels k = {dot_block_c, accum_block_c, softmax_exp_c};
 #if defined(RK_HAVE_X86)
     if (head_dim % 8 == 0 && strcmp(rk_quant_features(), "scalar") != 0)
-        k = (att_kernels){rk_avx2_dot_block, rk_avx2_accum_block};
+        k = (att_kernels){rk_avx2_dot_block, rk_avx2_accum_block, rk_avx2_softmax_exp};
 #else
     (void)head_dim;
 #endif
@@ -78,8 +89,8 @@ size_t rk_attention_scratch_floats(int n_ctx, int head_dim) {
 /* Query row (token at position p, head h of kv-head g) with raw scores sc[0..n_used):
  * turns them into exp(score - max) (0 where masked) and returns 1/sum; adds the
  * normalised weights to the accumulated-attention statistics when they are kept. */
-static float softmax_row(const rk_session *s, int il, int g, int h, int32_t p, float *sc, int32_t n_used,
-                         float *tmp) {
+static float softmax_row(const rk_session *s, const att_kernels *k, int il, int g, int h, int32_t p, float *sc,
+                         int32_t n_used, float *tmp) {
     const rk_model *m = s->model;
     const int group = m->n_heads / m->n_kv_heads;
     const size_t C = (size_t)s->n_ctx;
@@ -88,12 +99,7 @@ static float softmax_row(const rk_session *s, int il, int g, int h, int32_t p, f
     for (int32_t sl = 0; sl < n_used; sl++)
         if (sc[sl] > mx) mx = sc[sl];
     if (s->topk || s->topk_frac > 0) rk_topk_mask(s->topk, s->topk_frac, sc, n_used, tmp);
-    double sum = 0.0;
-    for (int32_t sl = 0; sl < n_used; sl++) {
-        const float w = sc[sl] == -INFINITY ? 0.0f : expf(sc[sl] - mx);
-        sc[sl] = w;
-        sum += w;
-    }
+    const double sum = k->softmax_exp(sc, n_used, mx);
     const float inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
     if (s->acc) {
         float *acc = s->acc + ((size_t)il * m->n_heads + h) * C;
@@ -124,7 +130,11 @@ static void attend_rows(const att_job *j, float *ws, int g, int h0, int nh, int 
     float *blk = vf + BLK * hd;                /* [BLK] scores or weights of one row */
     const uint8_t *K = rk_kv_k(kv, j->il, g), *V = rk_kv_v(kv, j->il, g);
     const int32_t *pos = rk_kv_pos(kv, j->il, g);
-    const int32_t n_used = kv->n_used[rk_kv_head_index(kv, j->il, g)];
+    /* slots past the last one any row of the job sees (in a cache filled in order: the
+     * batch's later tokens) take no work; every row masks its own later slots */
+    const int32_t p_last = j->pos0 + t1 - 1;
+    int32_t n_used = kv->n_used[rk_kv_head_index(kv, j->il, g)];
+    while (n_used > 0 && pos[n_used - 1] > p_last) n_used--;
 
     for (int32_t s0 = 0; s0 < n_used; s0 += BLK) {
         const int ns = s0 + BLK < n_used ? BLK : n_used - s0;
@@ -138,7 +148,7 @@ static void attend_rows(const att_job *j, float *ws, int g, int h0, int nh, int 
     }
     for (int t = t0, r = 0; t < t1; t++)
         for (int h = h0; h < h0 + nh; h++, r++) {
-            inv[r] = softmax_row(s, j->il, g, h, j->pos0 + t, scores + (size_t)r * C, n_used, tmp);
+            inv[r] = softmax_row(s, &j->kern, j->il, g, h, j->pos0 + t, scores + (size_t)r * C, n_used, tmp);
             memset(s->att + (size_t)t * dq + (size_t)h * hd, 0, (size_t)hd * sizeof(float));
         }
     for (int32_t s0 = 0; s0 < n_used; s0 += BLK) {
@@ -238,7 +248,7 @@ static void decode_softmax_task(void *ctx, int ith, int nth) {
         const int g = (int)h / group;
         float *sc = s->att_dec + (size_t)h * (C + 1);
         const int32_t n_used = s->kv.n_used[rk_kv_head_index(&s->kv, j->il, g)];
-        sc[C] = softmax_row(s, j->il, g, (int)h, j->pos0, sc, n_used, tmp);
+        sc[C] = softmax_row(s, &j->kern, j->il, g, (int)h, j->pos0, sc, n_used, tmp);
     }
 }
 

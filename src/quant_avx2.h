@@ -108,6 +108,7 @@ void rk_avx2_axpy_bf16(int64_t n, float a, const void *x, float *y);
 /* attention blocks (rk_att_kernels in attention.c) */
 void rk_avx2_dot_block(int n, int nk, const float *k, const float *q, float *out);
 void rk_avx2_accum_block(int n, int nv, const float *w, const float *v, size_t vs, float *out);
+double rk_avx2_softmax_exp(float *sc, int n, float mx);
 
 void rk_avx2_to_float_f16(const void *src, float *dst, int64_t n);
 void rk_avx2_from_float_f16(const float *src, void *dst, int64_t n);

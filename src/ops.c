@@ -118,8 +118,10 @@ static void matmul_task(void *ctx, int ith, int nth) {
 
 static void run_matmul(rk_pool *pool, mm_job *j) {
     const int nth = rk_pool_size(pool);
-    /* about four chunks per thread: enough to even out, few enough to keep rows together */
-    const long per = (j->total_rows + 4L * nth - 1) / (4L * nth);
+    /* two chunks per thread: some evening out, while each chunk stays a long run of rows (a
+     * decode step is memory-bound and every new run restarts the prefetch streams: measured in
+     * one process, 4 chunks per thread decode 3.5% slower than 2, 16 chunks 11% slower than 4) */
+    const long per = (j->total_rows + 2L * nth - 1) / (2L * nth);
     j->chunk = (per + MM_ROW_BLOCK - 1) / MM_ROW_BLOCK * MM_ROW_BLOCK;
     atomic_init(&j->next, 0);
     if (j->n_tokens >= 4 * nth)

@@ -12,7 +12,8 @@ Each engine prefills every depth once and restores that state before each repeti
 Session.copy_state_from; llama.cpp: save_state/load_state), so only the decode steps are timed.
 With --vs-llama-cpp (needs llama-cpp-python: pip install '.[llama]') every measurement of ours is
 followed by the same one of llama.cpp, in this process, alternating; the first round is a warm-up
-and is discarded; the figures are medians of --reps rounds; ratios = ours / llama.cpp tokens/s.
+and is discarded; the figures are medians of --reps rounds; ratios = ours / llama.cpp tokens/s (of the
+medians; "per round" gives the lowest and highest ratio of one round's pair, a measure of drift).
 Peak RSS: each engine in a child process of its own (loads the model, opens a session of the
 deepest context and fills it), as the resident memory of one process cannot be split.
 """
@@ -221,10 +222,13 @@ def run(gguf: str, threads: int = 2, reps: int = 3, vs: bool = False, prefills=(
         o = statistics.median(samples[label]["ours"])
         ll = statistics.median(samples[label]["llama.cpp"]) if samples[label]["llama.cpp"] else None
         # a compressed decode is compared with llama.cpp's full-cache decode at the same depth
+        theirs = samples[f"decode {gen} @ depth {n}" if comp else label]["llama.cpp"]
         if comp and other:
-            ll = statistics.median(samples[f"decode {gen} @ depth {n}"]["llama.cpp"])
+            ll = statistics.median(theirs)
+        # the same round's pair, measured one after the other: shows how much the machine drifted
+        rounds = [round(a / b, 3) for a, b in zip(samples[label]["ours"], theirs)]
         rows.append({"case": label, "ours_tok_s": round(o, 1), "llama_cpp_tok_s": round(ll, 1) if ll else None,
-                     "ratio": round(o / ll, 3) if ll else None, "kv_bytes": kv.get(label),
+                     "ratio": round(o / ll, 3) if ll else None, "round_ratios": rounds, "kv_bytes": kv.get(label),
                      "ours_samples": samples[label]["ours"], "llama_cpp_samples": samples[label]["llama.cpp"]})
     ours.close()
     if other:
@@ -244,7 +248,8 @@ def print_report(res: dict, file=None) -> None:
     vs = res["vs_llama_cpp"]
     print(f"\nmodel {os.path.basename(res['model'])}, {res['threads']} threads, median of {res['reps']} rounds "
           f"after a warm-up{', alternating with llama.cpp' if vs else ''}", file=file)
-    head = "| case | restkv-engine tok/s |" + (" llama.cpp tok/s | ratio |" if vs else "") + " KV in use |"
+    head = ("| case | restkv-engine tok/s |" + (" llama.cpp tok/s | ratio | per round |" if vs else "")
+            + " KV in use |")
     print(head, file=file)
     print("|" + "---|" * (head.count("|") - 1), file=file)
     for r in res["rows"]:
@@ -252,7 +257,8 @@ def print_report(res: dict, file=None) -> None:
         cells = [r["case"], f"{r['ours_tok_s']:.1f}"]
         if vs:
             cells += [f"{r['llama_cpp_tok_s']:.1f}" if r["llama_cpp_tok_s"] else "",
-                      f"{r['ratio']:.2f}x" if r["ratio"] else ""]
+                      f"{r['ratio']:.2f}x" if r["ratio"] else "",
+                      f"{min(r['round_ratios']):.2f}-{max(r['round_ratios']):.2f}" if r.get("round_ratios") else ""]
         print("| " + " | ".join(cells + [kv]) + " |", file=file)
     if "rss" in res:
         r = res["rss"]

@@ -23,11 +23,15 @@ def test_bench_measures_every_case(tiny_gguf):
     for r in res["rows"]:
         assert r["ours_tok_s"] > 0 and r["llama_cpp_tok_s"] > 0 and r["ratio"] > 0
         assert len(r["ours_samples"]) == 1
+        if not r["case"].endswith("restkv 0.1"):
+            assert r["round_ratios"] == [round(r["ours_samples"][0] / r["llama_cpp_samples"][0], 3)]
     by = {r["case"]: r for r in res["rows"]}
     # the compressed decode holds about a tenth of the 96-token cache (plus the decoded tokens)
     assert by["decode 8 @ depth 96, restkv 0.1"]["kv_bytes"] < by["decode 8 @ depth 96"]["kv_bytes"] / 4
     # compared with llama.cpp's full-cache decode at the same depth
     assert by["decode 8 @ depth 96, restkv 0.1"]["llama_cpp_tok_s"] == by["decode 8 @ depth 96"]["llama_cpp_tok_s"]
+    comp, full = by["decode 8 @ depth 96, restkv 0.1"], by["decode 8 @ depth 96"]
+    assert comp["round_ratios"] == [round(comp["ours_samples"][0] / full["llama_cpp_samples"][0], 3)]
     for who in ("ours", "llama.cpp"):
         assert 0 < res["rss"][who]["peak_rss_bytes"] < 300 * 2**20, who
     del big

@@ -286,10 +286,8 @@ rk_model_params rk_model_default_params(void) {
 static rk_status load(rk_model **out, const char *path, const void *buf, size_t size, const char *name,
                       const rk_model_params *params) {
     rk_model_params p = params ? *params : rk_model_default_params();
-    if (p.device == RK_DEVICE_CUDA && !rk_has_cuda())
-        return rk_fail(RK_ERR_NO_CUDA, "device 'cuda' requested, but this build of restkv-engine has no CUDA backend");
-    if (p.device != RK_DEVICE_CPU && p.device != RK_DEVICE_CUDA)
-        return rk_fail(RK_ERR_ARG, "unknown device %d", p.device);
+    rk_status st0 = rk_device_check(p.device);
+    if (st0) return st0;
     if (p.n_threads > 1024) return rk_fail(RK_ERR_ARG, "n_threads %d is too large", p.n_threads);
     rk_quant_init();
     rk_model *m = calloc(1, sizeof *m);

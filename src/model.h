@@ -64,6 +64,9 @@ struct rk_model {
     int32_t   bos_id, eos_id;
 };
 
+/* device.c: RK_OK for a device this build can run a model on; else the status and message
+ * (no CUDA backend built, no usable GPU, or the CUDA forward pass not written yet) */
+rk_status rk_device_check(int32_t device);
 /* vocab.c: reads the GGUF vocabulary (optional: a model without one still runs on ids) */
 rk_status rk_vocab_load(rk_model *m);
 

@@ -229,7 +229,9 @@ int32_t     rk_type_block_bytes(int32_t type);        /* bytes per block; 0 if u
 /* Dequantises n elements (a multiple of the block size) from src (src_bytes long). */
 rk_status   rk_dequantize(int32_t type, const void *src, size_t src_bytes, float *dst, int64_t n);
 /* out = dot(row of `type` with n elements, x[0..n)), computed exactly as the
- * engine's matmul does (including its quantisation of x where it uses one). */
+ * engine's matmul does for a matrix in the file's row layout (including its
+ * quantisation of x where it uses one). Matrices the model repacked at load
+ * (rk_model_repacked_bytes) go through 8-row kernels that sum in another order. */
 rk_status   rk_vec_dot(int32_t type, const void *row, size_t row_bytes, const float *x, int64_t n, float *out);
 
 /* RK_API_END */

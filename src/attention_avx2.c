@@ -1,94 +1,19 @@
 /*
- * attention_avx2.c: AVX2/FMA/F16C kernels of attention: value sums (y += a * x over
- * stored V rows) and blocks of key-query dot products. Built with -ffp-contract=off:
- * the value sums multiply then add, never fused, so every element rounds as in the
- * portable loops; the dot products use explicit FMAs.
+ * attention_avx2.c: AVX2/FMA kernels of attention over f32 blocks of keys and values:
+ * key-query dot products, value sums and the softmax exponentials. Built with
+ * -ffp-contract=off: the value sums multiply then add, never fused, as the portable
+ * twins in attention.c do; the dot products and exp use explicit FMAs.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
 #if defined(__GNUC__) && !defined(__clang__) && !(defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
 #pragma GCC target("avx2,fma,f16c")
-/* exp(x) for 8 lanes, Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial for
- * e^r, then 2^n put into the exponent bits (relative error ~2e-7, inputs clamped to +-88.38) */
-static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f)), _mm256_set1_ps(88.3762626647950f));
-    const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
-/* sc[i] = exp(sc[i] - mx), 0 where sc[i] is -inf; returns the sum, in double: four lanes over
- * elements i = j mod 4, added (0 + 1) + (2 + 3), then the tail in order */
-double rk_avx2_softmax_exp(float *sc, int n, float mx) {
-    const __m256 vmx = _mm256_set1_ps(mx), ninf = _mm256_set1_ps(-INFINITY);
-    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 x = _mm256_loadu_ps(sc + i);
-        const __m256 w = _mm256_andnot_ps(_mm256_cmp_ps(x, ninf, _CMP_EQ_OQ), exp8(_mm256_sub_ps(x, vmx)));
-        _mm256_storeu_ps(sc + i, w);
-        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(w)));
-        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1)));
-    }
-    double l[4];
-    _mm256_storeu_pd(l, _mm256_add_pd(s0, s1));
-    double sum = (l[0] + l[1]) + (l[2] + l[3]);
-    if (i < n) { /* the tail through the same polynomial, zero-padded */
-        float buf[8];
-        for (int k = 0; k < 8; k++) buf[k] = i + k < n ? sc[i + k] : -INFINITY;
-        const __m256 x = _mm256_loadu_ps(buf);
-        _mm256_storeu_ps(buf, _mm256_andnot_ps(_mm256_cmp_ps(x, ninf, _CMP_EQ_OQ), exp8(_mm256_sub_ps(x, vmx))));
-        for (int k = 0; i + k < n; k++) {
-            sc[i + k] = buf[k];
-            sum += buf[k];
-        }
-    }
-    return sum;
-}
-
 #endif
 
 #include <immintrin.h>
 #include <math.h>
 
 #include "quant_avx2.h"
-
-#define AXPY(name, LOAD8, SCALAR)                                                            \
-    void name(int64_t n, float a, const void *x, float *y) {                                 \
-        const __m256 va = _mm256_set1_ps(a);                                                 \
-        int64_t i = 0;                                                                       \
-        for (; i + 8 <= n; i += 8)                                                           \
-            _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_mul_ps(va, LOAD8(x, i)))); \
-        for (; i < n; i++) y[i] += a * SCALAR(x, i);                                         \
-    }
-
-static inline __m256 load8_f32(const void *x, int64_t i) { return _mm256_loadu_ps((const float *)x + i); }
-static inline float get_f32(const void *x, int64_t i) { return ((const float *)x)[i]; }
-static inline __m256 load8_f16(const void *x, int64_t i) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)x + i)));
-}
-static inline float get_f16(const void *x, int64_t i) { return _cvtsh_ss(((const uint16_t *)x)[i]); }
-static inline __m256 load8_bf16(const void *x, int64_t i) {
-    const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)x + i)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
-}
-static inline float get_bf16(const void *x, int64_t i) {
-    union { uint32_t u; float f; } v = {(uint32_t)((const uint16_t *)x)[i] << 16};
-    return v.f;
-}
-
-AXPY(rk_avx2_axpy_f32, load8_f32, get_f32)
-AXPY(rk_avx2_axpy_f16, load8_f16, get_f16)
-AXPY(rk_avx2_axpy_bf16, load8_bf16, get_bf16)
 
 /* out[i] = dot(k + i * n, q), i < nk <= 8, n a multiple of 8. Lane j of key i's accumulator
  * sums elements j, j + 8, ...; the eight lanes are then added by one fixed tree per key. */

@@ -137,14 +137,6 @@ FLOAT_DOT(vec_dot_f32, get_f32)
 FLOAT_DOT(vec_dot_f16, get_f16)
 FLOAT_DOT(vec_dot_bf16, get_bf16)
 
-#define AXPY(name, GET) \
-    static void name(int64_t n, float a, const void *x, float *y) { \
-        for (int64_t i = 0; i < n; i++) y[i] += a * GET(x, i);        \
-    }
-AXPY(axpy_f32, get_f32)
-AXPY(axpy_f16, get_f16)
-AXPY(axpy_bf16, get_bf16)
-
 /* ---- legacy 32-element blocks ---- */
 
 static void to_float_q4_0(const void *src, float *y, int64_t n) {
@@ -653,9 +645,9 @@ TILE(q4_0) TILE(q4_1) TILE(q5_0) TILE(q5_1) TILE(q8_0) TILE(q4_K) TILE(q5_K) TIL
 #define N_TYPES (RK_TYPE_BF16 + 1)
 
 static const rk_type_traits scalar_traits[N_TYPES] = {
-    [RK_TYPE_F32]  = {"F32",  1,    4,   RK_TYPE_F32,  to_float_f32,  from_float_f32,  vec_dot_f32, .axpy = axpy_f32},
-    [RK_TYPE_F16]  = {"F16",  1,    2,   RK_TYPE_F32,  to_float_f16,  from_float_f16,  vec_dot_f16, .axpy = axpy_f16},
-    [RK_TYPE_BF16] = {"BF16", 1,    2,   RK_TYPE_F32,  to_float_bf16, from_float_bf16, vec_dot_bf16, .axpy = axpy_bf16},
+    [RK_TYPE_F32]  = {"F32",  1,    4,   RK_TYPE_F32,  to_float_f32,  from_float_f32,  vec_dot_f32},
+    [RK_TYPE_F16]  = {"F16",  1,    2,   RK_TYPE_F32,  to_float_f16,  from_float_f16,  vec_dot_f16},
+    [RK_TYPE_BF16] = {"BF16", 1,    2,   RK_TYPE_F32,  to_float_bf16, from_float_bf16, vec_dot_bf16},
     [RK_TYPE_Q4_0] = {"Q4_0", QK,   18,  RK_TYPE_Q8_0, to_float_q4_0, NULL,            vec_dot_q4_0, vec_dot_tile_q4_0},
     [RK_TYPE_Q4_1] = {"Q4_1", QK,   20,  RK_TYPE_Q8_1, to_float_q4_1, NULL,            vec_dot_q4_1, vec_dot_tile_q4_1},
     [RK_TYPE_Q5_0] = {"Q5_0", QK,   22,  RK_TYPE_Q8_0, to_float_q5_0, NULL,            vec_dot_q5_0, vec_dot_tile_q5_0},
@@ -686,9 +678,6 @@ static void init_kernels(void) {
         rk_type_traits *t = avx2_traits;
         memcpy(t, scalar_traits, sizeof scalar_traits);
         t[RK_TYPE_F32].vec_dot = rk_avx2_vec_dot_f32;
-        t[RK_TYPE_F32].axpy = rk_avx2_axpy_f32;
-        t[RK_TYPE_F16].axpy = rk_avx2_axpy_f16;
-        t[RK_TYPE_BF16].axpy = rk_avx2_axpy_bf16;
         t[RK_TYPE_F16].vec_dot = rk_avx2_vec_dot_f16;
         t[RK_TYPE_F16].to_float = rk_avx2_to_float_f16;
         t[RK_TYPE_F16].from_float = rk_avx2_from_float_f16;

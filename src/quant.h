@@ -32,9 +32,6 @@ typedef void (*rk_vec_dot_tile_fn)(int64_t n, int nr, float *s, size_t s_stride,
 typedef void (*rk_vec_dot_packed_fn)(int64_t n, int nt, float *s, size_t s_stride, const void *w, const void *a,
                                      size_t a_stride);
 
-/* y[i] += a * x[i] for x of a float type (a multiply then an add, never fused) */
-typedef void (*rk_axpy_fn)(int64_t n, float a, const void *x, float *y);
-
 typedef struct {
     const char      *name;
     int32_t          blck;          /* elements per block */
@@ -44,7 +41,6 @@ typedef struct {
     rk_from_float_fn from_float;    /* quantise (set for activation formats at least) */
     rk_vec_dot_fn    vec_dot;       /* NULL if not a weight type */
     rk_vec_dot_tile_fn vec_dot_tile; /* several rows x RK_DOT_ROWS tokens; NULL: use vec_dot */
-    rk_axpy_fn       axpy;          /* float types only (attention's value sums); else NULL */
     rk_vec_dot_packed_fn vec_dot_packed; /* over repacked rows (repack.h); NULL: no packed layout */
 } rk_type_traits;
 

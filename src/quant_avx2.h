@@ -101,11 +101,7 @@ void rk_avx2_vec_dot_packed_q4_0(int64_t n, int nt, float *s, size_t ss, const v
 void rk_avx2_vec_dot_packed_q4_1(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
 void rk_avx2_vec_dot_packed_q8_0(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
 
-/* y += a * x (rk_axpy_fn, attention_avx2.c) */
-void rk_avx2_axpy_f32(int64_t n, float a, const void *x, float *y);
-void rk_avx2_axpy_f16(int64_t n, float a, const void *x, float *y);
-void rk_avx2_axpy_bf16(int64_t n, float a, const void *x, float *y);
-/* attention blocks (rk_att_kernels in attention.c) */
+/* attention blocks (att_kernels in attention.c, attention_avx2.c) */
 void rk_avx2_dot_block(int n, int nk, const float *k, const float *q, float *out);
 void rk_avx2_accum_block(int n, int nv, const float *w, const float *v, size_t vs, float *out);
 double rk_avx2_softmax_exp(float *sc, int n, float mx);

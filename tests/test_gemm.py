@@ -8,14 +8,12 @@ child), and on SmolLM2 (Q4_1 matrices, Q8_0 output) when it is present."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import engine
+from subproc import run_python_json
 
 # 23 tokens: five groups of RK_DOT_ROWS = 4 tokens and a remainder of three
 TOKENS = [1, 17, 250, 3, 99, 42, 42, 7, 300, 5, 12, 200, 64, 65, 66, 383, 0, 2, 150, 151, 9, 8, 77]
@@ -84,10 +82,8 @@ def test_decode_after_batched_prefill_matches(tiny_gguf):
 
 def _child_results(paths: dict[str, str]) -> dict:
     """runs logits_by_batching in a child with RK_CPU=scalar; returns its checks and logits"""
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))
     code = (
-        "import sys, json, numpy as np; sys.path[:0] = [%r, %r]\n"
+        "import json, numpy as np\n"
         "import engine, test_gemm\n"
         "assert engine.cpu_features() == 'scalar', engine.cpu_features()\n"
         "res = {}\n"
@@ -96,12 +92,8 @@ def _child_results(paths: dict[str, str]) -> dict:
         "    ref = out['whole']\n"
         "    res[key] = {'bad': [n for n, v in out.items() if not np.array_equal(v, ref)],\n"
         "                'finite': bool(np.isfinite(ref).all()), 'logits': ref.tolist()}\n"
-        "print(json.dumps(res))\n" % (here, root))
-    env = dict(os.environ, RK_CPU="scalar")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(paths)], env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        "print(json.dumps(res))\n")
+    return run_python_json(code, json.dumps(paths), env={"RK_CPU": "scalar"})
 
 
 def test_scalar_kernels_batched_prefill_is_bit_identical(tiny_gguf):

@@ -3,7 +3,6 @@ type table, against gguf-py's independent numpy decoder and tests/quant_ref.py,
 on both kernel sets (AVX2 in this process, portable C in an RK_CPU=scalar child)."""
 import math
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +13,7 @@ from gguf.quants import dequantize as gguf_dequantize, quantize as gguf_quantize
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quant_ref as ref  # noqa: E402
 from engine._native import ffi, lib  # noqa: E402
+from subproc import run_python  # noqa: E402
 
 U = 2.0 ** -24  # float32 unit roundoff
 ONE_F16 = b"\x00\x3c"
@@ -344,17 +344,8 @@ def collect():
 
 
 def test_scalar_and_avx2_paths_agree(tmp_path):
-    import _restkv_ffi as mod
-
-    import engine
     out = tmp_path / "scalar.npz"
-    # the child imports the same engine package and compiled core as this process, and this file
-    path = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(mod.__file__)),
-            os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))]
-    code = f"import sys; sys.path[:0] = {path!r}; import numpy, test_quant; numpy.savez({str(out)!r}, **test_quant.collect())"
-    env = dict(os.environ, RK_CPU="scalar")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    run_python(f"import numpy, test_quant; numpy.savez({str(out)!r}, **test_quant.collect())", env={"RK_CPU": "scalar"})
     scalar, here = np.load(out), collect()
     assert str(scalar["features"]) == "scalar"
     for key, v in here.items():

@@ -7,14 +7,12 @@ matrix gives exactly the file's rows."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import engine
+from subproc import run_python_json
 
 TOKENS = [1, 17, 250, 3, 99, 42, 42, 7, 300, 5, 12, 200, 64, 65, 66, 383, 0, 2, 150]
 
@@ -30,22 +28,15 @@ def matrix_bytes(path: str) -> dict[str, int]:
 def logits(path: str, tokens, repack: bool) -> tuple[np.ndarray, int]:
     """all-token logits (prefill of all but the last 3 tokens, then 3 decode steps) and repacked_bytes,
     in a child process with RK_REPACK set"""
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))
     code = (
-        "import sys, json, numpy as np; sys.path[:0] = [%r, %r]\n"
+        "import json, numpy as np\n"
         "import engine\n"
         "path, toks = sys.argv[1], json.loads(sys.argv[2])\n"
         "with engine.Model(path, n_threads=2) as m, m.session(n_ctx=64) as s:\n"
         "    a = s.eval(toks[:-3], logits='all')\n"
         "    b = np.stack([s.eval([t]) for t in toks[-3:]])\n"
-        "    print(json.dumps({'logits': np.concatenate([a, b]).tolist(), 'repacked': m.repacked_bytes}))\n"
-        % (here, root))
-    env = dict(os.environ, RK_REPACK="1" if repack else "0")
-    proc = subprocess.run([sys.executable, "-c", code, path, json.dumps(list(tokens))], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+        "    print(json.dumps({'logits': np.concatenate([a, b]).tolist(), 'repacked': m.repacked_bytes}))\n")
+    out = run_python_json(code, path, json.dumps(list(tokens)), env={"RK_REPACK": "1" if repack else "0"})
     return np.array(out["logits"], np.float32), out["repacked"]
 
 

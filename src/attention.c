@@ -64,7 +64,7 @@ static double softmax_exp_c(float *sc, int n, float mx) {
 static att_kernels pick_kernels(int head_dim) {
     att_kernels k = {dot_block_c, accum_block_c, softmax_exp_c};
 #if defined(RK_HAVE_X86)
-    if (head_dim % 8 == 0 && strcmp(rk_quant_features(), "scalar") != 0)
+    if (head_dim % 8 == 0 && rk_quant_avx2_active())
         k = (att_kernels){rk_avx2_dot_block, rk_avx2_accum_block, rk_avx2_softmax_exp};
 #else
     (void)head_dim;
@@ -83,7 +83,28 @@ typedef struct {
 } att_job;
 
 size_t rk_attention_scratch_floats(int n_ctx, int head_dim) {
-    return (size_t)(RK_ATT_ROWS + 1) * (size_t)n_ctx + RK_ATT_ROWS + (size_t)2 * BLK * (size_t)head_dim + 2 * BLK;
+    return (size_t)(RK_ATT_ROWS + 1) * (size_t)n_ctx + RK_ATT_ROWS + (size_t)2 * BLK * (size_t)head_dim + BLK;
+}
+
+/* one thread's share of s->att_ws, laid out in this one place */
+typedef struct {
+    float *scores; /* [RK_ATT_ROWS][n_ctx] a prefill job's rows */
+    float *tmp;    /* [n_ctx] top-k scratch */
+    float *inv;    /* [RK_ATT_ROWS] 1/sum per row */
+    float *kf, *vf; /* [BLK][head_dim] keys and values as f32 */
+    float *blk;    /* [BLK] one row's block of scores or weights */
+} att_scratch;
+
+static att_scratch scratch_of(const rk_session *s, int ith) {
+    const size_t C = (size_t)s->n_ctx, hd = (size_t)s->model->head_dim;
+    att_scratch w;
+    w.scores = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx, (int)hd);
+    w.tmp = w.scores + RK_ATT_ROWS * C;
+    w.inv = w.tmp + C;
+    w.kf = w.inv + RK_ATT_ROWS;
+    w.vf = w.kf + BLK * hd;
+    w.blk = w.vf + BLK * hd;
+    return w;
 }
 
 /* Query row (token at position p, head h of kv-head g) with raw scores sc[0..n_used):
@@ -114,7 +135,7 @@ static float softmax_row(const rk_session *s, const att_kernels *k, int il, int 
 }
 
 /* ---- prefill: rows r = (t - t0) * nh + (h - h0) for tokens [t0, t1) and query heads [h0, h0 + nh) of kv-head g */
-static void attend_rows(const att_job *j, float *ws, int g, int h0, int nh, int t0, int t1) {
+static void attend_rows(const att_job *j, const att_scratch *ws, int g, int h0, int nh, int t0, int t1) {
     rk_session *s = j->s;
     const rk_model *m = s->model;
     const rk_kv *kv = &s->kv;
@@ -123,11 +144,7 @@ static void attend_rows(const att_job *j, float *ws, int g, int h0, int nh, int 
     const rk_type_traits *kt = rk_get_type_traits(kv->type);
     const size_t row = (size_t)hd * kv->elt_size;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *scores = ws;                        /* [(t1 - t0) * nh][C] */
-    float *tmp = ws + (size_t)RK_ATT_ROWS * C; /* [C] top-k scratch */
-    float *inv = tmp + C;                      /* [R] */
-    float *kf = inv + RK_ATT_ROWS, *vf = kf + BLK * hd; /* [BLK][hd] each */
-    float *blk = vf + BLK * hd;                /* [BLK] scores or weights of one row */
+    float *scores = ws->scores, *tmp = ws->tmp, *inv = ws->inv, *kf = ws->kf, *vf = ws->vf, *blk = ws->blk;
     const uint8_t *K = rk_kv_k(kv, j->il, g), *V = rk_kv_v(kv, j->il, g);
     const int32_t *pos = rk_kv_pos(kv, j->il, g);
     /* slots past the last one any row of the job sees (in a cache filled in order: the
@@ -167,14 +184,14 @@ static void attention_task(void *ctx, int ith, int nth) {
     rk_session *s = j->s;
     const rk_model *m = s->model;
     const int group = m->n_heads / m->n_kv_heads;
-    float *ws = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx, m->head_dim);
+    const att_scratch ws = scratch_of(s, ith);
     long b, e;
     if (j->whole_heads) { /* job = one query head, all tokens, in blocks */
         rk_split_range(m->n_heads, ith, nth, 1, &b, &e);
         for (long h = b; h < e; h++)
             for (int t0 = 0; t0 < j->n; t0 += RK_ATT_ROWS) {
                 const int t1 = t0 + RK_ATT_ROWS < j->n ? t0 + RK_ATT_ROWS : j->n;
-                attend_rows(j, ws, (int)h / group, (int)h, 1, t0, t1);
+                attend_rows(j, &ws, (int)h / group, (int)h, 1, t0, t1);
             }
         return;
     }
@@ -185,7 +202,7 @@ static void attention_task(void *ctx, int ith, int nth) {
         const int h0 = g * group + hb * j->heads;
         const int nh = h0 + j->heads <= (g + 1) * group ? j->heads : (g + 1) * group - h0;
         const int t0 = tb * j->tokens, t1 = t0 + j->tokens < j->n ? t0 + j->tokens : j->n;
-        attend_rows(j, ws, g, h0, nh, t0, t1);
+        attend_rows(j, &ws, g, h0, nh, t0, t1);
     }
 }
 
@@ -210,8 +227,8 @@ static void decode_scores_task(void *ctx, int ith, int nth) {
     const size_t C1 = (size_t)s->n_ctx + 1, row = (size_t)hd * kv->elt_size;
     const rk_type_traits *kt = rk_get_type_traits(kv->type);
     const float scale = 1.0f / sqrtf((float)hd);
-    float *kf = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx, hd) + (size_t)(RK_ATT_ROWS + 1) * (size_t)s->n_ctx + RK_ATT_ROWS;
-    float *blk = kf + 2 * BLK * hd;
+    const att_scratch ws = scratch_of(s, ith);
+    float *kf = ws.kf, *blk = ws.blk;
     const long n_blocks = (max_used(s, j->il) + DEC_SLOTS - 1) / DEC_SLOTS;
     long b, e;
     rk_split_range((long)m->n_kv_heads * n_blocks, ith, nth, 1, &b, &e);
@@ -241,7 +258,7 @@ static void decode_softmax_task(void *ctx, int ith, int nth) {
     const rk_model *m = s->model;
     const int group = m->n_heads / m->n_kv_heads;
     const size_t C = (size_t)s->n_ctx;
-    float *tmp = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx, m->head_dim);
+    float *tmp = scratch_of(s, ith).tmp;
     long b, e;
     rk_split_range(m->n_heads, ith, nth, 1, &b, &e);
     for (long h = b; h < e; h++) {
@@ -261,8 +278,8 @@ static void decode_values_task(void *ctx, int ith, int nth) {
     const int hd = m->head_dim, group = m->n_heads / m->n_kv_heads;
     const size_t C = (size_t)s->n_ctx, row = (size_t)hd * kv->elt_size;
     const rk_type_traits *kt = rk_get_type_traits(kv->type);
-    float *vf = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx, hd) + (size_t)(RK_ATT_ROWS + 1) * (size_t)s->n_ctx + RK_ATT_ROWS;
-    float *blk = vf + 2 * BLK * hd;
+    const att_scratch ws = scratch_of(s, ith);
+    float *vf = ws.vf, *blk = ws.blk;
     const int n_slices = (hd + DEC_DIMS - 1) / DEC_DIMS;
     long b, e;
     rk_split_range((long)m->n_kv_heads * n_slices, ith, nth, 1, &b, &e);

@@ -714,10 +714,12 @@ static void init_kernels(void) {
 
 void rk_quant_init(void) { pthread_once(&init_once, init_kernels); }
 
-const char *rk_quant_features(void) {
+int rk_quant_avx2_active(void) {
     rk_quant_init();
-    return atomic_load(&active) == avx2_traits ? "avx2 fma f16c" : "scalar";
+    return atomic_load(&active) == avx2_traits;
 }
+
+const char *rk_quant_features(void) { return rk_quant_avx2_active() ? "avx2 fma f16c" : "scalar"; }
 
 void rk_quant_force_scalar(int on) {
     rk_quant_init();

@@ -50,6 +50,8 @@ const rk_type_traits *rk_get_type_traits(int32_t type);
 void rk_quant_init(void);
 /* "avx2 fma f16c" or "scalar" */
 const char *rk_quant_features(void);
+/* 1 when the AVX2 kernels are the active set (what rk_quant_features names) */
+int rk_quant_avx2_active(void);
 /* Force the portable scalar kernels (tests call this to exercise the fallback). 1 = scalar. */
 void rk_quant_force_scalar(int on);
 

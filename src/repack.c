@@ -20,69 +20,49 @@ int rk_repack_supported(const rk_weight *w) {
     return tr && tr->vec_dot_packed && w->n_out % RK_PACK_ROWS == 0 && w->n_in % QK == 0 && repack_enabled();
 }
 
-/* the 8 rows' blocks b of group g, gathered: rows[r] = block b of row 8g + r */
-static void gather(const rk_weight *w, int64_t g, int64_t b, const uint8_t *rows[RK_PACK_ROWS]) {
-    const size_t bs = (size_t)rk_get_type_traits(w->type)->type_size;
-    for (int r = 0; r < RK_PACK_ROWS; r++)
-        rows[r] = (const uint8_t *)w->data + (size_t)(g * RK_PACK_ROWS + r) * w->row_bytes + (size_t)b * bs;
+/* The three layouts are one pattern: a file block is H halves (d, or d and m) then Q bytes
+ * of quants; its packed form puts half k of row r at halves[8 k + r] and quant bytes 4c..4c+3
+ * of row r at qs[32 c + 4 r]. */
+typedef struct { int halves, qs; } block_shape;
+
+static block_shape shape_of(int32_t type) {
+    return type == RK_TYPE_Q4_1 ? (block_shape){2, QK / 2} : type == RK_TYPE_Q4_0 ? (block_shape){1, QK / 2}
+                                                                                    : (block_shape){1, QK};
+}
+
+/* row r's block: from the file layout into a packed block (to_packed), or back */
+static void move_block(block_shape sh, uint8_t *dst, const uint8_t *src, int r, int to_packed) {
+    const size_t ph = 2 * RK_PACK_ROWS * (size_t)sh.halves, fh = 2 * (size_t)sh.halves; /* where the quants start */
+    for (int k = 0; k < sh.halves; k++) {
+        const size_t p = 2 * ((size_t)RK_PACK_ROWS * k + r), f = 2 * (size_t)k;
+        memcpy(dst + (to_packed ? p : f), src + (to_packed ? f : p), 2);
+    }
+    for (int c = 0; c < sh.qs / 4; c++) {
+        const size_t p = ph + 32 * (size_t)c + 4 * (size_t)r, f = fh + 4 * (size_t)c;
+        memcpy(dst + (to_packed ? p : f), src + (to_packed ? f : p), 4);
+    }
 }
 
 void rk_repack(const rk_weight *w, void *dst) {
-    const int64_t nb = w->n_in / QK, ng = w->n_out / RK_PACK_ROWS;
-    const uint8_t *rows[RK_PACK_ROWS];
-    for (int64_t g = 0; g < ng; g++)
-        for (int64_t b = 0; b < nb; b++) {
-            gather(w, g, b, rows);
-            const size_t i = (size_t)(g * nb + b);
-            if (w->type == RK_TYPE_Q4_0) {
-                blk_q4_0x8 *o = (blk_q4_0x8 *)dst + i;
-                for (int r = 0; r < RK_PACK_ROWS; r++) {
-                    const blk_q4_0 *x = (const blk_q4_0 *)rows[r];
-                    o->d[r] = x->d;
-                    for (int c = 0; c < 4; c++) memcpy(o->qs + 32 * c + 4 * r, x->qs + 4 * c, 4);
-                }
-            } else if (w->type == RK_TYPE_Q4_1) {
-                blk_q4_1x8 *o = (blk_q4_1x8 *)dst + i;
-                for (int r = 0; r < RK_PACK_ROWS; r++) {
-                    const blk_q4_1 *x = (const blk_q4_1 *)rows[r];
-                    o->d[r] = x->d;
-                    o->m[r] = x->m;
-                    for (int c = 0; c < 4; c++) memcpy(o->qs + 32 * c + 4 * r, x->qs + 4 * c, 4);
-                }
-            } else { /* Q8_0 */
-                blk_q8_0x8 *o = (blk_q8_0x8 *)dst + i;
-                for (int r = 0; r < RK_PACK_ROWS; r++) {
-                    const blk_q8_0 *x = (const blk_q8_0 *)rows[r];
-                    o->d[r] = x->d;
-                    for (int c = 0; c < 8; c++) memcpy(o->qs + 32 * c + 4 * r, x->qs + 4 * c, 4);
-                }
-            }
-        }
+    const block_shape sh = shape_of(w->type);
+    const size_t bs = (size_t)rk_get_type_traits(w->type)->type_size, nb = (size_t)(w->n_in / QK);
+    for (int64_t row = 0; row < w->n_out; row++) {
+        const uint8_t *src = (const uint8_t *)w->data + (size_t)row * w->row_bytes;
+        uint8_t *group = (uint8_t *)dst + (size_t)(row / RK_PACK_ROWS) * RK_PACK_ROWS * w->row_bytes;
+        for (size_t b = 0; b < nb; b++)
+            move_block(sh, group + b * RK_PACK_ROWS * bs, src + b * bs, (int)(row % RK_PACK_ROWS), 1);
+    }
 }
 
 void rk_packed_row_to_float(const rk_weight *w, int64_t row, float *dst) {
-    const int64_t nb = w->n_in / QK, g = row / RK_PACK_ROWS;
-    const int r = (int)(row % RK_PACK_ROWS);
-    for (int64_t b = 0; b < nb; b++) {
-        const size_t i = (size_t)(g * nb + b);
-        float *y = dst + b * QK;
-        if (w->type == RK_TYPE_Q4_0 || w->type == RK_TYPE_Q4_1) {
-            const int one = w->type == RK_TYPE_Q4_1;
-            const blk_q4_0x8 *o0 = (const blk_q4_0x8 *)w->packed + i;
-            const blk_q4_1x8 *o1 = (const blk_q4_1x8 *)w->packed + i;
-            const float d = rk_fp16_to_fp32(one ? o1->d[r] : o0->d[r]), m = one ? rk_fp16_to_fp32(o1->m[r]) : 0.0f;
-            const uint8_t *qs = one ? o1->qs : o0->qs;
-            for (int j = 0; j < 16; j++) {
-                const uint8_t q = qs[32 * (j / 4) + 4 * r + j % 4];
-                /* the legacy formats' dequantisation: d * (q - 8) for Q4_0, d * q + m for Q4_1 */
-                y[j] = one ? d * (float)(q & 0xF) + m : d * (float)((q & 0xF) - 8);
-                y[j + 16] = one ? d * (float)(q >> 4) + m : d * (float)((q >> 4) - 8);
-            }
-        } else {
-            const blk_q8_0x8 *o = (const blk_q8_0x8 *)w->packed + i;
-            const float d = rk_fp16_to_fp32(o->d[r]);
-            for (int j = 0; j < QK; j++) y[j] = d * (float)o->qs[32 * (j / 4) + 4 * r + j % 4];
-        }
+    const rk_type_traits *tr = rk_get_type_traits(w->type);
+    const block_shape sh = shape_of(w->type);
+    const size_t bs = (size_t)tr->type_size, nb = (size_t)(w->n_in / QK);
+    const uint8_t *group = (const uint8_t *)w->packed + (size_t)(row / RK_PACK_ROWS) * RK_PACK_ROWS * w->row_bytes;
+    _Alignas(8) uint8_t blk[64]; /* one block in the file layout (at most 34 bytes), then the type's own dequantisation */
+    for (size_t b = 0; b < nb; b++) {
+        move_block(sh, blk, group + b * RK_PACK_ROWS * bs, (int)(row % RK_PACK_ROWS), 0);
+        tr->to_float(blk, dst + b * QK, QK);
     }
 }
 
@@ -93,10 +73,11 @@ static void drop_pages(const void *p, size_t n) {
     if (e > b) madvise((void *)b, e - b, MADV_DONTNEED); /* a private, unwritten file mapping: re-read on access */
 }
 
-static rk_weight *each_weight(rk_model *m, int i) {
-    if (i == 0) return &m->tok_embd;
-    if (i == 1) return &m->output;
-    i -= 2;
+/* the matrices a forward pass multiplies: output (token_embd itself when tied), then each
+ * layer's seven; token_embd on its own is only looked up, row by row, and stays as stored */
+static rk_weight *multiplied(rk_model *m, int i) {
+    if (i == 0) return &m->output;
+    i -= 1;
     if (i >= 7 * m->n_layers) return NULL;
     rk_layer *L = &m->layers[i / 7];
     rk_weight *ws[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
@@ -106,9 +87,8 @@ static rk_weight *each_weight(rk_model *m, int i) {
 rk_status rk_model_repack(rk_model *m) {
     size_t total = 0;
     rk_weight *w;
-    for (int i = 0; (w = each_weight(m, i)); i++)
-        if (!(i == 1 && m->output.data == m->tok_embd.data) && rk_repack_supported(w))
-            total += (size_t)w->n_out * w->row_bytes;
+    for (int i = 0; (w = multiplied(m, i)); i++)
+        if (rk_repack_supported(w)) total += (size_t)w->n_out * w->row_bytes;
     if (!total) return RK_OK;
     /* 2 MiB-aligned and marked for transparent huge pages where the kernel offers them:
      * a decode step streams every weight once, and 4 KiB pages would cost a TLB miss each */
@@ -122,11 +102,7 @@ rk_status rk_model_repack(rk_model *m) {
 #endif
     m->packed_bytes = total;
     uint8_t *p = m->packed;
-    for (int i = 0; (w = each_weight(m, i)); i++) {
-        if (i == 1 && m->output.data == m->tok_embd.data) {
-            m->output.packed = m->tok_embd.packed; /* tied: packed once */
-            continue;
-        }
+    for (int i = 0; (w = multiplied(m, i)); i++) {
         if (!rk_repack_supported(w)) continue;
         const size_t bytes = (size_t)w->n_out * w->row_bytes;
         rk_repack(w, p);
@@ -134,5 +110,6 @@ rk_status rk_model_repack(rk_model *m) {
         p += bytes;
         if (m->gguf->mapped) drop_pages(w->data, bytes);
     }
+    if (m->output.data == m->tok_embd.data) m->tok_embd.packed = m->output.packed; /* tied: looked up there */
     return RK_OK;
 }

@@ -42,8 +42,9 @@ int rk_repack_supported(const rk_weight *w);
 void rk_repack(const rk_weight *w, void *dst);
 /* Row r of a packed matrix as f32 (the embedding lookup of a tied, packed matrix). */
 void rk_packed_row_to_float(const rk_weight *w, int64_t r, float *dst);
-/* Repacks every supported matrix of m into memory of its own (m->packed) and lets the
- * kernel drop the file pages they came from. Off with RK_REPACK=0 (for A/B measurements). */
+/* Repacks every supported matrix m multiplies (output, which may be the tied token_embd,
+ * and the layers') into memory of its own (m->packed) and lets the kernel drop the file
+ * pages they came from. Off with RK_REPACK=0 (for A/B measurements). */
 rk_status rk_model_repack(rk_model *m);
 
 #endif

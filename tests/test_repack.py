@@ -2,8 +2,8 @@
 height divisible by 8 are stored as interleaved 8-row blocks and multiplied by the
 kernels of quant_avx2_packed.c. The bytes are the file's, moved; only the order of
 the float sums changes, so logits stay close to the row layout's (RK_REPACK=0, in a
-child process) without being equal, and the embedding lookup of a tied, repacked
-matrix gives exactly the file's rows."""
+child process) without being equal. A tied embedding is looked up in the packed
+matrix (its rows moved back, then the type's own dequantisation)."""
 from __future__ import annotations
 
 import json
@@ -63,8 +63,8 @@ def test_only_supported_shapes_and_types_are_repacked(tiny_gguf):
         assert m.repacked_bytes == sum(v for k, v in sizes.items() if k != "token_embd.weight")
         with m.session(n_ctx=32) as s:
             assert np.isfinite(s.eval(TOKENS[:8], logits="all")).all()
-    # untied: output.weight is a matrix of its own; F16 embeddings are not repacked
-    path = tiny_gguf(weight_type="Q8_0", tied=False, embd_type="F16")
+    # untied: output.weight is repacked; token_embd.weight, only looked up, stays as stored
+    path = tiny_gguf(weight_type="Q8_0", tied=False)
     sizes = matrix_bytes(path)
     with engine.Model(path) as m:
         assert m.repacked_bytes == sum(v for k, v in sizes.items() if k != "token_embd.weight")

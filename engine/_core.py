@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import weakref
+from contextlib import contextmanager
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -78,23 +80,42 @@ class Model:
         out = ffi.new("rk_model **")
         _check(lib.rk_model_load(out, self.path.encode(), params))
         self._ptr = ffi.gc(out[0], lib.rk_model_free)
+        # held during each C call on the handle, so that close() in another thread waits for it
+        # (the weights are read-only: threads only queue on this lock for the few short getters)
+        self._lock = threading.Lock()
         self._sessions: "weakref.WeakSet[Session]" = weakref.WeakSet()
         self._tokenizer = None
         self.device = device
 
     # ---- lifetime ----
+    @contextmanager
+    def _using(self):
+        """The C handle, kept valid (close() waits) until the block ends."""
+        with self._lock:
+            if self._ptr is None:
+                raise EngineError("the model is closed")
+            yield self._ptr
+
+    def _get(self, fn):
+        with self._using() as h:
+            return fn(h)
+
     def _handle(self):
+        """The raw C handle, without the guard (for tests that call the C API directly)."""
         if self._ptr is None:
             raise EngineError("the model is closed")
         return self._ptr
 
     def close(self) -> None:
-        """Frees the weights now (sessions of this model are closed first)."""
+        """Frees the weights now. Sessions of this model are closed first, each after the call it may
+        be running in another thread has returned. (In C, a session keeps its model's weights alive
+        by itself: rk_model_free before rk_session_free is safe.)"""
         for s in list(self._sessions):
             s.close()
-        if self._ptr is not None:
-            ffi.release(self._ptr)
-            self._ptr = None
+        with self._lock:
+            ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            ffi.release(ptr)
 
     def __enter__(self) -> "Model":
         return self
@@ -103,18 +124,18 @@ class Model:
         self.close()
 
     # ---- facts ----
-    n_vocab = property(lambda self: int(lib.rk_model_n_vocab(self._handle())))
-    n_layers = property(lambda self: int(lib.rk_model_n_layers(self._handle())))
-    n_heads = property(lambda self: int(lib.rk_model_n_heads(self._handle())))
-    n_kv_heads = property(lambda self: int(lib.rk_model_n_kv_heads(self._handle())))
-    n_embd = property(lambda self: int(lib.rk_model_n_embd(self._handle())))
-    head_dim = property(lambda self: int(lib.rk_model_head_dim(self._handle())))
-    n_ctx_train = property(lambda self: int(lib.rk_model_n_ctx_train(self._handle())))
-    n_params = property(lambda self: int(lib.rk_model_n_params(self._handle())))
-    weight_bytes = property(lambda self: int(lib.rk_model_weight_bytes(self._handle())))
+    n_vocab = property(lambda self: int(self._get(lib.rk_model_n_vocab)))
+    n_layers = property(lambda self: int(self._get(lib.rk_model_n_layers)))
+    n_heads = property(lambda self: int(self._get(lib.rk_model_n_heads)))
+    n_kv_heads = property(lambda self: int(self._get(lib.rk_model_n_kv_heads)))
+    n_embd = property(lambda self: int(self._get(lib.rk_model_n_embd)))
+    head_dim = property(lambda self: int(self._get(lib.rk_model_head_dim)))
+    n_ctx_train = property(lambda self: int(self._get(lib.rk_model_n_ctx_train)))
+    n_params = property(lambda self: int(self._get(lib.rk_model_n_params)))
+    weight_bytes = property(lambda self: int(self._get(lib.rk_model_weight_bytes)))
     #: weights re-laid out at load for the AVX2 kernels (0 with the portable ones or RK_REPACK=0)
-    repacked_bytes = property(lambda self: int(lib.rk_model_repacked_bytes(self._handle())))
-    desc = property(lambda self: ffi.string(lib.rk_model_desc(self._handle())).decode())
+    repacked_bytes = property(lambda self: int(self._get(lib.rk_model_repacked_bytes)))
+    desc = property(lambda self: ffi.string(self._get(lib.rk_model_desc)).decode())
 
     def __repr__(self) -> str:
         return f"Model({self.path!r}: {self.desc})" if self._ptr is not None else f"Model({self.path!r}, closed)"
@@ -152,7 +173,11 @@ class Model:
 
 
 class Session:
-    """One timeline over a model: its KV cache, scratch buffers and threads."""
+    """One timeline over a model: its KV cache, scratch buffers and threads.
+
+    A session runs one call at a time: a call made while another thread is inside one raises
+    EngineError at once (nothing changes); give each thread its own session. close() waits for
+    a call in flight in another thread to return before it frees anything."""
 
     def __init__(self, model: Model, n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
                  n_batch: int = 512, kv_type: str = "f16", eviction=None):
@@ -166,8 +191,10 @@ class Session:
         params.n_batch = n_batch
         params.kv_type = _KV_TYPES[kv_type]
         out = ffi.new("rk_session **")
-        _check(lib.rk_session_init(out, model._handle(), params))
+        with model._using() as mh:
+            _check(lib.rk_session_init(out, mh, params))
         self._ptr = ffi.gc(out[0], lib.rk_session_free)
+        self._lock = threading.Lock()
         self.model = model  # keeps the weights alive as long as the session
         model._sessions.add(self)  # model.close() closes it first (also when built as Session(model))
         self._n_vocab = model.n_vocab
@@ -175,15 +202,36 @@ class Session:
         if eviction is not None:
             self.set_eviction(eviction)
 
+    @contextmanager
+    def _using(self):
+        """The C handle for one call; a second thread is refused rather than queued, since two
+        timelines interleaved in one cache would be garbage even where they do not crash."""
+        if not self._lock.acquire(blocking=False):
+            raise EngineError("the session is in a call from another thread (a session runs one call at a "
+                              "time: give each thread its own session, model.session())")
+        try:
+            if self._ptr is None:
+                raise EngineError("the session is closed")
+            yield self._ptr
+        finally:
+            self._lock.release()
+
+    def _get(self, fn):
+        with self._using() as h:
+            return fn(h)
+
     def _handle(self):
+        """The raw C handle, without the guard (for tests that call the C API directly)."""
         if self._ptr is None:
             raise EngineError("the session is closed")
         return self._ptr
 
     def close(self) -> None:
-        if self._ptr is not None:
-            ffi.release(self._ptr)
-            self._ptr = None
+        """Frees the KV cache and scratch now, after a call running in another thread returns."""
+        with self._lock:
+            ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            ffi.release(ptr)
 
     def __enter__(self) -> "Session":
         return self
@@ -191,18 +239,17 @@ class Session:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    n_past = property(lambda self: int(lib.rk_session_n_past(self._handle())))
-    n_ctx = property(lambda self: int(lib.rk_session_n_ctx(self._handle())))
-    n_threads = property(lambda self: int(lib.rk_session_n_threads(self._handle())))
-    kv_bytes_alloc = property(lambda self: int(lib.rk_session_kv_bytes_alloc(self._handle())))
-    kv_bytes_used = property(lambda self: int(lib.rk_session_kv_bytes_used(self._handle())))
+    n_past = property(lambda self: int(self._get(lib.rk_session_n_past)))
+    n_ctx = property(lambda self: int(self._get(lib.rk_session_n_ctx)))
+    n_threads = property(lambda self: int(self._get(lib.rk_session_n_threads)))
+    kv_bytes_alloc = property(lambda self: int(self._get(lib.rk_session_kv_bytes_alloc)))
+    kv_bytes_used = property(lambda self: int(self._get(lib.rk_session_kv_bytes_used)))
 
     def eval(self, ids: Iterable[int], logits: Optional[str] = "last") -> Optional[np.ndarray]:
         """Appends tokens; returns logits of the last token ([n_vocab]), of all ([n, n_vocab]) or None."""
         if not (logits is None or isinstance(logits, str)) or logits not in _LOGITS:
             raise EngineError(f"logits must be 'last', 'all' or None, got {logits!r}")
         toks = _token_array(ids, self._n_vocab)
-        h = self._handle()
         mode = _LOGITS[logits]
         out = None
         if mode == lib.RK_LOGITS_LAST:
@@ -210,7 +257,8 @@ class Session:
         elif mode == lib.RK_LOGITS_ALL:
             out = np.empty((len(toks), self._n_vocab), dtype=np.float32)
         buf = ffi.from_buffer("float[]", out) if out is not None else ffi.NULL
-        _check(lib.rk_session_eval(h, ffi.from_buffer("int32_t[]", toks), len(toks), buf, mode))
+        with self._using() as h:
+            _check(lib.rk_session_eval(h, ffi.from_buffer("int32_t[]", toks), len(toks), buf, mode))
         return out
 
     def logprobs(self, ids: Iterable[int], return_argmax: bool = False, score_first: bool = False):
@@ -219,19 +267,20 @@ class Session:
         score_first=True also scores ids[0] from the last token evaluated before (n values), so a
         long text can be scored piece by piece without losing or repeating a prediction."""
         toks = _token_array(ids, self._n_vocab)
-        h = self._handle()
         n = len(toks)
         m = n if score_first else max(n - 1, 0)
         out = np.empty(m, dtype=np.float32)
         am = np.empty(m, dtype=np.int32) if return_argmax else None
         fn = lib.rk_session_logprobs_next if score_first else lib.rk_session_logprobs
-        _check(fn(h, ffi.from_buffer("int32_t[]", toks), n, ffi.from_buffer("float[]", out) if m else ffi.NULL,
-                  ffi.from_buffer("int32_t[]", am) if am is not None and m else ffi.NULL))
+        with self._using() as h:
+            _check(fn(h, ffi.from_buffer("int32_t[]", toks), n, ffi.from_buffer("float[]", out) if m else ffi.NULL,
+                      ffi.from_buffer("int32_t[]", am) if am is not None and m else ffi.NULL))
         return (out, am) if return_argmax else out
 
     def reset(self) -> None:
         """Empties the KV cache (the eviction settings stay)."""
-        _check(lib.rk_session_reset(self._handle()))
+        with self._using() as h:
+            _check(lib.rk_session_reset(h))
 
     # ---- KV eviction ----
     def set_eviction(self, eviction=None, **kwargs) -> "Eviction":
@@ -246,13 +295,15 @@ class Session:
             raise EngineError(f"eviction must be an Eviction, a dict or None, got {type(eviction).__name__}")
         elif kwargs:
             raise EngineError("pass either an Eviction or keyword arguments, not both")
-        _check(lib.rk_session_set_evict(self._handle(), eviction.to_c()))
+        with self._using() as h:
+            _check(lib.rk_session_set_evict(h, eviction.to_c()))
         self.eviction = eviction
         return eviction
 
     def compress(self) -> None:
         """Prefix schedule: compresses every (layer, kv-head) buffer to the budget now."""
-        _check(lib.rk_session_compress(self._handle()))
+        with self._using() as h:
+            _check(lib.rk_session_compress(h))
 
     def copy_state_from(self, src: "Session") -> None:
         """Takes src's evaluated state (KV cache, positions, the statistics this session's policy
@@ -261,19 +312,26 @@ class Session:
         configuration copy, compress and continue. Both on the same model, n_ctx and kv_type."""
         if not isinstance(src, Session):
             raise EngineError(f"copy_state_from needs a Session, got {type(src).__name__}")
-        _check(lib.rk_session_copy_state(self._handle(), src._handle()))
+        if src is self:
+            raise EngineError("copy_state_from: source and destination are the same session")
+        with self._using() as h, src._using() as sh:
+            _check(lib.rk_session_copy_state(h, sh))
 
     def kv_count(self, layer: int, kv_head: int) -> int:
-        n = int(lib.rk_session_kv_count(self._handle(), layer, kv_head))
+        with self._using() as h:
+            n = int(lib.rk_session_kv_count(h, layer, kv_head))
         if n < 0:
             raise EngineError(f"no KV buffer for layer {layer}, kv-head {kv_head}")
         return n
 
     def kv_positions(self, layer: int, kv_head: int) -> np.ndarray:
         """Original positions of the tokens one (layer, kv-head) buffer holds, in slot order."""
-        n = self.kv_count(layer, kv_head)
-        out = np.empty(n, dtype=np.int32)
-        lib.rk_session_kv_positions(self._handle(), layer, kv_head, ffi.from_buffer("int32_t[]", out), n)
+        with self._using() as h:
+            n = int(lib.rk_session_kv_count(h, layer, kv_head))
+            if n < 0:
+                raise EngineError(f"no KV buffer for layer {layer}, kv-head {kv_head}")
+            out = np.empty(n, dtype=np.int32)
+            lib.rk_session_kv_positions(h, layer, kv_head, ffi.from_buffer("int32_t[]", out), n)
         return out
 
-    next_pos = property(lambda self: int(lib.rk_session_next_pos(self._handle())))
+    next_pos = property(lambda self: int(self._get(lib.rk_session_next_pos)))

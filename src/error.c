@@ -29,6 +29,7 @@ const char *rk_status_str(int32_t status) {
     case RK_ERR_NO_CUDA:     return "built without CUDA";
     case RK_ERR_CTX_FULL:    return "context full";
     case RK_ERR_INTERNAL:    return "internal error";
+    case RK_ERR_BUSY:        return "session busy";
     default:                 return "unknown status";
     }
 }

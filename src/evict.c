@@ -145,8 +145,8 @@ void rk_evict_free(rk_session *s) {
     s->win = 0;
 }
 
-rk_status rk_session_set_evict(rk_session *s, const rk_evict_params *params) {
-    if (!s || !params) return rk_fail(RK_ERR_ARG, "rk_session_set_evict: NULL argument");
+static rk_status set_evict(rk_session *s, const rk_evict_params *params) {
+    if (!params) return rk_fail(RK_ERR_ARG, "rk_session_set_evict: params is NULL");
     const rk_policy_i *pol = NULL;
     rk_status st = validate(s, params, &pol);
     if (st) return st;
@@ -428,13 +428,28 @@ static rk_status compress_to(rk_session *s, int32_t budget) {
     return RK_OK;
 }
 
-rk_status rk_session_compress(rk_session *s) {
-    if (!s) return rk_fail(RK_ERR_ARG, "rk_session_compress: session is NULL");
+rk_status rk_session_set_evict(rk_session *s, const rk_evict_params *params) {
+    rk_status st = rk_session_enter(s, "rk_session_set_evict");
+    if (st) return st;
+    st = set_evict(s, params);
+    rk_session_leave(s);
+    return st;
+}
+
+static rk_status compress(rk_session *s) {
     if (!evicting(s)) return RK_OK;
     if (s->policy->needs & RK_NEED_WINDOW && s->q_win_n == 0)
         return rk_fail(RK_ERR_ARG, "rk_session_compress: policy '%s' scores with the last evaluated tokens; "
                                    "evaluate some first", s->policy->name);
     return compress_to(s, budget_tokens(&s->evict, rk_evict_max_used(s)));
+}
+
+rk_status rk_session_compress(rk_session *s) {
+    rk_status st = rk_session_enter(s, "rk_session_compress");
+    if (st) return st;
+    st = compress(s);
+    rk_session_leave(s);
+    return st;
 }
 
 rk_status rk_evict_after_forward(rk_session *s) {

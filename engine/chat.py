@@ -34,6 +34,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from . import cli
 from .errors import EngineError
 
 # Plain ChatML, for GGUFs without tokenizer.chat_template.
@@ -118,7 +119,10 @@ def resolve_budget(budget, n_ctx_train: int) -> int:
     except (TypeError, ValueError):
         raise EngineError(f"--budget must be a number (tokens, or a fraction in (0, 1] of the model's "
                           f"context), got {budget!r}") from None
-    if not math.isfinite(b) or b <= 0:
+    if not math.isfinite(b):
+        raise EngineError(f"--budget {budget}: must be a finite number: a token count (integer >= 2), or a "
+                          "fraction in (0, 1] of the model's context")
+    if b <= 0:
         raise EngineError(f"--budget must be > 0 (tokens, or a fraction in (0, 1] of the model's context), "
                           f"got {budget!r}")
     if b <= 1:
@@ -469,23 +473,33 @@ on and quality degrades.  Only 'shift' keeps RoPE in range forever: kept keys ar
 positions 0..n-1 and new tokens continue from there.
 
 Without a terminal on stdin, each input line is a message (or a command); --json prints one JSON
-object per turn (reply, token counts, KV bytes) on stdout.  Errors: 'error: ...' and exit status 1."""
+object per turn (reply, token counts, KV bytes) on stdout.
+
+Exit status: 0 at /quit or end of input, 2 bad command line or input (before the chat starts),
+1 failure during the chat, 130 Ctrl-C twice at the prompt.  Errors: one line 'error: ...'.
+
+Defaults: the KV cache is --budget + --slack + 1 tokens (not a context size as engine.perplexity's
+--ctx), threads all cores available, as the other tools.
+
+{{policies}}"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m engine.chat",
-        description="Chat with a GGUF model in bounded KV memory: the GGUF's chat template, replies "
-                    "streamed token by token, native KV eviction (streaming schedule) so the conversation "
-                    "can go on forever.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .eviction import policy_help
+
+    p = cli.Parser(
+        "python -m engine.chat",
+        "Chat with a GGUF model in bounded KV memory: the GGUF's chat template, replies "
+        "streamed token by token, native KV eviction (streaming schedule) so the conversation "
+        "can go on forever.",
+        epilog=_EPILOG.replace("{policies}", policy_help(options=False)
+                               + "\n(the chat uses each policy's default parameters but --slack and --positions)"))
     p.add_argument("--gguf", "-m", required=True, help="path to the GGUF model file")
     p.add_argument("--budget", default="1024",
                    help="KV tokens kept per (layer, kv-head): an integer >= 2, or a fraction in (0, 1] of "
                         "the model's trained context (default 1024)")
     p.add_argument("--policy", default="restkv",
-                   help="eviction policy: restkv (default), streaming, snapkv, h2o, tova, ... "
-                        "(python -c 'import engine; print(engine.policies())' lists them)")
+                   help="eviction policy (default restkv; the list below)")
     p.add_argument("--slack", type=int, default=DEFAULT_SLACK,
                    help=f"evict when a buffer holds budget + slack tokens, down to the budget: larger "
                         f"amortises eviction, costs slack more slots (default {DEFAULT_SLACK})")
@@ -495,13 +509,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system prompt (default: the template's own, if any)")
     p.add_argument("--chat-template", default=None, metavar="FILE",
                    help="Jinja2 chat template file to use instead of the GGUF's")
-    p.add_argument("--max-tokens", "-n", type=int, default=DEFAULT_MAX_TOKENS,
+    p.add_argument("--max-tokens", "-n", type=cli.count, default=DEFAULT_MAX_TOKENS,
                    help=f"most tokens per reply (default {DEFAULT_MAX_TOKENS})")
     p.add_argument("--temp", type=float, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=40, help="top-k sampling, 0 = off (default 40)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh)")
-    p.add_argument("--threads", "-t", type=int, default=None, help="worker threads (default: all cores)")
+    p.add_argument("--threads", "-t", type=int, default=None,
+                   help="worker threads (default: all cores available to the process)")
     p.add_argument("--json", action="store_true", help="print one JSON object per turn instead of the text")
     return p
 
@@ -548,6 +563,10 @@ def _read_message(interactive: bool, prompt: str = "> ") -> Optional[str]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    return cli.run(lambda: _main(args), on_interrupt="before the chat started")
+
+
+def _main(args) -> int:
     for stream in (sys.stdout, sys.stderr, sys.stdin):
         try:
             stream.reconfigure(errors="replace")
@@ -565,28 +584,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     chat = None
     try:
         from . import Model
-        from .eviction import policies
+        from .perplexity import check_policy
 
-        known = policies()
-        if args.policy not in known:
-            raise EngineError(f"unknown policy {args.policy!r} (known: {', '.join(known)})")
-        template = None
-        if args.chat_template:
-            try:
-                with open(args.chat_template, encoding="utf-8") as f:
-                    template = f.read()
-            except OSError as e:
-                raise EngineError(f"--chat-template {args.chat_template}: {e.strerror}") from None
-        if args.threads is not None and args.threads < 1:
-            raise EngineError(f"--threads must be >= 1, got {args.threads}")
-        if not os.path.exists(args.gguf):
-            raise EngineError(f"{args.gguf}: no such file")
-        model = Model(args.gguf, n_threads=args.threads)
-        resolve_budget(args.budget, model.n_ctx_train)  # a bad --budget is reported before anything else
-        chat = Chat(model, budget=args.budget, policy=args.policy, slack=args.slack, positions=args.positions,
-                    system=args.system, template=template, n_threads=args.threads, temperature=args.temp,
-                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, max_tokens=args.max_tokens,
-                    on_notice=lambda m: err(f"note: {m}"))
+        with cli.preflight():
+            check_policy(args.policy)
+            template = None
+            if args.chat_template:
+                template = cli.read_text(args.chat_template, "--chat-template")
+            cli.check_threads(args.threads)
+            cli.check_input(args.gguf, "--gguf")
+            model = Model(args.gguf, n_threads=args.threads)
+            resolve_budget(args.budget, model.n_ctx_train)  # a bad --budget is reported before anything else
+            chat = Chat(model, budget=args.budget, policy=args.policy, slack=args.slack, positions=args.positions,
+                        system=args.system, template=template, n_threads=args.threads, temperature=args.temp,
+                        top_k=args.top_k, top_p=args.top_p, seed=args.seed, max_tokens=args.max_tokens,
+                        on_notice=lambda m: err(f"note: {m}"))
         err(f"model: {model.desc}")
         err(f"kv: policy {args.policy}, budget {chat.budget} tokens + slack {chat.slack} (n_ctx {chat.n_ctx}, "
             f"{_mib(chat.session.kv_bytes_alloc)}), positions {args.positions}; /help for commands")
@@ -665,9 +677,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                 warned_positions = True
                 err(f"note: positions passed the model's trained context ({model.n_ctx_train}): with "
                     f"--positions original RoPE is now out of its trained range; --positions shift keeps it in range")
-    except EngineError as e:
-        err(f"error: {e}")
-        return 1
     except BrokenPipeError:  # the reader of stdout went away (| head)
         try:
             sys.stdout = open(os.devnull, "w")

@@ -85,3 +85,45 @@ class Eviction:
 
 
 EvictionLike = Union[Eviction, dict, None]
+
+
+# What each policy of the C registry (src/policies/registry.c) keeps, and the Eviction fields its scoring
+# reads besides budget, schedule, slack and positions (which every policy takes). The tools' --help is
+# generated from this; tests/test_cli_edges.py checks that it covers every policy the C core registers
+# and names only Eviction fields. Adding a policy: its C file, its line in registry.c, its entry here.
+POLICY_INFO = {
+    "full": ("keeps every entry (no eviction)", ()),
+    "streaming": ("the first n_sink tokens and the most recent ones (StreamingLLM)", ("n_sink",)),
+    "h2o": ("highest accumulated attention, normalised by how many queries saw the key (H2O)", ()),
+    "tova": ("highest attention of the last query, one keep-set per layer (TOVA)", ()),
+    "snapkv": ("the window, then the highest pooled window attention (SnapKV)", ("window", "kernel")),
+    "pyramidkv": ("SnapKV scores, per-layer budgets falling with depth (PyramidKV)",
+                  ("window", "kernel", "pyramid_beta")),
+    "adakv": ("per-head budgets within a layer over snapkv or restkv scores (AdaKV)",
+              ("window", "kernel", "ada_floor", "ada_base")),
+    "lacache": ("a ladder pattern of kept spans across layers (LaCache)",
+                ("n_sink", "window", "lacache_span", "lacache_overlap")),
+    "restkv": ("ReST-KV: EMA of window attention times output-space distance, adaptive pooling",
+               ("window", "kernel", "ema_alpha", "aws_beta")),
+    "topk": ("evicts nothing: each query attends to its top budget-fraction of keys (sparse attention)", ()),
+}
+
+
+def policy_help(options: bool = True) -> str:
+    """The policies of this build with what they keep and their parameters (defaults), for --help.
+
+    options: name the parameters as command-line options (--n-sink 4), else as fields (n_sink=4)."""
+    d = Eviction()
+    names = policies()
+    w = max(len(n) for n in names)
+    lines = ["eviction policies (--policy NAME) and the parameters each reads, with their defaults:"]
+    for name in names:
+        desc, params = POLICY_INFO.get(name, ("(no description)", ()))
+        lines.append(f"  {name.ljust(w)}  {desc}")
+        if params:
+            ps = [f"--{p.replace('_', '-')} {getattr(d, p)}" if options else f"{p}={getattr(d, p)}" for p in params]
+            lines.append(f"  {' ' * w}  parameters: {', '.join(ps)}")
+    lines.append("every policy also takes the budget (a fraction in (0, 1] of the entries kept, or a token "
+                 "count >= 2),")
+    lines.append("the positions of kept keys (original or shift) and, when streaming, the slack.")
+    return "\n".join(lines)

@@ -17,7 +17,8 @@ Protocol, per passage:
   * then logprobs([ctx[-1]] + target, return_argmax=True) is evaluated on top of the compressed
     cache, so every scored prediction, the target's first token included, depends on it.
 Accuracy: the greedy (argmax) prediction equals every target token. Perplexity: exp of the mean
-over passages of the target word's total negative log-likelihood (nats).
+over passages of the target word's total negative log-likelihood (nats), summed exactly (math.fsum);
+inf when that mean passes ~709 (targets of many unlikely tokens), never an overflow error.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from . import cli
 from .errors import EngineError
-from .perplexity import _as_eviction, _bar, _find_shared, kv_rows, print_table
+from .perplexity import _as_eviction, _bar, exp_mean, kv_rows, print_table
 
 CASES = ("continuation", "separate")
 
@@ -74,33 +76,31 @@ class LambadaResult:
     kv_bytes_alloc: int = 0
     kv_bytes_full: float = 0.0       # the uncompressed prefill, mean (what the full cache holds there)
     n_tokens_evaluated: int = 0
-
-
-def default_data() -> Optional[str]:
-    return _find_shared("lambada", "lambada_development_plain_text.txt")
+    partial: bool = False            # True: interrupted, the figures cover the passages completed (n_scored)
 
 
 def load_passages(path: str, limit: Optional[int] = None) -> list[str]:
     """Passages of a LAMBADA file: jsonl with a 'text' field, or one passage a line."""
-    if not os.path.exists(path):
-        raise EngineError(f"{path}: no such file")
+    if limit is not None and limit < 1:
+        raise EngineError(f"--limit must be >= 1 (leave it out for all), got {limit}")
+    text = cli.read_text(path, "LAMBADA file")
     out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for ln, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith("{"):
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise EngineError(f"{path}:{ln}: not valid JSON: {e}") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                    raise EngineError(f"{path}:{ln}: a JSON line needs a 'text' string")
-                line = obj["text"].strip()
-            out.append(line)
-            if limit is not None and limit > 0 and len(out) >= limit:
-                break
+    # lines as a text-mode file would give them (universal newlines), not str.splitlines()'s
+    for ln, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EngineError(f"{path}:{ln}: not valid JSON: {e}") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise EngineError(f"{path}:{ln}: a JSON line needs a 'text' string")
+            line = obj["text"].strip()
+        out.append(line)
+        if limit is not None and len(out) >= limit:
+            break
     if not out:
         raise EngineError(f"{path}: no passages")
     return out
@@ -161,6 +161,10 @@ class _Tally:
         self.kv_peak = 0
         self.seconds = 0.0
 
+    def ppl(self) -> float:
+        """exp(mean target NLL): summed exactly, inf rather than an overflow (see the module docstring)."""
+        return exp_mean(math.fsum(self.nlls), len(self.nlls))
+
 
 def lambada_many(model, items: Sequence[LambadaItem] | Sequence[str], evictions: list,
                  n_threads: Optional[int] = None, progress: bool = True, on_passage=None,
@@ -186,68 +190,79 @@ def lambada_many(model, items: Sequence[LambadaItem] | Sequence[str], evictions:
     tallies = [_Tally() for _ in evs]
     every = max(1, len(items) // 10)
     bar = _bar(progress, len(items), "passage", "lambada", bar_position)
-    with SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx)) as sp:
-        alloc = sp.kv_bytes_alloc
-        for i, it in enumerate(items):
-            ctx, target = it.context_ids, it.target_ids
-            results = [None] * len(evs)
-            for j, s, pf in sp.prefill(ctx[:-1]):
-                t = tallies[j]
-                t0 = time.perf_counter()
-                t.kv_pre.append(pf.kv_bytes_full)
-                t.kv_kept.append(pf.kv_bytes_kept)
-                t.kept_tokens.append(t.kv_kept[-1] * n_ctx / alloc)  # entries per (layer, kv-head) buffer, mean
-                lp, am = s.logprobs([ctx[-1]] + list(target), return_argmax=True)
-                t.kv_peak = max(t.kv_peak, t.kv_pre[-1], s.kv_bytes_used)
-                correct = bool(np.array_equal(am, np.asarray(target, dtype=np.int32)))
-                nll = float(-lp.astype(np.float64).sum())
-                t.nlls.append(nll)
-                t.n_correct += correct
-                t.n_target += len(target)
-                t.n_eval += len(ctx) + len(target)
-                t.cases[it.case] = t.cases.get(it.case, 0) + 1
-                if (i + 1) % every == 0 or i + 1 == len(items):
-                    t.running.append((t.n_correct / (i + 1), math.exp(float(np.mean(t.nlls)))))
-                t.seconds += pf.seconds + time.perf_counter() - t0
-                results[j] = (correct, nll)
-            if bar is not None:
-                t = tallies[0]
-                bar.set_postfix(acc=f"{t.n_correct / (i + 1):.4f}", ppl=f"{math.exp(float(np.mean(t.nlls))):.3f}")
-                bar.update(1)
-            if on_passage is not None:
-                on_passage(i, results)
-    if bar is not None:
-        bar.close()
-    n = len(items)
+    alloc = 0
+    try:
+        with SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx)) as sp:
+            alloc = sp.kv_bytes_alloc
+            for i, it in enumerate(items):
+                ctx, target = it.context_ids, it.target_ids
+                results = [None] * len(evs)
+                for j, s, pf in sp.prefill(ctx[:-1]):
+                    t = tallies[j]
+                    t0 = time.perf_counter()
+                    lp, am = s.logprobs([ctx[-1]] + list(target), return_argmax=True)
+                    # a passage counts in a tally only once scored (an interruption leaves whole passages)
+                    t.kv_pre.append(pf.kv_bytes_full)
+                    t.kv_kept.append(pf.kv_bytes_kept)
+                    t.kept_tokens.append(t.kv_kept[-1] * n_ctx / alloc)  # entries per (layer, kv-head) buffer
+                    t.kv_peak = max(t.kv_peak, t.kv_pre[-1], s.kv_bytes_used)
+                    correct = bool(np.array_equal(am, np.asarray(target, dtype=np.int32)))
+                    nll = float(-lp.astype(np.float64).sum())
+                    t.nlls.append(nll)
+                    t.n_correct += correct
+                    t.n_target += len(target)
+                    t.n_eval += len(ctx) + len(target)
+                    t.cases[it.case] = t.cases.get(it.case, 0) + 1
+                    if (i + 1) % every == 0 or i + 1 == len(items):
+                        t.running.append((t.n_correct / (i + 1), t.ppl()))
+                    t.seconds += pf.seconds + time.perf_counter() - t0
+                    results[j] = (correct, nll)
+                if bar is not None:
+                    t = tallies[0]
+                    bar.set_postfix(acc=f"{t.n_correct / (i + 1):.4f}", ppl=f"{t.ppl():.3f}")
+                    bar.update(1)
+                if on_passage is not None:
+                    on_passage(i, results)
+    except KeyboardInterrupt:
+        done = min(len(t.nlls) for t in tallies)
+        partial = _results(tallies, evs, skipped, n_ctx, alloc, partial=True) if done else None
+        raise cli.Interrupted(partial, done, len(items), "passages") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    return _results(tallies, evs, skipped, n_ctx, alloc)
+
+
+def _results(tallies, evs, skipped, n_ctx, alloc, partial=False) -> list[LambadaResult]:
     out = []
     for t, ev in zip(tallies, evs):
-        acc = t.n_correct / n
-        res = LambadaResult(accuracy=acc, accuracy_stderr=math.sqrt(acc * (1 - acc) / n),
-                            ppl=math.exp(float(np.mean(t.nlls))), n_scored=n, n_correct=t.n_correct,
+        n = len(t.nlls)  # passages scored
+        acc = t.n_correct / n if n else float("nan")
+        res = LambadaResult(accuracy=acc, accuracy_stderr=math.sqrt(acc * (1 - acc) / n) if n else float("nan"),
+                            ppl=t.ppl() if n else float("nan"), n_scored=n, n_correct=t.n_correct,
                             n_target_tokens=t.n_target, n_skipped=skipped,
                             target_cases=t.cases, running=t.running, seconds=t.seconds,
                             tokens_per_second=t.n_eval / t.seconds if t.seconds > 0 else 0.0, n_ctx=n_ctx,
                             budget_tokens_mean=float(np.mean(t.kept_tokens)), kv_bytes_peak=t.kv_peak,
                             kv_bytes_mean=float(np.mean(t.kv_kept)), kv_bytes_alloc=alloc,
-                            kv_bytes_full=float(np.mean(t.kv_pre)), n_tokens_evaluated=t.n_eval)
+                            kv_bytes_full=float(np.mean(t.kv_pre)), n_tokens_evaluated=t.n_eval,
+                            partial=partial)
         if ev is not None:
             res.policy, res.budget, res.eviction = ev.policy, float(ev.budget), ev.as_dict()
         out.append(res)
     return out
 
 
-def run_cli(args, ev) -> int:
-    """python -m engine.perplexity --dataset lambada (args from its parser); EngineError propagates."""
-    from . import Model
+def prepare_cli(args) -> tuple:
+    """python -m engine.perplexity --dataset lambada (args from its parser, checked there), up to the
+    scoring: the data read and tokenised, the model open. Returns score_cli's arguments."""
+    from .perplexity import open_model
 
     if args.protocol != "prefix":
         raise EngineError("LAMBADA is scored with the prefix protocol only (--protocol prefix)")
-    path = args.file or default_data()
-    if not path:
-        raise EngineError("no LAMBADA file given (--data FILE) and "
-                          "../shared/data/lambada/lambada_development_plain_text.txt not found")
+    path = cli.dataset_path(args.dataset, args.file, args.data_dir)
     passages = load_passages(path, args.limit)
-    model = Model(args.gguf, n_threads=args.threads)
+    model, threads = open_model(args)
     t0 = time.perf_counter()
     items, skipped = prepare(model, passages)
     print(f"model: {model.desc}", file=sys.stderr)
@@ -255,9 +270,21 @@ def run_cli(args, ev) -> int:
           f"(tokenised in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     if not items:
         raise EngineError(f"{path}: no passage with a context and a last word")
-    res = lambada(model, items, eviction=ev, n_threads=args.threads, progress=not args.no_progress)
-    res.n_skipped = skipped
-    res.model, res.data, res.threads = args.gguf, path, model.session(n_ctx=4).n_threads
+    return model, threads, path, items, skipped
+
+
+def score_cli(args, ev, model, threads, path, items, skipped) -> int:
+    """The scoring and report of python -m engine.perplexity --dataset lambada, after prepare_cli."""
+    def label(res):
+        res.n_skipped = skipped
+        res.model, res.data, res.threads = args.gguf, path, threads
+        return asdict(res)
+
+    try:
+        res = lambada(model, items, eviction=ev, n_threads=args.threads, progress=not args.no_progress)
+    except cli.Interrupted as e:
+        return cli.interrupted(e, args.json_out, label)
+    label(res)
     cases = ", ".join(f"{k} {v}" for k, v in res.target_cases.items())
     print(f"LAMBADA: accuracy = {res.accuracy:.4f} +/- {res.accuracy_stderr:.4f} ({res.n_correct}/{res.n_scored}), "
           f"ppl = {res.ppl:.4f}")
@@ -268,15 +295,14 @@ def run_cli(args, ev) -> int:
         blabel = f"{res.budget:g} (full cache)"
     else:
         blabel = f"{res.budget:g} ({res.budget_tokens_mean:.1f} entries kept per buffer, mean)"
-    print_table([("dataset", f"lambada ({os.path.basename(path)})"), ("model", os.path.basename(args.gguf)),
+    print_table([("dataset", f"{args.dataset} ({os.path.basename(path)})"), ("model", os.path.basename(args.gguf)),
                  ("policy", res.policy), ("budget", blabel), ("protocol", res.protocol),
                  ("accuracy", f"{res.accuracy:.4f} +/- {res.accuracy_stderr:.4f} ({res.n_correct}/{res.n_scored})"),
                  ("perplexity", f"{res.ppl:.4f}"), ("target tokenisation", cases),
                  ("passages skipped", str(res.n_skipped)), *kv_rows(res),
                  ("tokens/s", f"{res.tokens_per_second:.1f}"), ("seconds", f"{res.seconds:.1f}")])
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(asdict(res), f, indent=2)
+        cli.write_json(args.json_out, asdict(res))
     return 0
 
 

@@ -31,7 +31,6 @@ LAMBADA (--dataset lambada): see engine.lambada.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -41,6 +40,8 @@ from typing import Optional
 
 import numpy as np
 
+from . import cli
+from .cli import check_budget  # noqa: F401  (re-exported: the budget check of the library and the tools)
 from .errors import EngineError
 
 PROTOCOLS = ("prefix", "streaming")
@@ -78,6 +79,7 @@ class PerplexityResult:
     kv_bytes_full: float = 0.0     # what the full cache holds at the same points (prefix: the prefill;
                                    # streaming: n_ctx tokens)
     n_tokens_evaluated: int = 0
+    partial: bool = False          # True: interrupted, the figures cover the chunks completed (n_chunks)
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -89,22 +91,6 @@ def check_policy(policy: str) -> str:
     if policy not in known:
         raise EngineError(f"unknown policy {policy!r} (known: {', '.join(known)})")
     return policy
-
-
-def check_budget(budget) -> float:
-    """(0, 1]: a fraction of the entries; an integer >= 2: a number of tokens."""
-    try:
-        b = float(budget)
-    except (TypeError, ValueError):
-        raise EngineError(f"--budget {budget!r} is not a number") from None
-    if not math.isfinite(b) or b <= 0:
-        raise EngineError(f"--budget {budget}: must be > 0 (a fraction in (0, 1] or a token count >= 2)")
-    if 1 < b < 2:
-        raise EngineError(f"--budget {budget:g}: between 1 and 2 is neither a fraction in (0, 1] "
-                          "nor a token count >= 2")
-    if b >= 2 and b != int(b):
-        raise EngineError(f"--budget {budget:g}: a budget above 1 is a token count and must be an integer >= 2")
-    return b
 
 
 def budget_tokens(budget: float, n: int) -> int:
@@ -165,7 +151,7 @@ def add_eviction_args(p: argparse.ArgumentParser, policy_budget: bool = True) ->
                             "prefilled half; streaming: of --ctx), or an integer >= 2, a number of tokens "
                             "(default 1.0 = the full cache)")
         g.add_argument("--policy", default=None,
-                       help="eviction policy (engine.eviction.policies(); default 'full', needed when --budget < 1)")
+                       help="eviction policy, see the list below (default 'full'; needed when --budget < 1)")
     g.add_argument("--protocol", choices=PROTOCOLS, default="prefix",
                    help="prefix: each chunk's first half prefilled and compressed, second half scored on top "
                         "(default; = llama-perplexity at budget 1); streaming: the whole text through a "
@@ -212,9 +198,17 @@ def resolve_policy(policy: Optional[str], budget: float, protocol: str = "prefix
     return policy
 
 
+def exp_mean(total: float, count: int) -> float:
+    """exp(total / count), the perplexity of `count` predictions of summed NLL `total` (nats): inf when
+    it does not fit a float (a mean NLL above ~709, e.g. long LAMBADA targets of binary junk), not an
+    OverflowError."""
+    mean = total / count
+    return math.exp(mean) if mean < 709.0 else float("inf")
+
+
 def _running(nll_sum: float, nll2_sum: float, count: int) -> tuple[float, float]:
     mean = nll_sum / count
-    ppl = math.exp(mean)
+    ppl = exp_mean(nll_sum, count)
     if count < 2:
         return ppl, float("nan")
     var = max(nll2_sum / count - mean * mean, 0.0)
@@ -232,6 +226,43 @@ def _bar(progress: bool, total: int, unit: str, desc: str, position: int = 0):
 
 # ---------------------------------------------------------------- perplexity
 
+def check_ctx(n_ctx: int) -> int:
+    if n_ctx < 4 or n_ctx % 2:
+        raise EngineError(f"--ctx must be an even number >= 4, got {n_ctx}")
+    return n_ctx
+
+
+def check_chunks(n_ctx: int, n_chunks: Optional[int], n_tokens: int) -> int:
+    """The number of chunks to score: n_chunks (None: all) of the n_tokens // n_ctx the text has."""
+    check_ctx(n_ctx)
+    if n_chunks is not None and n_chunks < 1:
+        raise EngineError(f"--chunks must be >= 1 (leave it out for all), got {n_chunks}")
+    if n_tokens < 2 * n_ctx:
+        raise EngineError(f"need at least 2*ctx = {2 * n_ctx} tokens, the text has {n_tokens}")
+    total = n_tokens // n_ctx
+    return total if n_chunks is None else min(n_chunks, total)
+
+
+def check_run(n_tokens: int, n_ctx: int, n_chunks: Optional[int], ev, protocol: str) -> int:
+    """Every check of a perplexity() run that needs no model work; the number of chunks."""
+    if protocol not in PROTOCOLS:
+        raise EngineError(f"unknown protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
+    n = check_chunks(n_ctx, n_chunks, n_tokens)
+    if ev is not None:
+        resolve_policy(ev.policy, ev.budget, protocol)
+    if protocol == "streaming":
+        if ev is None:
+            raise EngineError("the streaming protocol needs an eviction policy (eviction=...)")
+        if n_chunks is not None and n < 2:
+            raise EngineError(f"the streaming protocol scores the tokens after the first ctx: "
+                              f"--chunks {n_chunks} must be >= 2")
+        kept = budget_tokens(ev.budget, n_ctx)
+        if kept < 2:
+            raise EngineError(f"--budget {ev.budget:g} of --ctx {n_ctx} keeps {kept} token(s); "
+                              "the streaming protocol needs at least 2")
+    return n
+
+
 def perplexity(model, tokens: list[int] | np.ndarray, n_ctx: int = 512, n_chunks: Optional[int] = None,
                n_threads: Optional[int] = None, bos_id: Optional[int] = None, progress: bool = True,
                on_chunk=None, eviction=None, protocol: str = "prefix", piece: int = STREAM_PIECE,
@@ -244,24 +275,10 @@ def perplexity(model, tokens: list[int] | np.ndarray, n_ctx: int = 512, n_chunks
     """
     tokens = np.asarray(tokens, dtype=np.int32)
     ev = _as_eviction(eviction)
-    if protocol not in PROTOCOLS:
-        raise EngineError(f"unknown protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
-    if n_ctx < 4 or n_ctx % 2:
-        raise EngineError(f"--ctx must be an even number >= 4, got {n_ctx}")
-    if len(tokens) < 2 * n_ctx:
-        raise EngineError(f"need at least 2*ctx = {2 * n_ctx} tokens, the text has {len(tokens)}")
-    total = len(tokens) // n_ctx
-    n = total if not n_chunks or n_chunks < 0 else min(n_chunks, total)
+    n = check_run(len(tokens), n_ctx, n_chunks, ev, protocol)
     n_file = len(tokens)
-    if ev is not None:
-        resolve_policy(ev.policy, ev.budget, protocol)
     if protocol == "streaming":
-        if ev is None:
-            raise EngineError("the streaming protocol needs an eviction policy (eviction=...)")
-        if n_chunks and n_chunks > 0:
-            if n < 2:
-                raise EngineError(f"the streaming protocol scores the tokens after the first ctx: "
-                                  f"--chunks {n_chunks} must be >= 2")
+        if n_chunks is not None:
             tokens = tokens[:n * n_ctx]
         res = _streaming(model, tokens, n_ctx, ev, n_threads, progress, on_chunk, max(1, int(piece)), on_piece,
                          bar_position)
@@ -285,15 +302,10 @@ def perplexity_many(model, tokens: list[int] | np.ndarray, evictions: list, n_ct
     evs = [_as_eviction(e) for e in evictions]
     if not evs:
         raise EngineError("perplexity_many: no eviction configuration given")
-    if n_ctx < 4 or n_ctx % 2:
-        raise EngineError(f"--ctx must be an even number >= 4, got {n_ctx}")
-    if len(tokens) < 2 * n_ctx:
-        raise EngineError(f"need at least 2*ctx = {2 * n_ctx} tokens, the text has {len(tokens)}")
+    n = check_chunks(n_ctx, n_chunks, len(tokens))
     for ev in evs:
         if ev is not None:
             resolve_policy(ev.policy, ev.budget, "prefix")
-    total = len(tokens) // n_ctx
-    n = total if not n_chunks or n_chunks < 0 else min(n_chunks, total)
     out = _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_chunk, bar_position)
     for res, ev in zip(out, evs):
         if ev is not None:
@@ -323,7 +335,10 @@ class _Tally:
 
 def _prefix(model, tokens, n_ctx, n, bos_id, ev, n_threads, progress, on_chunk, bar_position) -> PerplexityResult:
     cb = None if on_chunk is None else (lambda i, ppls: on_chunk(i, ppls[0]))
-    return _prefix_many(model, tokens, n_ctx, n, bos_id, [ev], n_threads, progress, cb, bar_position)[0]
+    try:
+        return _prefix_many(model, tokens, n_ctx, n, bos_id, [ev], n_threads, progress, cb, bar_position)[0]
+    except cli.Interrupted as e:
+        raise cli.Interrupted(e.result[0] if e.result else None, e.done, e.total, e.unit) from None
 
 
 def _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_chunk,
@@ -334,40 +349,54 @@ def _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_c
     first = n_ctx // 2
     tallies = [_Tally() for _ in evs]
     bar = _bar(progress, n, "chunk", "perplexity", bar_position)
-    with SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx)) as sp:
-        for i in range(n):
-            chunk = tokens[i * n_ctx:(i + 1) * n_ctx].copy()
-            if bos_id is not None:
-                chunk[0] = bos_id
-            for j, s, pf in sp.prefill(chunk[:first]):
-                t = tallies[j]
-                t0 = time.perf_counter()
-                t.kv_pre.append(pf.kv_bytes_full)
-                t.kv_kept.append(pf.kv_bytes_kept)
-                lp = s.logprobs(chunk[first:]).astype(np.float64)
-                t.kv_peak = max(t.kv_peak, s.kv_bytes_used, t.kv_pre[-1])
-                t.add(lp)
-                # what this configuration alone would have taken: its prefill, compression and scoring
-                t.seconds += pf.seconds + time.perf_counter() - t0
-            if bar is not None:
-                bar.set_postfix(ppl=" ".join(f"{t.running[-1]:.4f}" for t in tallies[:4])
-                                + (" ..." if len(tallies) > 4 else ""))
-                bar.update(1)
-            if on_chunk is not None:
-                on_chunk(i, [t.running[-1] for t in tallies])
-        alloc = sp.kv_bytes_alloc
-    if bar is not None:
-        bar.close()
+    alloc = 0
+    try:
+        with SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx)) as sp:
+            alloc = sp.kv_bytes_alloc
+            for i in range(n):
+                chunk = tokens[i * n_ctx:(i + 1) * n_ctx].copy()
+                if bos_id is not None:
+                    chunk[0] = bos_id
+                for j, s, pf in sp.prefill(chunk[:first]):
+                    t = tallies[j]
+                    t0 = time.perf_counter()
+                    lp = s.logprobs(chunk[first:]).astype(np.float64)
+                    # a chunk counts in a tally only once scored (an interruption leaves whole chunks)
+                    t.kv_pre.append(pf.kv_bytes_full)
+                    t.kv_kept.append(pf.kv_bytes_kept)
+                    t.kv_peak = max(t.kv_peak, s.kv_bytes_used, t.kv_pre[-1])
+                    t.add(lp)
+                    # what this configuration alone would have taken: its prefill, compression and scoring
+                    t.seconds += pf.seconds + time.perf_counter() - t0
+                if bar is not None:
+                    bar.set_postfix(ppl=" ".join(f"{t.running[-1]:.4f}" for t in tallies[:4])
+                                    + (" ..." if len(tallies) > 4 else ""))
+                    bar.update(1)
+                if on_chunk is not None:
+                    on_chunk(i, [t.running[-1] for t in tallies])
+    except KeyboardInterrupt:
+        done = min(len(t.running) for t in tallies)
+        partial = _prefix_results(tallies, evs, n_ctx, len(tokens), alloc, partial=True) if done else None
+        raise cli.Interrupted(partial, done, n, "chunks") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    return _prefix_results(tallies, evs, n_ctx, len(tokens), alloc)
+
+
+def _prefix_results(tallies, evs, n_ctx, n_file, alloc, partial=False) -> list[PerplexityResult]:
+    first = n_ctx // 2
     out = []
     for t, ev in zip(tallies, evs):
-        ppl, err = _running(t.nll_sum, t.nll2_sum, t.count)
+        n = len(t.running)  # chunks scored
+        ppl, err = _running(t.nll_sum, t.nll2_sum, t.count) if t.count else (float("nan"), float("nan"))
         out.append(PerplexityResult(
-            ppl=ppl, ppl_stderr=err, n_chunks=n, n_ctx=n_ctx, n_scored=t.count, n_tokens_file=len(tokens),
+            ppl=ppl, ppl_stderr=err, n_chunks=n, n_ctx=n_ctx, n_scored=t.count, n_tokens_file=n_file,
             chunk_ppl=t.running, seconds=t.seconds,
             tokens_per_second=n * n_ctx / t.seconds if t.seconds > 0 else 0.0, kv_bytes_peak=t.kv_peak,
             budget_tokens=budget_tokens(ev.budget, first) if ev is not None else first,
-            kv_bytes_mean=float(np.mean(t.kv_kept)), kv_bytes_alloc=alloc,
-            kv_bytes_full=float(np.mean(t.kv_pre)), n_tokens_evaluated=n * n_ctx))
+            kv_bytes_mean=float(np.mean(t.kv_kept)) if n else 0.0, kv_bytes_alloc=alloc,
+            kv_bytes_full=float(np.mean(t.kv_pre)) if n else 0.0, n_tokens_evaluated=n * n_ctx, partial=partial))
     return out
 
 
@@ -375,9 +404,6 @@ def _streaming(model, tokens, n_ctx, ev, n_threads, progress, on_chunk, piece, o
                bar_position) -> PerplexityResult:
     n_tok = len(tokens)
     kept = budget_tokens(ev.budget, n_ctx)
-    if kept < 2:
-        raise EngineError(f"--budget {ev.budget:g} of --ctx {n_ctx} keeps {kept} token(s); "
-                          "the streaming protocol needs at least 2")
     s_ctx = kept + ev.slack + 1
     evs = replace(ev, budget=float(kept), schedule="streaming")
     bar = _bar(progress, n_tok, "tok", "perplexity (streaming)", bar_position)
@@ -385,102 +411,118 @@ def _streaming(model, tokens, n_ctx, ev, n_threads, progress, on_chunk, piece, o
     count = 0
     running = []
     samples = []
-    kv_peak = 0
+    kv_peak = alloc = 0
+    per_token = 0.0
     next_report = n_ctx  # running estimate after every n_ctx scored tokens
     t0 = time.perf_counter()
-    with model.session(n_ctx=s_ctx, n_threads=n_threads, n_batch=min(512, s_ctx)) as s:
-        s.set_eviction(evs)
-        per_token = s.kv_bytes_alloc / s_ctx
-        # warm-up: tokens[0 .. n_ctx) only fill the cache
-        for a in range(0, n_ctx, piece):
-            b = min(a + piece, n_ctx)
-            s.eval(tokens[a:b], logits=None)
-            used = s.kv_bytes_used
-            samples.append(used)
-            kv_peak = max(kv_peak, used)
-            if on_piece is not None:
-                on_piece(s)
-            if bar is not None:
-                bar.update(b - a)
-        # scored: tokens[t], t = n_ctx .. n_tok-1, each predicted from everything before it; score_first
-        # makes each piece's first token predicted from the previous piece's last, so every prediction
-        # is scored exactly once and no token is evaluated twice
-        a = n_ctx
-        while a < n_tok:
-            # pieces end on the chunk boundaries (every n_ctx scored), where the running estimate is taken
-            b = min(a + piece, n_tok, n_ctx + next_report)
-            lp = s.logprobs(tokens[a:b], score_first=True).astype(np.float64)
-            used = s.kv_bytes_used
-            samples.append(used)
-            kv_peak = max(kv_peak, used)
-            if on_piece is not None:
-                on_piece(s)
-            nll_sum += float(-lp.sum())
-            nll2_sum += float((lp * lp).sum())
-            count += len(lp)
-            ppl, _ = _running(nll_sum, nll2_sum, count)
-            if count == next_report or b == n_tok:
-                running.append(ppl)
-                if on_chunk is not None:
-                    on_chunk(len(running) - 1, ppl)
-                next_report += n_ctx
-            if bar is not None:
-                bar.set_postfix(ppl=f"{ppl:.4f}")
-                bar.update(b - a)
-            a = b
-        alloc = s.kv_bytes_alloc
-    if bar is not None:
-        bar.close()
-    secs = time.perf_counter() - t0
-    ppl, err = _running(nll_sum, nll2_sum, count)
-    return PerplexityResult(ppl=ppl, ppl_stderr=err, n_chunks=len(running), n_ctx=n_ctx, n_scored=count,
-                            n_tokens_file=n_tok, chunk_ppl=running, seconds=secs,
-                            tokens_per_second=(n_tok - 1) / secs if secs > 0 else 0.0, kv_bytes_peak=kv_peak,
-                            budget_tokens=kept, kv_bytes_mean=float(np.mean(samples)), kv_bytes_alloc=alloc,
-                            kv_bytes_full=per_token * n_ctx, n_tokens_evaluated=n_tok - 1)
+
+    def result(partial: bool = False) -> PerplexityResult:
+        secs = time.perf_counter() - t0
+        ppl, err = _running(nll_sum, nll2_sum, count)
+        n_eval = n_ctx + count - 1  # the warm-up and every token scored (all of them when complete)
+        return PerplexityResult(ppl=ppl, ppl_stderr=err, n_chunks=len(running), n_ctx=n_ctx, n_scored=count,
+                                n_tokens_file=n_tok, chunk_ppl=running, seconds=secs,
+                                tokens_per_second=n_eval / secs if secs > 0 else 0.0, kv_bytes_peak=kv_peak,
+                                budget_tokens=kept, kv_bytes_mean=float(np.mean(samples)), kv_bytes_alloc=alloc,
+                                kv_bytes_full=per_token * n_ctx, n_tokens_evaluated=n_eval, partial=partial)
+
+    try:
+        with model.session(n_ctx=s_ctx, n_threads=n_threads, n_batch=min(512, s_ctx)) as s:
+            s.set_eviction(evs)
+            alloc = s.kv_bytes_alloc
+            per_token = alloc / s_ctx
+            # warm-up: tokens[0 .. n_ctx) only fill the cache
+            for a in range(0, n_ctx, piece):
+                b = min(a + piece, n_ctx)
+                s.eval(tokens[a:b], logits=None)
+                used = s.kv_bytes_used
+                samples.append(used)
+                kv_peak = max(kv_peak, used)
+                if on_piece is not None:
+                    on_piece(s)
+                if bar is not None:
+                    bar.update(b - a)
+            # scored: tokens[t], t = n_ctx .. n_tok-1, each predicted from everything before it; score_first
+            # makes each piece's first token predicted from the previous piece's last, so every prediction
+            # is scored exactly once and no token is evaluated twice
+            a = n_ctx
+            while a < n_tok:
+                # pieces end on the chunk boundaries (every n_ctx scored), where the running estimate is taken
+                b = min(a + piece, n_tok, n_ctx + next_report)
+                lp = s.logprobs(tokens[a:b], score_first=True).astype(np.float64)
+                used = s.kv_bytes_used
+                samples.append(used)
+                kv_peak = max(kv_peak, used)
+                if on_piece is not None:
+                    on_piece(s)
+                nll_sum += float(-lp.sum())
+                nll2_sum += float((lp * lp).sum())
+                count += len(lp)
+                ppl, _ = _running(nll_sum, nll2_sum, count)
+                if count == next_report or b == n_tok:
+                    running.append(ppl)
+                    if on_chunk is not None:
+                        on_chunk(len(running) - 1, ppl)
+                    next_report += n_ctx
+                if bar is not None:
+                    bar.set_postfix(ppl=f"{ppl:.4f}")
+                    bar.update(b - a)
+                a = b
+    except KeyboardInterrupt:
+        raise cli.Interrupted(result(partial=True) if count else None, count, n_tok - n_ctx,
+                              "tokens scored") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    return result()
 
 
 # ---------------------------------------------------------------- CLI
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m engine.perplexity",
-        description="Perplexity of a GGUF model on a text file, with llama.cpp's llama-perplexity protocol: "
-                    "non-overlapping chunks of --ctx tokens, each from an empty cache, the second half of "
-                    "each chunk scored. Prints the running estimate per chunk and "
-                    "'Final estimate: PPL = x +/- y'. With --budget < 1 and --policy, the first half of "
-                    "each chunk is compressed to the budget before the second half is scored (--protocol "
-                    "prefix), or the whole text streams through a bounded cache (--protocol streaming). "
-                    "--dataset lambada scores LAMBADA's last words instead.")
+    from .eviction import policy_help
+
+    p = cli.Parser(
+        "python -m engine.perplexity",
+        "Perplexity of a GGUF model on a text file, with llama.cpp's llama-perplexity protocol: "
+        "non-overlapping chunks of --ctx tokens, each from an empty cache, the second half of "
+        "each chunk scored. Prints the running estimate per chunk and "
+        "'Final estimate: PPL = x +/- y'. With --budget < 1 and --policy, the first half of "
+        "each chunk is compressed to the budget before the second half is scored (--protocol "
+        "prefix), or the whole text streams through a bounded cache (--protocol streaming). "
+        "--dataset lambada scores LAMBADA's last words instead (the same as python -m engine.lambada).",
+        epilog=policy_help() + "\n\n" + EXIT_HELP)
     p.add_argument("--gguf", "-m", required=True, help="path to the GGUF model file")
     p.add_argument("-f", "--file", "--data", dest="file", default=None,
-                   help="text file to score (default: WikiText-2 test from ../shared/data if found); with "
-                        "--dataset lambada: the LAMBADA file (jsonl with 'text', or one passage a line)")
-    p.add_argument("--dataset", choices=("wikitext", "lambada"), default="wikitext",
-                   help="wikitext: perplexity of a text file (default); lambada: last-word accuracy and "
-                        "perplexity (engine.lambada)")
-    p.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default 512, as llama-perplexity)")
-    p.add_argument("--chunks", type=int, default=None, help="score only the first N chunks (default: all)")
-    p.add_argument("--limit", "--lambada-n", dest="limit", type=int, default=None,
+                   help="text file to score instead of the --dataset's; with a LAMBADA data set: the LAMBADA "
+                        "file (jsonl with 'text', or one passage a line)")
+    p.add_argument("--dataset", choices=list(cli.DATASET_KINDS), default="wikitext", metavar="NAME",
+                   help="data set, located or downloaded by engine.data (python -m engine.data list): "
+                        "wikitext = wikitext2 = wikitext-2 (WikiText-2 raw test, perplexity; the default); "
+                        "lambada = lambada-dev, lambada-test, lambada-openai (LAMBADA last-word accuracy and "
+                        "perplexity, as python -m engine.lambada)")
+    p.add_argument("--data-dir", default=None,
+                   help="data set cache folder (default: $RESTKV_DATA, else engine.data's user cache; "
+                        "../shared/data is used in place when there)")
+    p.add_argument("--ctx", type=int, default=512,
+                   help="tokens per chunk (default 512, as llama-perplexity; engine.sweep's default is 2048, "
+                        "the long-context setting of its eviction figures)")
+    p.add_argument("--chunks", type=cli.count, default=None, help="score only the first N chunks (default: all)")
+    p.add_argument("--limit", "--lambada-n", dest="limit", type=cli.count, default=None,
                    help="LAMBADA: score only the first N passages (default: all)")
-    p.add_argument("--threads", "-t", type=int, default=None, help="worker threads (default: all cores)")
+    p.add_argument("--threads", "-t", type=int, default=None,
+                   help="worker threads (default: all cores available to the process)")
     add_eviction_args(p)
-    p.add_argument("--json", dest="json_out", default=None, help="also write all figures as JSON to this file")
+    p.add_argument("--json", dest="json_out", default=None,
+                   help="also write all figures as JSON to this file (after Ctrl-C: the chunks completed, "
+                        "marked \"partial\": true)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
-def _find_shared(*parts) -> Optional[str]:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for base in (os.getcwd(), os.path.join(here, "..")):
-        cand = os.path.join(base, "..", "shared", "data", *parts)
-        if os.path.exists(cand):
-            return os.path.normpath(cand)
-    return None
-
-
-def _default_text() -> Optional[str]:
-    return _find_shared("wikitext-2", "wiki.test.raw")
+# how every tool ends (engine.cli)
+EXIT_HELP = ("exit status: 0 done, 2 bad command line or input (nothing computed), 1 failure while running, "
+             "130 interrupted (Ctrl-C).")
 
 
 def _mib(b: float) -> str:
@@ -517,67 +559,98 @@ def kv_rows(res) -> list[tuple[str, str]]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    try:
+    return cli.run(lambda: _main(args))
+
+
+def open_model(args):
+    """The model of --gguf and the threads its sessions get; checks the eviction settings against the
+    C core (a bad --kernel, --window, ... is reported before any work)."""
+    from . import Model
+
+    model = Model(args.gguf, n_threads=args.threads)
+    with model.session(n_ctx=8) as s:
+        if args.policy_ev is not None:
+            s.set_eviction(replace(args.policy_ev, schedule="prefix"))
+        return model, s.n_threads
+
+
+def _main(args) -> int:
+    with cli.preflight():
+        kind = cli.dataset_kind(args.dataset)
+        cli.check_threads(args.threads)
+        cli.check_output(args.json_out)
         policy = resolve_policy(args.policy, args.budget, args.protocol)
-        ev = eviction_from_args(args, policy=policy)
-        if args.dataset == "lambada":
+        args.policy_ev = ev = eviction_from_args(args, policy=policy)
+        if kind == "lambada":
             from . import lambada
 
-            return lambada.run_cli(args, ev)
-        path = args.file or _default_text()
-        if not path:
-            raise EngineError("no text file given (-f FILE) and ../shared/data/wikitext-2/wiki.test.raw not found")
-        if not os.path.exists(path):
-            raise EngineError(f"{path}: no such file")
-        if args.ctx < 4 or args.ctx % 2:
-            raise EngineError(f"--ctx must be an even number >= 4, got {args.ctx}")
-        from . import Model
+            prepared = lambada.prepare_cli(args)
+        else:
+            prepared = _prepare_text(args, ev)
+    if kind == "lambada":
+        return lambada.score_cli(args, ev, *prepared)
+    return _score_text(args, ev, *prepared)
 
-        model = Model(args.gguf, n_threads=args.threads)
-        text = open(path, encoding="utf-8", errors="replace").read()
-        t0 = time.perf_counter()
-        tokens = model.tokenize(text, add_special=True)
-        t_tok = time.perf_counter() - t0
-        tok = model.tokenizer
-        bos = tok.bos_id if tok.add_bos else None
-        print(f"model: {model.desc}", file=sys.stderr)
-        print(f"text: {path}: {len(tokens)} tokens (tokenised in {t_tok:.1f} s)", file=sys.stderr)
-        if args.protocol == "streaming" and ev.positions == "original":
-            n_stream = len(tokens) if not args.chunks else min(len(tokens), args.chunks * args.ctx)
-            if n_stream > model.n_ctx_train:
-                print(f"warning: streaming {n_stream} tokens with --positions original uses positions beyond "
-                      f"the model's training context ({model.n_ctx_train}); --positions shift keeps them "
-                      "within the cache", file=sys.stderr)
-        chunk_line = []
 
-        def on_chunk(i, ppl):
-            chunk_line.append(f"[{i + 1}]{ppl:.4f},")
+def _prepare_text(args, ev) -> tuple:
+    """The text read and tokenised, the model open: _score_text's arguments."""
+    check_ctx(args.ctx)
+    path = cli.dataset_path(args.dataset, args.file, args.data_dir)
+    text = cli.read_text(path)
+    model, threads = open_model(args)
+    t0 = time.perf_counter()
+    tokens = model.tokenize(text, add_special=True)
+    t_tok = time.perf_counter() - t0
+    check_run(len(tokens), args.ctx, args.chunks, ev, args.protocol)
+    return model, threads, path, tokens, t_tok
 
+
+def _score_text(args, ev, model, threads, path, tokens, t_tok) -> int:
+    tok = model.tokenizer
+    bos = tok.bos_id if tok.add_bos else None
+    print(f"model: {model.desc}", file=sys.stderr)
+    print(f"text: {path}: {len(tokens)} tokens (tokenised in {t_tok:.1f} s)", file=sys.stderr)
+    if args.protocol == "streaming" and ev.positions == "original":
+        n_stream = len(tokens) if not args.chunks else min(len(tokens), args.chunks * args.ctx)
+        if n_stream > model.n_ctx_train:
+            cli.warn(f"streaming {n_stream} tokens with --positions original uses positions beyond "
+                     f"the model's training context ({model.n_ctx_train}); --positions shift keeps them "
+                     "within the cache")
+    chunk_line = []
+
+    def on_chunk(i, ppl):
+        chunk_line.append(f"[{i + 1}]{ppl:.4f},")
+
+    def label(res):
+        res.model, res.text, res.data, res.threads = args.gguf, path, path, threads
+        return asdict(res)
+
+    try:
         res = perplexity(model, tokens, n_ctx=args.ctx, n_chunks=args.chunks, n_threads=args.threads,
                          bos_id=bos, progress=not args.no_progress, on_chunk=on_chunk, eviction=ev,
                          protocol=args.protocol)
-        res.model, res.text, res.data, res.threads = args.gguf, path, path, model.session(n_ctx=4).n_threads
-        print("".join(chunk_line))
-        print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_stderr:.5f}")
-        if args.protocol == "prefix":
-            print(f"{res.n_chunks} chunks of {res.n_ctx} tokens, {res.n_scored} scored, "
-                  f"{res.seconds:.1f} s, {res.tokens_per_second:.1f} tokens/s")
-        else:
-            print(f"{res.n_tokens_evaluated + 1} tokens streamed through a cache of {res.budget_tokens} tokens, "
-                  f"{res.n_scored} scored, {res.seconds:.1f} s, {res.tokens_per_second:.1f} tokens/s")
-        print()
-        print_table([("dataset", f"wikitext ({os.path.basename(path)})"), ("model", os.path.basename(args.gguf)),
-                     ("policy", res.policy), ("budget", budget_label(res)), ("protocol", res.protocol),
-                     ("ctx", str(res.n_ctx)), ("perplexity", f"{res.ppl:.4f} +/- {res.ppl_stderr:.5f}"),
-                     ("predictions scored", str(res.n_scored)), *kv_rows(res),
-                     ("tokens/s", f"{res.tokens_per_second:.1f}"), ("seconds", f"{res.seconds:.1f}")])
-        if args.json_out:
-            with open(args.json_out, "w") as f:
-                json.dump(asdict(res), f, indent=2)
-        return 0
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except cli.Interrupted as e:
+        if e.result is not None:  # from the result: the last chunk's on_chunk may not have run
+            print("".join(f"[{i + 1}]{p:.4f}," for i, p in enumerate(e.result.chunk_ppl)))
+        return cli.interrupted(e, args.json_out, label)
+    label(res)
+    print("".join(chunk_line))
+    print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_stderr:.5f}")
+    if args.protocol == "prefix":
+        print(f"{res.n_chunks} chunks of {res.n_ctx} tokens, {res.n_scored} scored, "
+              f"{res.seconds:.1f} s, {res.tokens_per_second:.1f} tokens/s")
+    else:
+        print(f"{res.n_tokens_evaluated + 1} tokens streamed through a cache of {res.budget_tokens} tokens, "
+              f"{res.n_scored} scored, {res.seconds:.1f} s, {res.tokens_per_second:.1f} tokens/s")
+    print()
+    print_table([("dataset", f"{args.dataset} ({os.path.basename(path)})"), ("model", os.path.basename(args.gguf)),
+                 ("policy", res.policy), ("budget", budget_label(res)), ("protocol", res.protocol),
+                 ("ctx", str(res.n_ctx)), ("perplexity", f"{res.ppl:.4f} +/- {res.ppl_stderr:.5f}"),
+                 ("predictions scored", str(res.n_scored)), *kv_rows(res),
+                 ("tokens/s", f"{res.tokens_per_second:.1f}"), ("seconds", f"{res.seconds:.1f}")])
+    if args.json_out:
+        cli.write_json(args.json_out, asdict(res))
+    return 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ progress; pass fewer --policies/--budgets per call to checkpoint more often):
 Resumable: a combination already in DIR/sweep.json with the same settings (model, ctx, chunks,
 protocol, data file, passages, eviction hyper-parameters) is skipped. Runs that fail (e.g. a policy
 this build does not implement yet) are reported, recorded under "errors", and retried next time.
+Every file is written whole or not at all (a temporary file renamed over it), so Ctrl-C leaves the
+results of the batches completed and the same command resumes from there.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ from typing import Optional
 
 import numpy as np
 
+from . import cli
 from .errors import EngineError
-from .perplexity import (NON_EVICTING, PROTOCOLS, _default_text, add_eviction_args, check_budget, check_policy,
+from .perplexity import (EXIT_HELP, NON_EVICTING, PROTOCOLS, add_eviction_args, check_budget, check_policy,
                          eviction_params, make_eviction, perplexity, perplexity_many)
 
-DATASETS = ("wikitext", "lambada")
+DATASETS = ("wikitext", "lambada")  # the kinds of evaluation; --datasets also takes engine.data's names
 DEFAULT_BUDGETS = (1.0, 0.5, 0.25, 0.1, 0.05)
 
 CSV_FIELDS = ["dataset", "policy", "budget", "protocol", "ppl", "ppl_stderr", "accuracy", "accuracy_stderr",
@@ -139,18 +142,13 @@ def load(out: str) -> dict:
 
 
 def save(out: str, data: dict) -> None:
-    """sweep.json and sweep.csv, each written to a temporary file first and renamed."""
-    jpath = os.path.join(out, "sweep.json")
-    with open(jpath + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(jpath + ".tmp", jpath)
-    cpath = os.path.join(out, "sweep.csv")
-    with open(cpath + ".tmp", "w", newline="") as f:
+    """sweep.json and sweep.csv, each written whole or not at all (engine.cli.atomic_write)."""
+    cli.write_json(os.path.join(out, "sweep.json"), data, indent=1)
+    with cli.atomic_write(os.path.join(out, "sweep.csv"), newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         for run in data["runs"]:
             w.writerow(_row(run))
-    os.replace(cpath + ".tmp", cpath)
 
 
 def _fmt_budget(b: float) -> str:
@@ -194,7 +192,7 @@ def tables(runs: list[dict], policies: list[str], budgets: list[float], datasets
                 if run is None and b == 1.0:
                     run = by.get((ds, "full", 1.0))
                 v = _cell_value(run, metric)
-                cells.append("–" if v is None or not math.isfinite(v) else fmt(v))
+                cells.append("–" if v is None or math.isnan(v) else "inf" if math.isinf(v) else fmt(v))
             out.append(f"| {p} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -255,7 +253,8 @@ def plots(out: str, runs: list[dict], policies: list[str], titles: Optional[dict
             ax.legend(fontsize=8)
         fig.tight_layout()
         path = os.path.join(out, fname)
-        fig.savefig(path, dpi=120)
+        with cli.atomic_write(path, "wb") as f:
+            fig.savefig(f, dpi=120, format="png")
         plt.close(fig)
         written.append(path)
     return written
@@ -264,37 +263,37 @@ def plots(out: str, runs: list[dict], policies: list[str], titles: Optional[dict
 def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[str], out: str, ctx: int = 2048,
           chunks: Optional[int] = None, lambada_n: Optional[int] = None, protocol: str = "prefix",
           eviction: Optional[dict] = None, wikitext: Optional[str] = None, lambada_file: Optional[str] = None,
-          n_threads: Optional[int] = None, progress: bool = True, log=sys.stderr) -> dict:
-    """Runs the missing combinations; returns {"runs", "errors", "ran", "skipped", "failed", "tables", "plots"}."""
+          n_threads: Optional[int] = None, progress: bool = True, log=sys.stderr,
+          data_dir: Optional[str] = None) -> dict:
+    """Runs the missing combinations; returns {"runs", "errors", "ran", "skipped", "failed", "tables", "plots"}.
+
+    datasets: names of engine.cli.DATASET_KINDS (wikitext, wikitext2, lambada, lambada-test, ...), at most
+    one of each kind (wikitext, lambada); each kind's file is `wikitext` / `lambada_file` when given, else
+    the data set resolved by name (engine.data, from data_dir). Ctrl-C: engine.cli.Interrupted, after
+    the completed batches were saved."""
     from . import Model
     from . import lambada as lam
 
-    for ds in datasets:
-        if ds not in DATASETS:
-            raise EngineError(f"unknown dataset {ds!r} (known: {', '.join(DATASETS)})")
+    by_kind = {}
+    for name in datasets:
+        kind = cli.dataset_kind(name)
+        if kind in by_kind:
+            raise cli.UsageError(f"--datasets: {by_kind[kind]} and {name} are both {kind} data sets; give one")
+        by_kind[kind] = name
+    datasets = list(by_kind)
     if protocol not in PROTOCOLS:
         raise EngineError(f"unknown protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
     if ctx < 4 or ctx % 2:
         raise EngineError(f"--ctx must be an even number >= 4, got {ctx}")
-    if not os.path.exists(gguf):
-        raise EngineError(f"{gguf}: no such file")
+    cli.check_input(gguf, "--gguf")
+    if chunks is not None and chunks < 1 or lambada_n is not None and lambada_n < 1:
+        raise EngineError("--chunks and --lambada-n must be >= 1 (leave them out for all)")
+    cli.check_output_dir(out)
     # every hyper-parameter, defaults included, so the resume keys do not depend on how they were given
     ev_params = {k: v for k, v in make_eviction("full", 1.0, **dict(eviction or {})).as_dict().items()
                  if k not in ("policy", "budget", "schedule")}
-    files = {}
-    if "wikitext" in datasets:
-        files["wikitext"] = wikitext or _default_text()
-        if not files["wikitext"]:
-            raise EngineError("no WikiText file given (--wikitext FILE) and "
-                              "../shared/data/wikitext-2/wiki.test.raw not found")
-    if "lambada" in datasets:
-        files["lambada"] = lambada_file or lam.default_data()
-        if not files["lambada"]:
-            raise EngineError("no LAMBADA file given (--lambada FILE) and "
-                              "../shared/data/lambada/lambada_development_plain_text.txt not found")
-    for ds, path in files.items():
-        if not os.path.exists(path):
-            raise EngineError(f"{path}: no such file")
+    given = {"wikitext": wikitext, "lambada": lambada_file}
+    files = {kind: cli.dataset_path(name, given[kind], data_dir, option=f"--{kind}") for kind, name in by_kind.items()}
     cfg = {"model": os.path.abspath(gguf), "eviction": ev_params, "ctx": ctx, "chunks": chunks,
            "lambada_n": lambada_n, "wikitext": os.path.abspath(files["wikitext"]) if "wikitext" in files else None,
            "lambada": os.path.abspath(files["lambada"]) if "lambada" in files else None}
@@ -331,68 +330,74 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
                 shared[st["dataset"]].append(st)
             else:
                 batches.append([st])
-        while batches:
-            batch = batches.pop(0)
-            ds, proto = batch[0]["dataset"], batch[0]["protocol"]
-            labels = [f"{ds} {st['policy']} @ {st['budget']:g} ({proto})" for st in batch]
-            if bar is not None:
-                bar.set_postfix_str(labels[0] if len(batch) == 1 else f"{ds}: {len(batch)} runs sharing prefills")
-            t0 = time.time()
-            try:
-                evs = [make_eviction(st["policy"], st["budget"], **ev_params) for st in batch]
-                if ds == "wikitext":
-                    if "wt" not in cache:
-                        text = open(files["wikitext"], encoding="utf-8", errors="replace").read()
-                        cache["wt"] = np.asarray(model.tokenize(text, add_special=True), dtype=np.int32)
-                    tok = model.tokenizer
-                    bos = tok.bos_id if tok.add_bos else None
-                    if proto == "prefix":
-                        results = perplexity_many(model, cache["wt"], evs, n_ctx=ctx, n_chunks=chunks,
-                                                  n_threads=n_threads, bos_id=bos, progress=progress, bar_position=1)
+        try:
+            while batches:
+                batch = batches.pop(0)
+                ds, proto = batch[0]["dataset"], batch[0]["protocol"]
+                labels = [f"{ds} {st['policy']} @ {st['budget']:g} ({proto})" for st in batch]
+                if bar is not None:
+                    bar.set_postfix_str(labels[0] if len(batch) == 1 else f"{ds}: {len(batch)} runs sharing prefills")
+                t0 = time.time()
+                try:
+                    evs = [make_eviction(st["policy"], st["budget"], **ev_params) for st in batch]
+                    if ds == "wikitext":
+                        if "wt" not in cache:
+                            text = cli.read_text(files["wikitext"])
+                            cache["wt"] = np.asarray(model.tokenize(text, add_special=True), dtype=np.int32)
+                        tok = model.tokenizer
+                        bos = tok.bos_id if tok.add_bos else None
+                        if proto == "prefix":
+                            results = perplexity_many(model, cache["wt"], evs, n_ctx=ctx, n_chunks=chunks,
+                                                      n_threads=n_threads, bos_id=bos, progress=progress,
+                                                      bar_position=1)
+                        else:
+                            results = [perplexity(model, cache["wt"], n_ctx=ctx, n_chunks=chunks, n_threads=n_threads,
+                                                  bos_id=bos, progress=progress, eviction=evs[0], protocol=proto,
+                                                  bar_position=1)]
+                        for res in results:
+                            res.text = res.data = cfg["wikitext"]
+                        figures = [f"ppl {res.ppl:.4f}" for res in results]
                     else:
-                        results = [perplexity(model, cache["wt"], n_ctx=ctx, n_chunks=chunks, n_threads=n_threads,
-                                              bos_id=bos, progress=progress, eviction=evs[0], protocol=proto,
-                                              bar_position=1)]
-                    for res in results:
-                        res.text = res.data = cfg["wikitext"]
-                    figures = [f"ppl {res.ppl:.4f}" for res in results]
-                else:
-                    if "lb" not in cache:
-                        cache["lb"] = lam.prepare(model, lam.load_passages(files["lambada"], lambada_n))
-                    items, n_skip = cache["lb"]
-                    results = lam.lambada_many(model, items, evs, n_threads=n_threads, progress=progress,
-                                               bar_position=1)
-                    for res in results:
-                        res.n_skipped, res.data = n_skip, cfg["lambada"]
-                    figures = [f"accuracy {res.accuracy:.4f}, ppl {res.ppl:.4f}" for res in results]
-            except EngineError as e:
-                if len(batch) > 1:  # find out which configuration failed: run them one by one
-                    msg = f"sweep: {ds}: a shared run failed ({e}); running its {len(batch)} runs one by one"
+                        if "lb" not in cache:
+                            cache["lb"] = lam.prepare(model, lam.load_passages(files["lambada"], lambada_n))
+                        items, n_skip = cache["lb"]
+                        results = lam.lambada_many(model, items, evs, n_threads=n_threads, progress=progress,
+                                                   bar_position=1)
+                        for res in results:
+                            res.n_skipped, res.data = n_skip, cfg["lambada"]
+                        figures = [f"accuracy {res.accuracy:.4f}, ppl {res.ppl:.4f}" for res in results]
+                except EngineError as e:
+                    if len(batch) > 1:  # find out which configuration failed: run them one by one
+                        msg = f"sweep: {ds}: a shared run failed ({e}); running its {len(batch)} runs one by one"
+                        (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=log))
+                        batches[:0] = [[st] for st in batch]
+                        continue
+                    for st, label in zip(batch, labels):
+                        failed.append(label)
+                        data["errors"].append({"settings": st, "error": str(e)})
+                    save(out, data)
+                    msg = f"sweep: {', '.join(labels)}: failed: {e}"
                     (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=log))
-                    batches[:0] = [[st] for st in batch]
+                    if bar is not None:
+                        bar.update(len(batch))
                     continue
-                for st, label in zip(batch, labels):
-                    failed.append(label)
-                    data["errors"].append({"settings": st, "error": str(e)})
+                wall = (time.time() - t0) / len(batch)
+                for st, label, res, figure in zip(batch, labels, results, figures):
+                    res.model = gguf
+                    data["runs"].append({"settings": st, "result": asdict(res),
+                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_seconds": wall})
+                    ran += 1
+                    msg = f"sweep: {label}: {figure} ({res.seconds:.1f} s)"
+                    (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=log))
                 save(out, data)
-                msg = f"sweep: {', '.join(labels)}: failed: {e}"
-                (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=log))
                 if bar is not None:
                     bar.update(len(batch))
-                continue
-            wall = (time.time() - t0) / len(batch)
-            for st, label, res, figure in zip(batch, labels, results, figures):
-                res.model = gguf
-                data["runs"].append({"settings": st, "result": asdict(res),
-                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_seconds": wall})
-                ran += 1
-                msg = f"sweep: {label}: {figure} ({res.seconds:.1f} s)"
-                (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=log))
-            save(out, data)
+        except KeyboardInterrupt:
+            # the batches completed are in sweep.json already; the one in progress is lost
+            raise cli.Interrupted(None, ran, len(todo), "runs") from None
+        finally:
             if bar is not None:
-                bar.update(len(batch))
-        if bar is not None:
-            bar.close()
+                bar.close()
     else:
         save(out, data)
     wanted = {json.dumps(_settings(ds, p, b, proto, cfg), sort_keys=True)
@@ -404,7 +409,7 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
              "lambada": os.path.basename(files["lambada"])
                         + (f", {lambada_n} passages" if lambada_n else "") if "lambada" in files else ""}
     md = tables(current, policies, budgets, datasets, names)
-    with open(os.path.join(out, "sweep.md"), "w") as f:
+    with cli.atomic_write(os.path.join(out, "sweep.md")) as f:
         f.write(md)
     pngs = plots(out, current, policies, {ds: os.path.basename(path) for ds, path in files.items()})
     return {"runs": data["runs"], "errors": data["errors"], "ran": ran, "skipped": skipped, "failed": failed,
@@ -412,27 +417,40 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m engine.sweep",
-        description="Perplexity (WikiText-2) and LAMBADA accuracy per KV eviction policy and budget. Resumable: "
-                    "combinations already in DIR/sweep.json are skipped. Writes DIR/sweep.csv, sweep.json, "
-                    "sweep.md and, with matplotlib, ppl_vs_budget.png and lambada_vs_budget.png; prints "
-                    "markdown tables (rows = policies, columns = budgets).")
+    from .eviction import policy_help
+
+    p = cli.Parser(
+        "python -m engine.sweep",
+        "Perplexity (WikiText-2) and LAMBADA accuracy per KV eviction policy and budget. Resumable: "
+        "combinations already in DIR/sweep.json are skipped, so after Ctrl-C the same command goes on. Writes "
+        "DIR/sweep.csv, sweep.json, sweep.md and, with matplotlib, ppl_vs_budget.png and lambada_vs_budget.png; "
+        "prints markdown tables (rows = policies, columns = budgets).",
+        epilog=policy_help() + "\n\n" + EXIT_HELP + " A sweep with failed runs exits 1; they are retried next time.")
     p.add_argument("--gguf", "-m", required=True, help="path to the GGUF model file")
     p.add_argument("--policies", default="all",
                    help="'all' (every policy of this build but full) or a comma-separated list (default all)")
     p.add_argument("--budgets", default=",".join(f"{b:g}" for b in DEFAULT_BUDGETS),
                    help="comma-separated budgets: fractions in (0, 1] or token counts >= 2; 1 = the full "
                         "cache, run once for all policies (default 1,0.5,0.25,0.1,0.05)")
-    p.add_argument("--datasets", default="wikitext,lambada", help="comma-separated: wikitext, lambada (default both)")
-    p.add_argument("--ctx", type=int, default=2048, help="wikitext: tokens per chunk (default 2048)")
-    p.add_argument("--chunks", type=int, default=None, help="wikitext: only the first N chunks (default all)")
-    p.add_argument("--lambada-n", type=int, default=None, help="lambada: only the first N passages (default all)")
-    p.add_argument("--wikitext", default=None, help="wikitext file (default ../shared/data/wikitext-2/wiki.test.raw)")
+    p.add_argument("--datasets", default="wikitext,lambada",
+                   help="comma-separated data set names (engine.data), at most one WikiText (wikitext, "
+                        "wikitext2: perplexity) and one LAMBADA (lambada = lambada-dev, lambada-test, "
+                        "lambada-openai: last-word accuracy) (default wikitext,lambada)")
+    p.add_argument("--data-dir", default=None,
+                   help="data set cache folder (default: $RESTKV_DATA, else engine.data's user cache; "
+                        "../shared/data is used in place when there)")
+    p.add_argument("--ctx", type=int, default=2048,
+                   help="wikitext: tokens per chunk (default 2048, the long-context setting of the eviction "
+                        "figures; engine.perplexity's default is llama-perplexity's 512)")
+    p.add_argument("--chunks", type=cli.count, default=None, help="wikitext: only the first N chunks (default all)")
+    p.add_argument("--lambada-n", type=cli.count, default=None,
+                   help="lambada: only the first N passages (default all)")
+    p.add_argument("--wikitext", default=None, help="the WikiText-like text file (default: by --datasets name)")
     p.add_argument("--lambada", dest="lambada_file", default=None,
-                   help="LAMBADA file (default ../shared/data/lambada/lambada_development_plain_text.txt)")
+                   help="the LAMBADA file (default: by --datasets name)")
     p.add_argument("--out", default="sweep_out", help="output folder (default ./sweep_out)")
-    p.add_argument("--threads", "-t", type=int, default=None, help="worker threads (default: all cores)")
+    p.add_argument("--threads", "-t", type=int, default=None,
+                   help="worker threads (default: all cores available to the process)")
     add_eviction_args(p, policy_budget=False)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -440,17 +458,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    return cli.run(lambda: _main(args))
+
+
+def _main(args) -> int:
     try:
-        policies = parse_policies(args.policies)
-        budgets = parse_budgets(args.budgets)
-        datasets = parse_list(args.datasets, "datasets")
-        r = sweep(args.gguf, policies, budgets, datasets, args.out, ctx=args.ctx, chunks=args.chunks,
-                  lambada_n=args.lambada_n, protocol=args.protocol, eviction=eviction_params(args),
-                  wikitext=args.wikitext, lambada_file=args.lambada_file, n_threads=args.threads,
-                  progress=not args.no_progress)
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        # sweep() checks everything before its first run, and records the runs that fail without raising
+        with cli.preflight():
+            cli.check_threads(args.threads)
+            cli.check_output_dir(args.out)
+            r = sweep(args.gguf, parse_policies(args.policies), parse_budgets(args.budgets),
+                      parse_list(args.datasets, "datasets"), args.out, ctx=args.ctx, chunks=args.chunks,
+                      lambada_n=args.lambada_n, protocol=args.protocol, eviction=eviction_params(args),
+                      wikitext=args.wikitext, lambada_file=args.lambada_file, n_threads=args.threads,
+                      progress=not args.no_progress, data_dir=args.data_dir)
+    except cli.Interrupted as e:
+        print(f"\ninterrupted: {e.done} of {e.total} runs done and saved in {os.path.join(args.out, 'sweep.json')}; "
+              "the same command resumes with the others", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
     print(r["tables"])
     out = args.out
     files = ["sweep.json", "sweep.csv", "sweep.md"] + [os.path.basename(p) for p in r["plots"]]
@@ -460,7 +485,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("(no plots: matplotlib is not installed; pip install matplotlib)", file=sys.stderr)
     if r["failed"]:
         print("failed (retried next time): " + "; ".join(r["failed"]), file=sys.stderr)
-        return 1
+        return cli.EXIT_FAILED
     return 0
 
 

@@ -50,4 +50,4 @@ def test_bench_cli_json(tiny_gguf, tmp_path, capsys):
 def test_bench_bad_arguments(tiny_gguf, tmp_path):
     with pytest.raises(EngineError, match="no such file"):
         bench.run(str(tmp_path / "none.gguf"))
-    assert bench.main(["--gguf", tiny_gguf(weight_type="Q4_0"), "--depths", "a,b"]) == 1
+    assert bench.main(["--gguf", tiny_gguf(weight_type="Q4_0"), "--depths", "a,b"]) == 2

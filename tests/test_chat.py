@@ -216,13 +216,13 @@ def test_cli_bad_arguments_are_clear_errors(tiny_gguf, tmp_path, args, message):
     base = {"--budget": "64", "--policy": "streaming"}
     base.update(dict(zip(args[::2], args[1::2])))
     r = run_chat("--gguf", tiny_gguf(), *[x for kv in base.items() for x in kv], stdin="hi\n", cwd=tmp_path)
-    assert r.returncode == 1 and message in r.stderr and r.stderr.startswith(("error:", "note:"))
+    assert r.returncode == 2 and message in r.stderr and r.stderr.startswith(("error:", "note:"))
     assert "Traceback" not in r.stderr
 
 
 def test_cli_missing_model_is_a_clear_error(tmp_path):
     r = run_chat("--gguf", str(tmp_path / "absent.gguf"), stdin="hi\n", cwd=tmp_path)
-    assert r.returncode == 1 and "no such file" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_default_policy_works_or_says_why(tiny_gguf, tmp_path):
@@ -230,7 +230,7 @@ def test_cli_default_policy_works_or_says_why(tiny_gguf, tmp_path):
     r = run_chat("--gguf", tiny_gguf(), "--budget", "16", "--slack", "4", "--max-tokens", "8", "--json",
                  stdin="".join(f"line {i} of a long enough chat\n" for i in range(6)), cwd=tmp_path)
     assert "Traceback" not in r.stderr
-    if r.returncode == 1:
+    if r.returncode == 2:
         assert "not implemented yet" in r.stderr
     else:
         assert r.returncode == 0 and len(json_lines(r.stdout)) == 6

@@ -356,7 +356,7 @@ def test_cli_errors_are_clear(tiny_gguf, text_file, capsys, args, msg):
     argv = ["--gguf", tiny_gguf(), "--no-progress", *args]
     if "-f" not in args and "--data" not in args:
         argv += ["-f", text_file]
-    assert ppl_main(argv) == 1
+    assert ppl_main(argv) == 2  # a bad command line: exit status 2, before any work
     err = capsys.readouterr().err
     assert msg in err and "error: " in err and "Traceback" not in err, err
 
@@ -365,4 +365,4 @@ def test_cli_subprocess_no_traceback(tiny_gguf, text_file, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(engine.__file__).resolve().parent.parent))
     r = subprocess.run([sys.executable, "-m", "engine.lambada", "--gguf", tiny_gguf(), "--budget", "1.5",
                         "--policy", "streaming"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and "between 1 and 2" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "between 1 and 2" in r.stderr and "Traceback" not in r.stderr

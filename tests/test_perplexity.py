@@ -68,7 +68,7 @@ def test_cli_budget_below_one_is_a_clear_error(tiny_gguf, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("hello world " * 200)
     r = run_cli("--gguf", tiny_gguf(), "-f", str(text), "--budget", "0.1", cwd=tmp_path)
-    assert r.returncode == 1 and "--budget 0.1" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--budget 0.1" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_bad_model_is_a_clear_error(tmp_path):
@@ -77,7 +77,7 @@ def test_cli_bad_model_is_a_clear_error(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("hello " * 100)
     r = run_cli("--gguf", str(bad), "-f", str(text), cwd=tmp_path)
-    assert r.returncode == 1 and "not a GGUF file" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "not a GGUF file" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_tiny_json(tiny_gguf, tmp_path):

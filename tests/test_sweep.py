@@ -135,8 +135,8 @@ def test_sweep_cli(tiny_gguf, data, tmp_path, capsys):
     assert [r["result"]["n_scored"] for r in runs] == [2, 2]
     assert runs[1]["settings"]["eviction"]["window"] == 4 and runs[1]["result"]["eviction"]["window"] == 4
     assert sweep_mod.main(argv) == 0 and "0 run(s) done, 2 already done" in capsys.readouterr().out
-    assert sweep_mod.main(argv[:2] + ["--policies", "bogus", "--out", str(out)]) == 1
+    assert sweep_mod.main(argv[:2] + ["--policies", "bogus", "--out", str(out)]) == 2
     assert "unknown policy 'bogus'" in capsys.readouterr().err
     assert sweep_mod.main(argv[:2] + ["--datasets", "wikitext", "--wikitext", str(tmp_path / "no.txt"),
-                                      "--out", str(out)]) == 1
+                                      "--out", str(out)]) == 2
     assert "no such file" in capsys.readouterr().err

@@ -146,7 +146,8 @@ class Model:
         if self._tokenizer is None:
             from .tokenizer import Tokenizer
 
-            self._tokenizer = Tokenizer.from_gguf(self.path)
+            # from the metadata the C loader already parsed: no second read of the file
+            self._tokenizer = Tokenizer.from_model(self)
         return self._tokenizer
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:

@@ -47,16 +47,21 @@ leaves unspecified are made deterministic here: special tokens of equal text len
 in id order (llama.cpp uses an unstable sort), and when a vocabulary holds several candidate
 texts for one auto-detected special token (EOT, FIM, ...), the lowest id wins (llama.cpp takes
 whichever its hash map yields first).  The ids produced from text are unaffected by either
-except in contrived vocabularies.  The Unicode tables are exact (Unicode 15.1, as llama.cpp)
-when Python's unicodedata is version 14.0, 15.0, 15.1 or 16.0 (Python 3.11 to 3.14); with
-another version only characters assigned or recategorised between it and 15.1 may split
-differently.  ``from_gguf`` spends most of its time (3 s or more for a 49k vocabulary) in
-``gguf.GGUFReader``, which parses every array element; pass an open reader or a metadata
-mapping to share that work with the model loader.
+except in contrived vocabularies.  The Unicode tables are Unicode 15.1's, as llama.cpp's,
+whatever Python's unicodedata version: the L/N/P ranges are stored in this module
+(``_UNICODE_15_1``; the tests check them against unicodedata 14.0, 15.0, 15.1 or 16.0 plus
+``_CATEGORY_FIXES``).
+
+Start-up: ``engine.Model.tokenizer`` uses :meth:`Tokenizer.from_model`, which copies the
+vocabulary out of the metadata the C loader already parsed (``rk_model_meta_*``, tens of
+milliseconds for a 49k vocabulary).  ``from_gguf`` reads the file again with
+``gguf.GGUFReader``, which parses every array element (3 s or more for a 49k vocabulary);
+pass it an open reader, or use ``from_metadata``, to share that work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 import os
@@ -145,19 +150,24 @@ _WHITESPACE = (
 )
 
 
+def _class_char(c: int) -> str:
+    # non-ASCII code points as themselves (re has no special characters outside ASCII, and the
+    # pattern parses several times faster than with \\U escapes), ASCII ones escaped
+    return chr(c) if c >= 0x80 else "\\x%02x" % c
+
+
 def _ranges_to_class(ranges: Iterable[Tuple[int, int]]) -> str:
+    """The body of a regex character class matching the given code point ranges."""
     parts = []
     for a, b in ranges:
-        parts.append("\\U%08x" % a if a == b else "\\U%08x-\\U%08x" % (a, b))
+        parts.append(_class_char(a) if a == b else _class_char(a) + "-" + _class_char(b))
     return "".join(parts)
 
 
-@functools.lru_cache(maxsize=None)
-def _char_classes() -> Dict[str, str]:
-    """Bodies of regex character classes with llama.cpp's \\p{L}, \\p{N}, \\p{P} and \\s.
-
-    Built once (about 0.3 s) from unicodedata plus the fix-ups to Unicode 15.1.
-    """
+def _category_ranges_from_unicodedata() -> Dict[str, List[Tuple[int, int]]]:
+    """Code point ranges of the general categories L, N and P under Unicode 15.1, computed from
+    Python's unicodedata plus the fix-ups above (about 0.3 s): how ``_UNICODE_15_1`` was made,
+    and what the tests compare it with."""
     import numpy as np
 
     codes = {"L": 1, "N": 2, "P": 3}
@@ -180,9 +190,50 @@ def _char_classes() -> Dict[str, str]:
         mask = np.concatenate(([False], arr == code, [False]))
         edges = np.flatnonzero(mask[1:] != mask[:-1])
         starts, ends = edges[0::2], edges[1::2] - 1
-        out[name] = _ranges_to_class(zip(starts.tolist(), ends.tolist()))
-    ws = sorted(_WHITESPACE)
-    out["W"] = _ranges_to_class((c, c) for c in ws)
+        out[name] = list(zip(starts.tolist(), ends.tolist()))
+    return out
+
+
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _encode_ranges(ranges: Sequence[Tuple[int, int]]) -> str:
+    """Compact text of sorted disjoint ranges: per range "gap[:len]" in base 36, where gap is
+    the distance from the previous range's end (minus one) and len = end - start."""
+    def b36(n: int) -> str:
+        s = ""
+        while True:
+            n, r = divmod(n, 36)
+            s = _B36[r] + s
+            if not n:
+                return s
+
+    prev, parts = -1, []
+    for a, b in ranges:
+        parts.append(b36(a - prev - 1) + (":" + b36(b - a) if b > a else ""))
+        prev = b
+    return " ".join(parts)
+
+
+def _decode_ranges(text: str) -> List[Tuple[int, int]]:
+    prev, out = -1, []
+    for item in text.split():
+        gap, _, ln = item.partition(":")
+        a = prev + 1 + int(gap, 36)
+        prev = a + (int(ln, 36) if ln else 0)
+        out.append((a, prev))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _char_classes() -> Dict[str, str]:
+    """Bodies of regex character classes with llama.cpp's \\p{L}, \\p{N}, \\p{P} and \\s.
+
+    From the Unicode 15.1 ranges stored in ``_UNICODE_15_1`` (what llama.cpp's
+    unicode-data.cpp holds), whatever Python's own unicodedata version.
+    """
+    out = {name: _ranges_to_class(_decode_ranges(text)) for name, text in _UNICODE_15_1.items()}
+    out["W"] = _ranges_to_class((c, c) for c in sorted(_WHITESPACE))
     # whitespace code points are never L/N/P in llama.cpp's collapsed regexes either
     return out
 
@@ -330,8 +381,11 @@ def _single_byte_key(b: int) -> str:
 # GGUF metadata
 # --------------------------------------------------------------------------------------
 
-def read_gguf_metadata(source: Union[str, os.PathLike, Any]) -> Dict[str, Any]:
-    """The tokenizer.* and general.* key/values of a GGUF, as plain Python values.
+def read_gguf_metadata(source: Union[str, os.PathLike, Any],
+                       prefixes: Tuple[str, ...] = ("tokenizer.", "general.")) -> Dict[str, Any]:
+    """The tokenizer.* and general.* key/values of a GGUF (keys starting with one of `prefixes`),
+    as plain Python values, read with the ``gguf`` package (seconds for a 49k vocabulary: an
+    ``engine.Model`` builds its tokenizer with :func:`read_model_metadata` instead).
 
     `source` is a path or an already-open ``gguf.GGUFReader``.  Strings come back as bytes,
     arrays of strings as lists of bytes, numeric arrays as numpy arrays, scalars as Python
@@ -351,7 +405,7 @@ def read_gguf_metadata(source: Union[str, os.PathLike, Any]) -> Dict[str, Any]:
         reader = source
     meta: Dict[str, Any] = {}
     for key, field in reader.fields.items():
-        if not (key.startswith("tokenizer.") or key.startswith("general.")):
+        if not key.startswith(prefixes) or key.startswith("GGUF."):  # GGUF.*: the reader's header pseudo-keys
             continue
         types = field.types
         if not types:
@@ -371,6 +425,113 @@ def read_gguf_metadata(source: Union[str, os.PathLike, Any]) -> Dict[str, Any]:
         else:
             meta[key] = field.parts[field.data[0]][0].item()
     return meta
+
+
+# rk_meta_type -> numpy dtype (GGUF is little-endian); 8 = string, 9 = array
+_META_DTYPES = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?",
+                10: "<u8", 11: "<i8", 12: "<f8"}
+
+
+def read_model_metadata(model: Any, prefixes: Tuple[str, ...] = ("tokenizer.", "general.")) -> Dict[str, Any]:
+    """The same mapping as :func:`read_gguf_metadata`, from an open ``engine.Model``.
+
+    The C core parsed and bounds-checked the file when it loaded the model; this copies the
+    values out of that parse (``rk_model_meta_*``) instead of reading the file a second time
+    with the ``gguf`` package, which takes seconds for a 49k vocabulary.
+    """
+    import numpy as np
+    from ._native import ffi, lib
+
+    # the model's own guard when it has one (engine.Model._using: close() waits until the copy is done)
+    using = getattr(model, "_using", None)
+    guard = using() if using is not None else contextlib.nullcontext(model._handle())
+
+    def check(status: int) -> None:
+        if status != 0:
+            raise EngineError(ffi.string(lib.rk_last_error()).decode("utf-8", "replace"), status=status)
+
+    meta: Dict[str, Any] = {}
+    with guard as h:
+        n = int(lib.rk_model_meta_count(h))
+        key_p = ffi.new("const char **")
+        typ = ffi.new("int32_t *")
+        atyp = ffi.new("int32_t *")
+        arr_n = ffi.new("int64_t *")
+        str_p = ffi.new("const char **")
+        u64 = ffi.new("uint64_t *")
+        for i in range(n):
+            check(lib.rk_model_meta_info(h, i, key_p, typ, atyp, arr_n))
+            key = ffi.string(key_p[0]).decode("utf-8", "surrogateescape")
+            if not key.startswith(prefixes):
+                continue
+            t = typ[0]
+            if t == 8:  # string
+                check(lib.rk_model_meta_str(h, i, str_p, u64))
+                meta[key] = ffi.unpack(str_p[0], u64[0]) if u64[0] else b""
+            elif t == 9:  # array
+                et, cnt = atyp[0], int(arr_n[0])
+                if et == 8:
+                    check(lib.rk_model_meta_strs(h, i, ffi.NULL, 0, ffi.NULL, 0, u64))
+                    buf = bytearray(max(int(u64[0]), 1))
+                    offs = np.empty(cnt + 1, dtype=np.int64)
+                    check(lib.rk_model_meta_strs(h, i, ffi.from_buffer("char[]", buf), len(buf),
+                                                 ffi.from_buffer("int64_t[]", offs), cnt + 1, ffi.NULL))
+                    blob = bytes(buf)
+                    o = offs.tolist()
+                    meta[key] = [blob[a:b] for a, b in zip(o, o[1:])]
+                elif et == 9:
+                    continue  # nested arrays: nothing the tokenizer reads
+                elif cnt:
+                    arr = np.empty(cnt, dtype=_META_DTYPES[et])
+                    check(lib.rk_model_meta_data(h, i, ffi.from_buffer(arr), arr.nbytes))
+                    meta[key] = arr
+                else:
+                    meta[key] = np.zeros(0)
+            else:
+                arr = np.empty(1, dtype=_META_DTYPES[t])
+                check(lib.rk_model_meta_data(h, i, ffi.from_buffer(arr), arr.nbytes))
+                meta[key] = arr[0].item()
+    return meta
+
+
+def _is_int_array(a: Any) -> bool:
+    """A numpy array of integers (its tolist() gives Python ints)."""
+    return getattr(getattr(a, "dtype", None), "kind", None) in ("i", "u") and getattr(a, "ndim", 0) == 1
+
+
+def _is_float_array(a: Any) -> bool:
+    """A numpy array of floats (its tolist() gives Python floats)."""
+    return getattr(getattr(a, "dtype", None), "kind", None) == "f" and getattr(a, "ndim", 0) == 1
+
+
+def _decode_joined(items: Any) -> Optional[str]:
+    """The byte strings `items` decoded as UTF-8 (surrogateescape) and joined by "\\n", in one pass,
+    or None when an item is not bytes-like or holds a newline itself.  UTF-8 never uses an ASCII
+    byte inside a multi-byte sequence, so this equals decoding each item on its own."""
+    if not isinstance(items, list) or not items:
+        return None
+    try:
+        joined = b"\n".join(items)
+    except TypeError:
+        return None
+    if joined.count(b"\n") != len(items) - 1:
+        return None
+    return joined.decode("utf-8", "surrogateescape")
+
+
+def _merge_pairs(merges: Any) -> List[Tuple[str, str]]:
+    """llama.cpp's split of each ``tokenizer.ggml.merges`` entry: at the first space after the
+    first character; ("", "") when there is none."""
+    text = _decode_joined(merges)
+    if text is not None:
+        # the usual case, in a few C-level passes: every entry holds exactly one space, not first
+        flat = text.replace("\n", " ").split(" ")
+        if len(flat) == 2 * len(merges):
+            pairs = list(zip(flat[0::2], flat[1::2]))
+            if "" not in flat[0::2] and "\n".join(map(" ".join, pairs)) == text:
+                return pairs
+    strs = [m.decode("utf-8", "surrogateescape") if type(m) is bytes else _as_str(m) for m in merges]
+    return [(s[:p], s[p + 1:]) if (p := s.find(" ", 1)) >= 0 else ("", "") for s in strs]
 
 
 def _as_str(v: Any) -> str:
@@ -442,6 +603,11 @@ class Tokenizer:
         return cls(read_gguf_metadata(source), bpe_backend=bpe_backend)
 
     @classmethod
+    def from_model(cls, model: Any, *, bpe_backend: str = "auto") -> "Tokenizer":
+        """Tokenizer of an open ``engine.Model``, from the metadata its C loader already parsed."""
+        return cls(read_model_metadata(model), bpe_backend=bpe_backend)
+
+    @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any], *, bpe_backend: str = "auto") -> "Tokenizer":
         """Tokenizer from GGUF key/values (strings as str or bytes, arrays as lists or numpy)."""
         return cls(metadata, bpe_backend=bpe_backend)
@@ -502,23 +668,37 @@ class Tokenizer:
         types = meta.get("tokenizer.ggml.token_type")
         if types is not None and len(types) < n:
             raise EngineError(f"Index out of array bounds for toktypes ({len(types)} < {n})")
-        id2tok: List[str] = []
-        tok2id: Dict[str, int] = {}
-        attrs: List[int] = []
-        for i in range(n):
-            t = _as_str(tokens[i])
-            if not t:
-                t = f"[EMPTY_{i}]"
-            id2tok.append(t)
-            tok2id[t] = i  # duplicates: the last one wins, as in llama.cpp
+        # (comprehensions and C-level helpers throughout: a 49k vocabulary in a few tens of ms)
+        joined = _decode_joined(tokens)
+        if joined is not None:
+            id2tok: List[str] = joined.split("\n")
+        else:
+            id2tok = [t.decode("utf-8", "surrogateescape") if type(t) is bytes else _as_str(t) for t in tokens]
+        if "" in id2tok:
+            for i, t in enumerate(id2tok):
+                if not t:
+                    id2tok[i] = f"[EMPTY_{i}]"
+        tok2id: Dict[str, int] = dict(zip(id2tok, range(n)))  # duplicates: the last one wins, as in llama.cpp
         if types is not None:
-            types_l = [int(x) for x in (types.tolist() if hasattr(types, "tolist") else types)][:n]
-            attrs = [_TYPE_TO_ATTR.get(x, ATTR_UNDEFINED) for x in types_l]
+            if _is_int_array(types):
+                import numpy as np
+
+                t = types[:n]
+                lut = np.array([_TYPE_TO_ATTR[k] for k in range(len(_TYPE_TO_ATTR))], dtype=np.int64)
+                known = (t >= 0) & (t < len(lut))
+                attrs: List[int] = np.where(known, lut[np.where(known, t, 0)], ATTR_UNDEFINED).tolist()
+            else:
+                types_l = [int(x) for x in (types.tolist() if hasattr(types, "tolist") else types)][:n]
+                get = _TYPE_TO_ATTR.get
+                attrs = [get(x, ATTR_UNDEFINED) for x in types_l]
         else:
             attrs = [ATTR_NORMAL] * n
         if scores is not None:
-            sc = scores.tolist() if hasattr(scores, "tolist") else list(scores)
-            self._scores = [float(x) for x in sc[:n]]
+            if _is_float_array(scores):
+                self._scores = scores[:n].tolist()
+            else:
+                sc = scores.tolist() if hasattr(scores, "tolist") else list(scores)
+                self._scores = [float(x) for x in sc[:n]]
         else:
             self._scores = [0.0] * n
         self._id2tok = id2tok
@@ -526,21 +706,24 @@ class Tokenizer:
         self._attrs = attrs
 
         # ---- BPE merges
-        self._ranks: Dict[Tuple[str, str], int] = {}
+        self._pairs: List[Tuple[str, str]] = []  # every merge as a pair, rank = index (see _ranks)
+        self._ranks_cache: Optional[Dict[Tuple[str, str], int]] = None
         self._merges: List[Tuple[str, str]] = []
         if not self._is_spm:
             merges = meta.get("tokenizer.ggml.merges")
             if merges is None:
                 raise EngineError("cannot find tokenizer merges in model file (tokenizer.ggml.merges)")
-            ranks = self._ranks
-            for i, m in enumerate(merges):
-                s = _as_str(m)
-                p = s.find(" ", 1)
-                pair = (s[:p], s[p + 1:]) if p >= 0 else ("", "")
-                if pair not in ranks:  # emplace: the first rank wins
-                    ranks[pair] = i
-                    if p >= 0:
-                        self._merges.append(pair)
+            self._pairs = pairs = _merge_pairs(merges)
+            distinct = set(pairs)
+            if len(distinct) == len(pairs) and ("", "") not in distinct:
+                self._merges = pairs  # no duplicates, every merge well-formed: the usual case
+            else:
+                seen = set()
+                for pair in pairs:
+                    if pair not in seen:
+                        seen.add(pair)
+                        if pair != ("", ""):
+                            self._merges.append(pair)
 
         # ---- special ids
         for key, name in _SPECIAL_KEYS:
@@ -570,7 +753,8 @@ class Tokenizer:
         self._ignore_merges = ignore_merges
 
         # ---- special-token cache: ids of control/user-defined/unknown tokens, longest text first
-        cache = [i for i in range(n) if attrs[i] & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)]
+        mask = ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN
+        cache = [i for i, a in enumerate(attrs) if a & mask]
         cache.sort(key=lambda i: (-len(id2tok[i].encode("utf-8", "surrogateescape")), i))
         self._special_cache = cache
 
@@ -589,11 +773,22 @@ class Tokenizer:
             try:
                 from tokenizers.models import BPE
 
-                self._hf_bpe = BPE(vocab=dict(tok2id), merges=list(self._merges), ignore_merges=ignore_merges)
+                self._hf_bpe = BPE(vocab=tok2id, merges=self._merges, ignore_merges=ignore_merges)
             except Exception as e:  # e.g. a merge whose result is not a token
                 if bpe_backend == "hf":
                     raise EngineError(f"HF tokenizers refused this vocabulary: {e}") from e
                 self._hf_bpe = None
+
+    @property
+    def _ranks(self) -> Dict[Tuple[str, str], int]:
+        """BPE rank of each merge pair (a duplicate keeps its first rank, as llama.cpp's emplace),
+        built on first use: only the pure-Python backend merges with it."""
+        ranks = self._ranks_cache
+        if ranks is None:
+            pairs = self._pairs
+            # going backwards, the first rank of a duplicate is assigned last
+            ranks = self._ranks_cache = dict(zip(reversed(pairs), range(len(pairs) - 1, -1, -1)))
+        return ranks
 
     def _detect_special_tokens(self, special: Dict[str, Optional[int]]) -> None:
         """llama.cpp's text-based fix-ups of special ids and attributes (llama_vocab::impl::load)."""
@@ -613,17 +808,20 @@ class Tokenizer:
                     special[name] = tid
                     attrs[tid] |= ATTR_CONTROL
 
-        # control tokens whose text contains "unused" are unused
-        for t, i in tok2id.items():
-            if attrs[i] & ATTR_CONTROL and "unused" in t:
+        # control tokens whose text contains "unused" are unused (llama.cpp walks its text -> id
+        # map: a text held by several ids counts for the last one only)
+        for i in [i for i, a in enumerate(attrs) if a & ATTR_CONTROL]:
+            t = id2tok[i]
+            if "unused" in t and tok2id[t] == i:
                 attrs[i] |= ATTR_UNUSED
 
         eog = set()
         for name in ("fim_pad", "fim_rep", "fim_sep"):
             if special[name] is not None:
                 eog.add(special[name])
-        for t, i in tok2id.items():
-            if t in _EOG_TEXTS:
+        for t in _EOG_TEXTS:
+            i = tok2id.get(t)
+            if i is not None:
                 eog.add(i)
                 attrs[i] |= ATTR_CONTROL
         # gpt-oss: always render these tokens
@@ -1129,3 +1327,61 @@ def _clean_spaces(text: bytearray) -> bytearray:
         total += 1
     del text[total:]
     return text
+
+
+# --------------------------------------------------------------------------------------
+# Unicode 15.1 general categories L, N, P (generated by _category_ranges_from_unicodedata with
+# _encode_ranges; tests/test_tokenizer.py checks it against unicodedata + _CATEGORY_FIXES)
+# --------------------------------------------------------------------------------------
+
+_UNICODE_15_1 = {
+    "L": (
+        "1t:p 6:p 1b a 4 5:m 1:u 1:cp 4:b e:4 7 1 3l:4 1:1 2:3 1 6 1:2 1 1:j 1:2a 1:3u 8:4l 1:11 2 6:14 "
+        "1z:q 4:3 19:16 z:1 1:2q 1 f:1 7:1 a:2 2 g 1:t t:2g b o:w 9:1 4 5:l 4 9 3 n:o 7:a 5:n 1:5 h:15 "
+        "1m:1h 3 i 7:9 f:f 4:7 2:1 2:l 1:6 1 3:3 3 g d:1 1:2 e:1 a 8:5 4:1 2:l 1:6 1:1 1:1 1:1 v:3 1 j:2 "
+        "g:8 1:2 1:l 1:6 1:1 1:4 3 i f:1 n b:7 2:1 2:l 1:6 1:1 1:4 3 u:1 1:2 f h 1:5 3:2 1:3 3:1 1 1:1 "
+        "3:1 3:2 3:b m 1g:7 1:2 1:m 1:f 3 q:2 2 2:1 u 4:7 1:2 1:m 1:9 1:4 3 v:1 1:1 f:1 h:8 1:2 1:14 2 g "
+        "5:2 8:2 o:5 5:h 3:n 1:8 1 2:6 1m:1b 1:1 c:6 1m:1 1 1:4 1:n 1 1:9 1:1 9 2:4 1 l:3 w 1r:7 1:z r:4 "
+        "37:16 k g:5 4:3 3 3:1 7:2 4:c c h:11 1 5 2:16 1:98 1:3 2:6 1 1:3 2:14 1:3 2:w 1:3 2:6 1 1:3 2:e "
+        "1:1k 1:3 2:1u 11:f g:2d 2:5 3:h7 2:g 1:p 5:22 6:7 7:h d:i e:h e:c 1:2 f:1f z 4 1v:2g 7:4 2:x 1 "
+        "5:1x a:u 1d:t 2:4 b:17 4:p 1i:m 9:1g 2a 2l:1a h:7 1i:t d:1 a:17 q:z 15:2 a:z 2:8 7:16 2:2 15:3 "
+        "1:5 1:1 3 5:5b 1s:7p 2:5 2:11 2:5 2:7 1 1 1 1:u 2:1g 1:6 1 3:2 1:6 3:3 2:5 4:c 5:2 1:6 38 d g:c "
+        "2t 4 2:9 1 3:4 6 1 1 1:3 1:a 2:3 5:4 4 1g:1 22j:6c 6:3 3:1 c:11 1 5 2:1j 7 g:m 9:6 1:6 1:6 1:6 "
+        "1:6 1:6 1:6 1:6 28 d1:1 16:4 5:1 4:2d 6:2 1:2h 1:3 5:16 1:2l h:v 1c:f e8:533 1s:h3g 1v:19 2:7g "
+        "3:f a:1 k:1a g:u 2:1x 1d:8 2:2u 2:1r 5:1 1 1:4 o:f 1:2 1:3 1:m t:1f e:1d 1q:5 3 1:1 b:r a:m p:s "
+        "7:1a s g:4 1:9 a:4 1:14 n:2 1:7 k:m 3 3:1d 1 3:1 2:4 2 1 o:2 2:a 7:2 c:5 2:5 2:5 9:6 1:6 1:16 "
+        "1:d 6:36 t:8mb c:m 4:1c 6is:a5 2:2x 12:6 c:4 5 1:9 1:c 1:4 1 1:1 1:1 1:2z x:a2 i:1r 2:1h 14:b "
+        "38:4 1:3q 10:p 6:p b:2g 3:5 2:5 2:5 2:2 z:b 1:p 1:i 1:1 1:e 2:d y:3e at:s 3:1c 1b:v d:j 1:7 6:11 "
+        "a:t 2:z 4:7 1c:4d i:z 4:z 4:13 8:1f c:a 1:e 1:6 1:1 1:a 1:e 1:6 1:1 1v:8m 9:l a:7 o:5 1:15 1:8 "
+        "1x:5 2 1:17 1:1 3 2:m a:m 9:u 1t:i 1:1 a:l a:p 1y:1j 6:1 1s f:3 1:2 1:s 16:s 3:s z:7 1:r r:1h "
+        "a:l a:i d:h 32:20 1j:1e d:1e d:z 9o:15 6:1 26:s a 8:l 16:h 1a:k r:m c:1g 1l:1 2 d:18 w:o q:z t 2 "
+        "8:y 3 c:1b e:3 l 1 z:h 1:o j:1 1r:6 1 1:3 1:e 1:9 7:1a 12:7 2:1 2:l 1:6 1:1 1:4 3 i c:4 4e:1g "
+        "i:3 k:2 u:1b k:1 1 54:1a 15:3 10:1b k 1n:16 d 1z:q 11:6 55:17 38:1r v:7 2 2:7 1:1 1:n f 1 2m:7 "
+        "2:12 g 1 s a:13 7 l b:19 j i:20 7b:8 1:10 h 1d:t 34:6 1:1 1:11 l p:5 1:1 1:v e 93:i f 1:c 1:x 3g "
+        "27:pl 6e:5f 218:2o f:tr h:5 33t:g6 6nt:fs 7:u h:26 h:t i:1b g:3 v:k 5:i j4:1r 3k:22 5 1u:c 1s:1 "
+        "1 s:4qf 8:yd 16:8 6w7:3 1:6 1:1 1:82 f t:2 2 e:3 8:az 1s4:2y 5:c 3:8 7:9 4me:2c 1:1y 1:1 2 2:1 "
+        "2:3 1:b 1 1:6 1:1s 1:3 2:7 1:6 1:r 1:3 1:4 1 3:6 1:9f 2:o 1:o 1:u 1:o 1:u 1:o 1:u 1:o 1:u 1:o "
+        "1:7 1f8:u 6:5 79:1p 42:18 a:6 g 8x:t i:17 dg:r l0:6 1:3 1:1 1:e 1:5g 1n:1v 7 xg:3 1:q 1:1 1 2 "
+        "1:9 1:3 1 1 6 4 1 1 1:2 1:1 1 2 1 1 1 1 1:1 1 2:3 1:6 1:3 1:3 1 1:9 1:g 5:2 1:4 1:g 3es:wyn "
+        "w:37d 6:65 2:4g1 e:5rk f:h9 1wi:f1 15u:3t6 5:38f"
+    ),
+    "N": (
+        "1c:9 3c:1 5 2:2 141:9 3q:9 5i:9 bg:9 3a:9 4:5 30:9 3a:9 3a:9 2:5 32:c 37:9 8:6 2v:9 2w:6 7:i "
+        "31:9 2o:9 3a:9 1y:j 7g:9 1y:9 jz:j oh:2 6n:9 6:9 m:9 8c:9 3k:a 4l:9 6:9 52:9 2e:9 3q:9 6:9 t2 "
+        "3:5 6:9 5i:1e 2:4 k6:1n 26:l hi:t 12h ll p:8 e:2 9j:3 3u:9 u:7 1:e w:9 13:e msg:9 58:9 8w:5 4a:9 "
+        "12:9 5i:9 m:9 2e:9 ba:9 geu:9 dp:18 c:1k h:1 9h:q 10:3 t 8 3q:4 5m:9 q6:7 p:6 13:8 23:4 m:5 4g:1 "
+        "2:f 2:19 1s:8 1g:1 u:2 23:4 2w:7 o:7 15:6 96:5 1c:9 86:u 4e:9 16:3 34:6 3q:t 3k:9 1o:9 40:9 7:j "
+        "6z:9 9i:9 3a:9 ae:9 2u:9 2u:b bo:i 2l:9 l2:s 6b:9 1y:9 bq:9 2u:k tn:32 dtd:9 2e:9 3q:9 1:6 m6:m "
+        "js9:j c:j 30:o ut:1d 1ts:9 bq:9 dy:9 r1:8 3k:9 lz:1m 1:2 1:3 24:18 1:e qq:c 25f:9"
+    ),
+    "P": (
+        "x:2 1:5 1:3 a:1 3:1 q:2 1 r 1 z 5 3 a:1 3 3 ji 8 cy:5 15:1 1f 1 2 2 18:1 k:1 1:1 d 1:2 22:3 2u "
+        "17:d 6h:2 1i:e v 79:1 a 3w 3c 3d au c a7 2i a:1 4o:e 1 11:3 1z 22:4 4:1 33:5 4r h0:8 47 h9 18:1 "
+        "26:2 1z:1 4d:2 1:2 11:a 8p:1 60:1 3k:6 1:5 4s:6 s:1 3h:3 1n:4 1q:1 1s:7 b n0:n 8:j 1:c 1:b u:1 "
+        "e:1 hl:3 t:1 u5:d 27:1 v:9 b7:l 1r:3 w:1 l7:3 1:1 34 3z:1a 1:v 2:b bn:2 4:9 2:b g c 2q 2i mwy:1 "
+        "7h:2 2r a 37:5 ak:3 2e:1 14:2 1 1d:1 1b 2p:c g:1 3g:3 3i:1 g:1 6x g2a:1 5s:9 m:y 1:d 1 4 1:1 "
+        "45:2 1:5 1:3 a:1 3:1 q:2 1 r 1 1:6 be:2 ik 1c bi kn 5j v 7k:8 12 34:6 1u:6 2h:3 ls 4n:4 18:3 "
+        "59:6 31:1 1:3 3i:3 1c:1 27:3 4 d 1:2 2g:5 2z bl:4 a:1 1 2w 6y:m 2x:2 s:c 24 3m:2 70 7c:2 4b 2k:7 "
+        "2b:2 1:4 2l:9 8n:4 16:1 hx:1 22:c 4v vk:4 29o:1 bjv:1 3p 1t:4 8 nm:3 93 f5o 5wn:4 2xe:1"
+    ),
+}

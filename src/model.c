@@ -27,6 +27,7 @@
 
 #include "error.h"
 #include "model.h"
+#include "gram.h"
 #include "repack.h"
 #include "quant.h"
 
@@ -232,8 +233,8 @@ static rk_status load_tensors(rk_model *m) {
 static rk_status compute_wo_gram(rk_model *m) {
     const size_t d = (size_t)m->head_dim, H = (size_t)m->n_heads, dd = d * d;
     m->wo_gram = malloc((size_t)m->n_layers * H * dd * sizeof(float));
-    double *acc = malloc(H * dd * sizeof(double));
-    float *row = malloc(H * d * sizeof(float));
+    double *acc = malloc((H * dd + RK_GRAM_ROWS * d) * sizeof(double)); /* + rk_gram_accumulate's scratch */
+    float *row = malloc(RK_GRAM_ROWS * H * d * sizeof(float)); /* a block of dequantised rows */
     if (!m->wo_gram || !acc || !row) {
         free(acc);
         free(row);
@@ -249,17 +250,12 @@ static rk_status compute_wo_gram(rk_model *m) {
                            w->name);
         }
         memset(acc, 0, H * dd * sizeof(double));
-        for (int64_t r = 0; r < w->n_out; r++) {
-            tr->to_float((const uint8_t *)w->data + (size_t)r * w->row_bytes, row, w->n_in);
-            for (size_t h = 0; h < H; h++) {
-                const float *x = row + h * d;
-                double *g = acc + h * dd;
-                for (size_t a = 0; a < d; a++) {
-                    const double xa = x[a];
-                    double *ga = g + a * d;
-                    for (size_t b = a; b < d; b++) ga[b] += xa * (double)x[b];
-                }
-            }
+        for (int64_t r0 = 0; r0 < w->n_out; r0 += RK_GRAM_ROWS) { /* src/gram.c: register tiles, same bits */
+            const int64_t nr = w->n_out - r0 < RK_GRAM_ROWS ? w->n_out - r0 : RK_GRAM_ROWS;
+            for (int64_t r = 0; r < nr; r++)
+                tr->to_float((const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes, row + (size_t)r * H * d,
+                             w->n_in);
+            rk_gram_accumulate(acc, row, nr, H, d, acc + H * dd);
         }
         float *out = m->wo_gram + (size_t)il * H * dd;
         for (size_t h = 0; h < H; h++)

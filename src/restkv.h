@@ -229,6 +229,46 @@ int32_t     rk_session_next_pos(const rk_session *session);
  * h2o gathers everything). "topk" changes the prefill itself: it shares only with the same topk setting. */
 rk_status   rk_session_copy_state(rk_session *dst, const rk_session *src);
 
+/* ---- vocabulary / metadata for the tokenizer ----
+ * Read-only access to the GGUF metadata the model was loaded from (parsed and
+ * bounds-checked at load), so the tokenizer is built without reading the file again.
+ * Key/values are numbered 0..rk_model_meta_count()-1 in file order; value types are
+ * GGUF's (rk_meta_type); numbers are copied as stored (little-endian). Pointers point
+ * into the model and stay valid until rk_model_free. Bad indices or types fail with
+ * RK_ERR_ARG. */
+typedef enum {
+    RK_META_U8     = 0,
+    RK_META_I8     = 1,
+    RK_META_U16    = 2,
+    RK_META_I16    = 3,
+    RK_META_U32    = 4,
+    RK_META_I32    = 5,
+    RK_META_F32    = 6,
+    RK_META_BOOL   = 7,
+    RK_META_STRING = 8,
+    RK_META_ARRAY  = 9,
+    RK_META_U64    = 10,
+    RK_META_I64    = 11,
+    RK_META_F64    = 12
+} rk_meta_type;
+
+int64_t     rk_model_meta_count(const rk_model *model);                  /* -1 for NULL */
+int64_t     rk_model_meta_find(const rk_model *model, const char *key);  /* index, -1 if absent */
+/* The key (NUL-terminated), its rk_meta_type, and for an array the element type and count
+ * (-1 and 0 otherwise). Any output pointer may be NULL. */
+rk_status   rk_model_meta_info(const rk_model *model, int64_t i, const char **key, int32_t *type,
+                               int32_t *arr_type, int64_t *arr_n);
+/* A number or bool, or an array of them: copies its bytes (1 or arr_n elements) to out,
+ * which holds `size` bytes. */
+rk_status   rk_model_meta_data(const rk_model *model, int64_t i, void *out, size_t size);
+/* A string: pointer to its bytes (not NUL-terminated) and its length. */
+rk_status   rk_model_meta_str(const rk_model *model, int64_t i, const char **s, uint64_t *len);
+/* An array of strings: *total (if not NULL) receives the sum of their lengths; if buf is
+ * not NULL, the strings are copied to it back to back (size >= *total) and string k is
+ * buf[offsets[k] .. offsets[k+1]) (n_offsets = arr_n + 1). */
+rk_status   rk_model_meta_strs(const rk_model *model, int64_t i, char *buf, size_t size,
+                               int64_t *offsets, int64_t n_offsets, uint64_t *total);
+
 /* ---- tensor-type utilities (block formats; used by tests and tools) ---- */
 const char *rk_type_name(int32_t type);               /* NULL if unknown */
 int32_t     rk_type_block_size(int32_t type);         /* elements per block; 0 if unknown */

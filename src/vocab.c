@@ -121,3 +121,113 @@ int32_t rk_model_token_piece(const rk_model *m, int32_t id, char *buf, int32_t s
 
 int32_t rk_model_bos(const rk_model *m) { return m ? m->bos_id : -1; }
 int32_t rk_model_eos(const rk_model *m) { return m ? m->eos_id : -1; }
+
+/* ---- GGUF metadata for the tokenizer (restkv.h: "vocabulary / metadata") ----
+ * Read-only views of the key/values the parser validated at load: every scalar, string and
+ * array element lies inside the mapping, so these only check their own arguments. */
+
+static size_t meta_elem_size(uint32_t t) {
+    switch (t) {
+    case RK_GGUF_U8: case RK_GGUF_I8: case RK_GGUF_BOOL: return 1;
+    case RK_GGUF_U16: case RK_GGUF_I16: return 2;
+    case RK_GGUF_U32: case RK_GGUF_I32: case RK_GGUF_F32: return 4;
+    case RK_GGUF_U64: case RK_GGUF_I64: case RK_GGUF_F64: return 8;
+    default: return 0;
+    }
+}
+
+static rk_status meta_kv(const rk_model *m, int64_t i, const rk_gguf_kv **out) {
+    if (!m || !m->gguf) return rk_fail(RK_ERR_ARG, "model is NULL");
+    if (i < 0 || (uint64_t)i >= m->gguf->n_kv)
+        return rk_fail(RK_ERR_ARG, "metadata index %lld out of range [0, %llu)", (long long)i,
+                       (unsigned long long)m->gguf->n_kv);
+    *out = &m->gguf->kv[i];
+    return RK_OK;
+}
+
+int64_t rk_model_meta_count(const rk_model *m) {
+    if (!m || !m->gguf) return -1;
+    return m->gguf->n_kv > (uint64_t)INT64_MAX ? -1 : (int64_t)m->gguf->n_kv;
+}
+
+int64_t rk_model_meta_find(const rk_model *m, const char *key) {
+    if (!m || !m->gguf || !key) return -1;
+    const rk_gguf_kv *kv = rk_gguf_find_kv(m->gguf, key);
+    return kv ? (int64_t)(kv - m->gguf->kv) : -1;
+}
+
+rk_status rk_model_meta_info(const rk_model *m, int64_t i, const char **key, int32_t *type, int32_t *arr_type,
+                             int64_t *arr_n) {
+    const rk_gguf_kv *kv = NULL;
+    rk_status st = meta_kv(m, i, &kv);
+    if (st) return st;
+    if (key) *key = kv->key;
+    if (type) *type = (int32_t)kv->type;
+    if (arr_type) *arr_type = kv->type == RK_GGUF_ARRAY ? (int32_t)kv->arr_type : -1;
+    if (arr_n) *arr_n = kv->type == RK_GGUF_ARRAY ? (int64_t)kv->arr_n : 0;
+    return RK_OK;
+}
+
+rk_status rk_model_meta_data(const rk_model *m, int64_t i, void *out, size_t size) {
+    const rk_gguf_kv *kv = NULL;
+    rk_status st = meta_kv(m, i, &kv);
+    if (st) return st;
+    size_t es = meta_elem_size(kv->type == RK_GGUF_ARRAY ? kv->arr_type : kv->type);
+    if (!es)
+        return rk_fail(RK_ERR_ARG, "metadata key '%s' is not a number, a bool or an array of them", kv->key);
+    uint64_t n = kv->type == RK_GGUF_ARRAY ? kv->arr_n : 1;
+    if (n > SIZE_MAX / es) return rk_fail(RK_ERR_ARG, "metadata key '%s': array too large", kv->key);
+    size_t bytes = (size_t)n * es;
+    if (size < bytes)
+        return rk_fail(RK_ERR_ARG, "metadata key '%s' needs %zu bytes, the buffer has %zu", kv->key, bytes, size);
+    if (bytes && !out) return rk_fail(RK_ERR_ARG, "metadata key '%s': output buffer is NULL", kv->key);
+    if (bytes) memcpy(out, kv->data, bytes);
+    return RK_OK;
+}
+
+rk_status rk_model_meta_str(const rk_model *m, int64_t i, const char **s, uint64_t *len) {
+    const rk_gguf_kv *kv = NULL;
+    rk_status st = meta_kv(m, i, &kv);
+    if (st) return st;
+    if (kv->type != RK_GGUF_STRING) return rk_fail(RK_ERR_ARG, "metadata key '%s' is not a string", kv->key);
+    if (!s || !len) return rk_fail(RK_ERR_ARG, "rk_model_meta_str: NULL output");
+    memcpy(len, kv->data, 8);
+    *s = (const char *)kv->data + 8;
+    return RK_OK;
+}
+
+rk_status rk_model_meta_strs(const rk_model *m, int64_t i, char *buf, size_t size, int64_t *offsets,
+                             int64_t n_offsets, uint64_t *total) {
+    const rk_gguf_kv *kv = NULL;
+    rk_status st = meta_kv(m, i, &kv);
+    if (st) return st;
+    if (kv->type != RK_GGUF_ARRAY || kv->arr_type != RK_GGUF_STRING)
+        return rk_fail(RK_ERR_ARG, "metadata key '%s' is not a string array", kv->key);
+    /* every element was checked to lie inside the mapping at parse time, so their lengths sum
+     * to less than the file size: no overflow */
+    const uint8_t *p = kv->data;
+    uint64_t sum = 0, l;
+    for (uint64_t k = 0; k < kv->arr_n; k++) {
+        memcpy(&l, p, 8);
+        sum += l;
+        p += 8 + l;
+    }
+    if (total) *total = sum;
+    if (!buf) return RK_OK;
+    if (size < sum) return rk_fail(RK_ERR_ARG, "metadata key '%s' needs %llu bytes, the buffer has %zu", kv->key,
+                                   (unsigned long long)sum, size);
+    if (!offsets || n_offsets < 0 || (uint64_t)n_offsets != kv->arr_n + 1)
+        return rk_fail(RK_ERR_ARG, "metadata key '%s' needs %llu offsets, got %lld", kv->key,
+                       (unsigned long long)kv->arr_n + 1, (long long)n_offsets);
+    p = kv->data;
+    uint64_t at = 0;
+    for (uint64_t k = 0; k < kv->arr_n; k++) {
+        memcpy(&l, p, 8);
+        offsets[k] = (int64_t)at;
+        memcpy(buf + at, p + 8, (size_t)l);
+        at += l;
+        p += 8 + l;
+    }
+    offsets[kv->arr_n] = (int64_t)at;
+    return RK_OK;
+}

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=build/asan
+mkdir -p build
 gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
 cmake -S . -B "$build" "${gen[@]}" -DCMAKE_C_COMPILER=gcc -DENGINE_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       > "$build.cmake.log" 2>&1 || { cat "$build.cmake.log"; exit 1; }
@@ -21,5 +22,5 @@ assert os.path.dirname(_restkv_ffi.__file__).endswith("build/asan"), _restkv_ffi
 PY
 tests=(tests/test_malformed.py tests/test_fuzz_corpus.py tests/test_api.py tests/test_validation.py
        tests/test_eviction.py tests/test_shared_prefill.py tests/test_policies.py tests/test_soak.py
-       tests/test_repack.py tests/test_gemm.py tests/test_threads.py)
+       tests/test_repack.py tests/test_gemm.py tests/test_threads.py tests/test_startup.py)
 python3 -m pytest -q -p no:cacheprovider "${tests[@]}" "$@"

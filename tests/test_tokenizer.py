@@ -185,6 +185,37 @@ def test_smollm2_lambada_passages(smol, golden):
 # offline: configuration and errors (no model needed)
 # ------------------------------------------------------------------------------------------
 
+def test_stored_unicode_tables_equal_unicodedata_with_fixes():
+    """_UNICODE_15_1 (stored, so start-up does not scan 1.1M code points) is what unicodedata
+    plus _CATEGORY_FIXES give, on every Python whose Unicode version has fix-ups."""
+    import unicodedata
+
+    from engine import tokenizer as T
+
+    if unicodedata.unidata_version not in T._CATEGORY_FIXES:
+        pytest.skip(f"no fix-ups to Unicode 15.1 for unicodedata {unicodedata.unidata_version}")
+    computed = T._category_ranges_from_unicodedata()
+    assert sorted(computed) == sorted(T._UNICODE_15_1) == ["L", "N", "P"]
+    for name, ranges in computed.items():
+        assert T._decode_ranges(T._UNICODE_15_1[name]) == ranges, name
+        assert T._encode_ranges(ranges) == " ".join(T._UNICODE_15_1[name].split()), name
+        assert T._char_classes()[name] == T._ranges_to_class(ranges), name
+
+
+def test_merges_with_odd_spacing_and_duplicates():
+    """The fast merge parsing agrees with llama.cpp's rule (split at the first space after the
+    first character; the first rank of a duplicate wins; a merge without such a space is kept
+    for its rank only)."""
+    base = _tiny_bpe_meta()
+    odd = ["Ġ t", "h e", "Ġ t", "x", " y z", "h  e", "Ġt he", "Ġ a", "i n", "Ġ w", ""]
+    tok = Tokenizer.from_metadata({**base, "tokenizer.ggml.merges": odd}, bpe_backend="python")
+    assert tok._merges == [("Ġ", "t"), ("h", "e"), (" y", "z"), ("h", " e"), ("Ġt", "he"), ("Ġ", "a"),
+                           ("i", "n"), ("Ġ", "w")]
+    assert tok._ranks[("Ġ", "t")] == 0 and tok._ranks[("", "")] == 3 and tok._ranks[("Ġt", "he")] == 6
+    plain = Tokenizer.from_metadata(base, bpe_backend="python")
+    assert tok.encode(" the tin w") == plain.encode(" the tin w")
+
+
 def _tiny_bpe_meta(**over):
     """A tiny byte-level BPE vocabulary: every byte, a few merges, two special tokens."""
     from engine.tokenizer import _BYTE_TO_UNICODE

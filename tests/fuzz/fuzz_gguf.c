@@ -1,8 +1,10 @@
 /*
  * fuzz_gguf.c: fuzz target for the GGUF parser and the model loader.
  *
- * Each input is loaded as a model from memory; a file that loads is then run
- * (a session, two tokens, log-probabilities, a compression), since mutated
+ * Each input is loaded as a model from memory; a file that loads has its metadata
+ * read back through every rk_model_meta_* accessor (indices one past each end
+ * included) and is then run (a session, two tokens, log-probabilities, a
+ * compression), since mutated
  * tensor data or hyper-parameters can pass the loader. A rejection must carry a
  * message: an empty one is reported as a crash. Built with libFuzzer under
  * clang, or with driver.c (a standalone mutator) under gcc; both with
@@ -24,7 +26,35 @@ static void require_message(const char *what) {
     }
 }
 
+/* every key/value through the accessors the tokenizer uses; out-of-range indices must fail with a message */
+static void walk_meta(rk_model *m) {
+    int64_t n = rk_model_meta_count(m);
+    for (int64_t i = -1; i <= n; i++) {
+        const char *key; int32_t t, at; int64_t an;
+        if (rk_model_meta_info(m, i, &key, &t, &at, &an) != RK_OK) { require_message("info"); continue; }
+        if (rk_model_meta_find(m, key) != i) abort();
+        if (t == RK_META_STRING) {
+            const char *s; uint64_t len;
+            if (rk_model_meta_str(m, i, &s, &len) != RK_OK) abort();
+            volatile char c = 0; for (uint64_t k = 0; k < len; k++) c ^= s[k]; (void)c;
+        } else if (t == RK_META_ARRAY && at == RK_META_STRING) {
+            uint64_t total;
+            if (rk_model_meta_strs(m, i, NULL, 0, NULL, 0, &total) != RK_OK) abort();
+            char *buf = malloc(total ? total : 1); int64_t *off = malloc((size_t)(an + 1) * 8);
+            if (rk_model_meta_strs(m, i, buf, total, off, an + 1, NULL) != RK_OK) abort();
+            if (off[an] != (int64_t)total) abort();
+            free(buf); free(off);
+        } else if (t != RK_META_ARRAY || at != RK_META_ARRAY) {
+            size_t cap = 8 * (size_t)(t == RK_META_ARRAY ? an + 1 : 1);
+            void *buf = malloc(cap);
+            if (rk_model_meta_data(m, i, buf, cap) != RK_OK) require_message("data");
+            free(buf);
+        } else if (rk_model_meta_data(m, i, NULL, 0) == RK_OK) abort();
+    }
+}
+
 static void exercise(rk_model *m) {
+    walk_meta(m);
     rk_session_params sp = rk_session_default_params();
     sp.n_ctx = 16;
     sp.n_threads = 1;

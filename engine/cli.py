@@ -122,7 +122,7 @@ def check_threads(n: Optional[int]) -> Optional[int]:
 
 
 def check_budget(budget) -> float:
-    """A KV budget as the engine defines it (src/evict.c): a fraction in (0, 1] of the entries, or an
+    """A KV budget as the engine defines it (src/evict/evict.c): a fraction in (0, 1] of the entries, or an
     integer token count >= 2."""
     what = "a finite number: a fraction in (0, 1] of the entries kept, or a token count (integer >= 2)"
     try:

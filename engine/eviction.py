@@ -87,7 +87,7 @@ class Eviction:
 EvictionLike = Union[Eviction, dict, None]
 
 
-# What each policy of the C registry (src/policies/registry.c) keeps, and the Eviction fields its scoring
+# What each policy of the C registry (src/evict/policies/registry.c) keeps, and the Eviction fields its scoring
 # reads besides budget, schedule, slack and positions (which every policy takes). The tools' --help is
 # generated from this; tests/test_cli_edges.py checks that it covers every policy the C core registers
 # and names only Eviction fields. Adding a policy: its C file, its line in registry.c, its entry here.

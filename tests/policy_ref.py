@@ -1,7 +1,7 @@
 """Numpy reference of the eviction policies h2o, tova, snapkv, pyramidkv and adakv.
 
-Written from the policies' definitions (the top comments of src/policies/*.c,
-eviction-policies.md c.2-c.6) and the keep-set rule of src/evict.c, not from the
+Written from the policies' definitions (the top comments of src/evict/policies/*.c,
+eviction-policies.md c.2-c.6) and the keep-set rule of src/evict/evict.c, not from the
 C code: float64 throughout, plain loops where they read more clearly.
 
     ref = prefix_reference(path, tokens, "snapkv", budget=0.1)

@@ -1,9 +1,9 @@
 """Numpy reference, from first principles, of the ``restkv`` and ``lacache`` eviction policies and of the
-shared keep-set rule (src/evict.c), plus a float64 session that evicts as the engine does.
+shared keep-set rule (src/evict/evict.c), plus a float64 session that evicts as the engine does.
 
 Everything is float64 and written for clarity. The definitions are those of docs/eviction-policies.md
 (b.4-b.7, b.11, b.12, b.14 for ReST-KV; c.7 for LaCache) as pinned down in the top comments of
-src/policies/restkv.c and src/policies/lacache.c.
+src/evict/policies/restkv.c and src/evict/policies/lacache.c.
 
     ref = RefSession(path, n_ctx=64, policy="restkv", budget=24, window=8, schedule="streaming", slack=8)
     ref.eval(tokens)                 # batches, forward passes and compressions as the engine makes them

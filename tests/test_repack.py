@@ -1,4 +1,4 @@
-"""Weights re-laid out at load (src/repack.c): with AVX2, Q4_0/Q4_1/Q8_0 matrices of a
+"""Weights re-laid out at load (src/cpu/repack.c): with AVX2, Q4_0/Q4_1/Q8_0 matrices of a
 height divisible by 8 are stored as interleaved 8-row blocks and multiplied by the
 kernels of quant_avx2_packed.c. The bytes are the file's, moved; only the order of
 the float sums changes, so logits stay close to the row layout's (RK_REPACK=0, in a

@@ -11,6 +11,7 @@ if [ -z "$cc" ] && command -v clang >/dev/null; then cc=clang; fi
 cc=${cc:-gcc}
 # one build folder per compiler: changing a configured folder's compiler makes CMake drop the options
 build=${2:-build/fuzz-$(basename "$cc")}
+mkdir -p "$(dirname "$build")"
 gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
 cmake -S . -B "$build" "${gen[@]}" -DCMAKE_C_COMPILER="$cc" -DENGINE_FUZZ=ON -DENGINE_PYTHON=OFF \
       -DCMAKE_BUILD_TYPE=RelWithDebInfo > "$build.cmake.log" 2>&1 || { cat "$build.cmake.log"; exit 1; }

@@ -29,7 +29,7 @@
  * budget into heavy hitters plus a recent window. Under the streaming schedule
  * the newest token competes like any other (its score is its self-attention).
  */
-#include "../policy.h"
+#include "policy.h"
 
 static rk_status score(const rk_policy_view *v, float *scores) {
     const int32_t G = v->group;

@@ -26,7 +26,7 @@
  * Selection: keep_last = 1 (kvpress forces the newest token), no sinks, no
  * window; the rest of the budget goes to the top scores, ties to the newer token.
  */
-#include "../policy.h"
+#include "policy.h"
 
 /* slot holding position p in the increasing pos[0..n), or -1 */
 static int32_t find_pos(const int32_t *pos, int32_t n, int32_t p) {

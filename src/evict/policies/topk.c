@@ -9,7 +9,7 @@
  */
 #include <math.h>
 
-#include "../policy.h"
+#include "policy.h"
 
 /* k-th largest of x[0..n) (quickselect; reorders x) */
 static float kth_largest(float *x, int32_t n, int32_t k) {

@@ -1,7 +1,7 @@
 /* registry.c: the one list of eviction policies. Adding a policy = its file + one line here. */
 #include <string.h>
 
-#include "../policy.h"
+#include "policy.h"
 
 extern const rk_policy_i rk_policy_full;
 extern const rk_policy_i rk_policy_streaming;

@@ -39,8 +39,8 @@
  */
 #include <stdlib.h>
 
-#include "../error.h"
-#include "../policy.h"
+#include "error.h"
+#include "policy.h"
 
 static int32_t ceil_div(int32_t a, int32_t b) { /* b > 0; rounds toward +inf like math.ceil */
     return a >= 0 ? (a + b - 1) / b : -((-a) / b);

@@ -250,7 +250,7 @@ static rk_status compute_wo_gram(rk_model *m) {
                            w->name);
         }
         memset(acc, 0, H * dd * sizeof(double));
-        for (int64_t r0 = 0; r0 < w->n_out; r0 += RK_GRAM_ROWS) { /* src/gram.c: register tiles, same bits */
+        for (int64_t r0 = 0; r0 < w->n_out; r0 += RK_GRAM_ROWS) { /* src/model/gram.c: register tiles, same bits */
             const int64_t nr = w->n_out - r0 < RK_GRAM_ROWS ? w->n_out - r0 : RK_GRAM_ROWS;
             for (int64_t r = 0; r < nr; r++)
                 tr->to_float((const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes, row + (size_t)r * H * d,

@@ -5,7 +5,7 @@
  * Score = position, so the newest tokens win the budget left after the sinks.
  * Needs no statistics. With positions="shift" this is the paper's pos-shift variant.
  */
-#include "../policy.h"
+#include "policy.h"
 
 static rk_status score(const rk_policy_view *v, float *scores) {
     for (int32_t g = 0; g < v->n_kv_heads; g++)

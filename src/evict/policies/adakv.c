@@ -51,7 +51,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../policy.h"
+#include "policy.h"
 
 typedef struct {
     float   s;

@@ -38,8 +38,8 @@
  */
 #include <stdlib.h>
 
-#include "../error.h"
-#include "../policy.h"
+#include "error.h"
+#include "policy.h"
 
 rk_status rk_snapkv_scores(const rk_policy_view *v, float *scores) {
     const int32_t G = v->group, half = v->p->kernel / 2;

@@ -1,5 +1,5 @@
 /*
- * policy.h: the interface between eviction policies (one file each in src/policies/) and the shared eviction code (evict.c).
+ * policy.h: the interface between eviction policies (one file each in src/evict/policies/) and the shared eviction code (evict.c).
  *
  * A policy only scores: for one layer it writes a score per (kv-head, slot),
  * higher = keep. The shared code turns scores into keep-sets: it protects the

@@ -1,5 +1,5 @@
 /*
- * evict.c: the shared half of KV eviction. Policies score (src/policies/); this
+ * evict.c: the shared half of KV eviction. Policies score (src/evict/policies/); this
  * file configures them, gathers the statistics they need, turns scores into
  * keep-sets (sinks, recent window, top-k, per-head budgets) and compacts the
  * per-(layer, kv-head) buffers, optionally re-rotating kept keys (positions=shift).

@@ -56,9 +56,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../error.h"
-#include "../policy.h"
-#include "../session.h"
+#include "error.h"
+#include "policy.h"
+#include "session.h"
 
 typedef struct {
     float   a;

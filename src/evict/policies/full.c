@@ -1,5 +1,5 @@
 /* full.c: no eviction (the full cache). Scores are never asked for: budget is forced to 1. */
-#include "../policy.h"
+#include "policy.h"
 
 static rk_status score(const rk_policy_view *v, float *scores) {
     for (int32_t g = 0; g < v->n_kv_heads; g++)

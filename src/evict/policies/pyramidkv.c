@@ -37,7 +37,7 @@
  */
 #include <math.h>
 
-#include "../policy.h"
+#include "policy.h"
 
 static void allocate(const rk_policy_view *v, const float *scores, int32_t *keep) {
     (void)scores;

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from contextlib import contextmanager
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -16,6 +15,10 @@ from .errors import EngineError
 _KV_TYPES = {"f16": lib.RK_TYPE_F16, "f32": lib.RK_TYPE_F32}
 _DEVICES = {"cpu": lib.RK_DEVICE_CPU, "cuda": lib.RK_DEVICE_CUDA}
 _LOGITS = {None: lib.RK_LOGITS_NONE, "none": lib.RK_LOGITS_NONE, "last": lib.RK_LOGITS_LAST, "all": lib.RK_LOGITS_ALL}
+
+
+_BUSY = ("the session is in a call from another thread (a session runs one call at a time: give each "
+         "thread its own session, model.session())")
 
 
 def _check(status: int) -> None:
@@ -88,17 +91,16 @@ class Model:
         self.device = device
 
     # ---- lifetime ----
-    @contextmanager
-    def _using(self):
-        """The C handle, kept valid (close() waits) until the block ends."""
+    def _call(self, fn, *args):
+        """fn(handle, *args), the handle kept valid meanwhile (close() waits). The lock is taken by
+        `with` on the lock itself, never in a generator or a Python __enter__: there a Ctrl-C landing
+        just after the acquire would leave it held, and close() would then wait forever."""
         with self._lock:
             if self._ptr is None:
                 raise EngineError("the model is closed")
-            yield self._ptr
+            return fn(self._ptr, *args)
 
-    def _get(self, fn):
-        with self._using() as h:
-            return fn(h)
+    _get = _call
 
     def _handle(self):
         """The raw C handle, without the guard (for tests that call the C API directly)."""
@@ -192,8 +194,7 @@ class Session:
         params.n_batch = n_batch
         params.kv_type = _KV_TYPES[kv_type]
         out = ffi.new("rk_session **")
-        with model._using() as mh:
-            _check(lib.rk_session_init(out, mh, params))
+        _check(model._call(lambda mh: lib.rk_session_init(out, mh, params)))
         self._ptr = ffi.gc(out[0], lib.rk_session_free)
         self._lock = threading.Lock()
         self.model = model  # keeps the weights alive as long as the session
@@ -203,23 +204,20 @@ class Session:
         if eviction is not None:
             self.set_eviction(eviction)
 
-    @contextmanager
-    def _using(self):
-        """The C handle for one call; a second thread is refused rather than queued, since two
-        timelines interleaved in one cache would be garbage even where they do not crash."""
-        if not self._lock.acquire(blocking=False):
-            raise EngineError("the session is in a call from another thread (a session runs one call at a "
-                              "time: give each thread its own session, model.session())")
-        try:
+    def _call(self, fn, *args):
+        """fn(handle, *args) for one call. A second thread is refused rather than queued (two
+        timelines interleaved in one cache would be garbage even where they did not crash); two
+        threads arriving at the same instant may instead run one after the other. The lock is taken
+        by `with` on the lock itself (see Model._call: Ctrl-C cannot leave it held), and close()
+        waits on it."""
+        if self._lock.locked():
+            raise EngineError(_BUSY)
+        with self._lock:
             if self._ptr is None:
                 raise EngineError("the session is closed")
-            yield self._ptr
-        finally:
-            self._lock.release()
+            return fn(self._ptr, *args)
 
-    def _get(self, fn):
-        with self._using() as h:
-            return fn(h)
+    _get = _call
 
     def _handle(self):
         """The raw C handle, without the guard (for tests that call the C API directly)."""
@@ -258,8 +256,7 @@ class Session:
         elif mode == lib.RK_LOGITS_ALL:
             out = np.empty((len(toks), self._n_vocab), dtype=np.float32)
         buf = ffi.from_buffer("float[]", out) if out is not None else ffi.NULL
-        with self._using() as h:
-            _check(lib.rk_session_eval(h, ffi.from_buffer("int32_t[]", toks), len(toks), buf, mode))
+        _check(self._call(lib.rk_session_eval, ffi.from_buffer("int32_t[]", toks), len(toks), buf, mode))
         return out
 
     def logprobs(self, ids: Iterable[int], return_argmax: bool = False, score_first: bool = False):
@@ -273,15 +270,13 @@ class Session:
         out = np.empty(m, dtype=np.float32)
         am = np.empty(m, dtype=np.int32) if return_argmax else None
         fn = lib.rk_session_logprobs_next if score_first else lib.rk_session_logprobs
-        with self._using() as h:
-            _check(fn(h, ffi.from_buffer("int32_t[]", toks), n, ffi.from_buffer("float[]", out) if m else ffi.NULL,
-                      ffi.from_buffer("int32_t[]", am) if am is not None and m else ffi.NULL))
+        _check(self._call(fn, ffi.from_buffer("int32_t[]", toks), n, ffi.from_buffer("float[]", out) if m else ffi.NULL,
+                          ffi.from_buffer("int32_t[]", am) if am is not None and m else ffi.NULL))
         return (out, am) if return_argmax else out
 
     def reset(self) -> None:
         """Empties the KV cache (the eviction settings stay)."""
-        with self._using() as h:
-            _check(lib.rk_session_reset(h))
+        _check(self._call(lib.rk_session_reset))
 
     # ---- KV eviction ----
     def set_eviction(self, eviction=None, **kwargs) -> "Eviction":
@@ -296,15 +291,13 @@ class Session:
             raise EngineError(f"eviction must be an Eviction, a dict or None, got {type(eviction).__name__}")
         elif kwargs:
             raise EngineError("pass either an Eviction or keyword arguments, not both")
-        with self._using() as h:
-            _check(lib.rk_session_set_evict(h, eviction.to_c()))
+        _check(self._call(lib.rk_session_set_eviction, *eviction.to_c()))
         self.eviction = eviction
         return eviction
 
     def compress(self) -> None:
         """Prefix schedule: compresses every (layer, kv-head) buffer to the budget now."""
-        with self._using() as h:
-            _check(lib.rk_session_compress(h))
+        _check(self._call(lib.rk_session_compress))
 
     def copy_state_from(self, src: "Session") -> None:
         """Takes src's evaluated state (KV cache, positions, the statistics this session's policy
@@ -315,24 +308,32 @@ class Session:
             raise EngineError(f"copy_state_from needs a Session, got {type(src).__name__}")
         if src is self:
             raise EngineError("copy_state_from: source and destination are the same session")
-        with self._using() as h, src._using() as sh:
-            _check(lib.rk_session_copy_state(h, sh))
+        # both sessions held for the copy; a thread copying the other way round would wait for
+        # this one rather than deadlock with it, since the locks are always taken in one order
+        first, second = sorted((self, src), key=id)
+        if first._lock.locked() or second._lock.locked():
+            raise EngineError(_BUSY)
+        with first._lock, second._lock:
+            if self._ptr is None or src._ptr is None:
+                raise EngineError("the session is closed")
+            _check(lib.rk_session_copy_state(self._ptr, src._ptr))
 
     def kv_count(self, layer: int, kv_head: int) -> int:
-        with self._using() as h:
-            n = int(lib.rk_session_kv_count(h, layer, kv_head))
+        n = int(self._call(lib.rk_session_kv_count, layer, kv_head))
         if n < 0:
             raise EngineError(f"no KV buffer for layer {layer}, kv-head {kv_head}")
         return n
 
     def kv_positions(self, layer: int, kv_head: int) -> np.ndarray:
         """Original positions of the tokens one (layer, kv-head) buffer holds, in slot order."""
-        with self._using() as h:
+        def positions(h):
             n = int(lib.rk_session_kv_count(h, layer, kv_head))
             if n < 0:
                 raise EngineError(f"no KV buffer for layer {layer}, kv-head {kv_head}")
             out = np.empty(n, dtype=np.int32)
             lib.rk_session_kv_positions(h, layer, kv_head, ffi.from_buffer("int32_t[]", out), n)
-        return out
+            return out
+
+        return self._call(positions)
 
     next_pos = property(lambda self: int(self._get(lib.rk_session_next_pos)))

@@ -56,10 +56,11 @@ class Ours:
     def prepare(self, depth, ids):
         """prefills `depth` tokens once; decode runs restore that state"""
         from engine import Eviction
+        from engine.eviction import source_for
 
         n_ctx = depth + self.gen + 8
         src = self.model.session(n_ctx=n_ctx, n_batch=512)
-        src.set_eviction(Eviction(policy="h2o", budget=1.0))  # gathers every statistic a policy needs
+        src.set_eviction(source_for([Eviction(policy=self.policy)]))  # gathers what the policy needs
         if depth:
             src.eval(ids[:depth], logits=None)
         full = self.model.session(n_ctx=n_ctx, n_batch=512)

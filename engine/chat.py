@@ -221,7 +221,7 @@ class Chat:
         # ---- session with streaming eviction ----
         self.eviction = Eviction(policy=policy, budget=self.budget, schedule="streaming", positions=positions,
                                  slack=slack)
-        self.eviction.to_c()  # checks the schedule and positions names before anything is allocated
+        self.eviction.check()  # the C core checks every setting before anything is allocated
         self.session = model.session(n_ctx=self.n_ctx, n_threads=n_threads, kv_type=kv_type)
         try:
             self.session.set_eviction(self.eviction)
@@ -229,7 +229,7 @@ class Chat:
         except BaseException:
             self.session.close()
             raise
-        self.evicting = policy not in ("full", "topk")
+        self.evicting = self.eviction.info.evicts
         self.turns = 0
         self.messages: list[dict] = []
         self._text = ""         # the rendered text whose tokens the KV cache holds
@@ -242,7 +242,7 @@ class Chat:
         compressed once with the same settings (prefix schedule)."""
         from .eviction import Eviction
 
-        if self.eviction.policy in ("full", "topk"):
+        if not self.eviction.info.evicts:  # full, topk: nothing is ever scored
             return
         probe = Eviction(**{**self.eviction.as_dict(), "schedule": "prefix", "budget": 0.5})
         n = 8
@@ -485,7 +485,7 @@ Defaults: the KV cache is --budget + --slack + 1 tokens (not a context size as e
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .eviction import policy_help
+    from .eviction import POSITIONS, policy_help
 
     p = cli.Parser(
         "python -m engine.chat",
@@ -503,7 +503,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slack", type=int, default=DEFAULT_SLACK,
                    help=f"evict when a buffer holds budget + slack tokens, down to the budget: larger "
                         f"amortises eviction, costs slack more slots (default {DEFAULT_SLACK})")
-    p.add_argument("--positions", choices=("original", "shift"), default="original",
+    p.add_argument("--positions", choices=POSITIONS, default="original",
                    help="RoPE positions of the kept tokens: 'original' (default) or 'shift' to 0..n-1; "
                         "past the model's trained context only 'shift' keeps RoPE in range")
     p.add_argument("--system", default=None, help="system prompt (default: the template's own, if any)")

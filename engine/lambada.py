@@ -35,6 +35,7 @@ import numpy as np
 
 from . import cli
 from .errors import EngineError
+from .eviction import FULL
 from .perplexity import _as_eviction, _bar, exp_mean, kv_rows, print_table
 
 CASES = ("continuation", "separate")
@@ -291,7 +292,7 @@ def score_cli(args, ev, model, threads, path, items, skipped) -> int:
     print(f"{res.n_scored} passages, {res.n_target_tokens} target tokens (target tokenisation: {cases}), "
           f"{res.seconds:.1f} s, {res.tokens_per_second:.1f} tokens/s")
     print()
-    if res.policy == "full" or res.budget == 1.0:
+    if res.policy == FULL or res.budget == 1.0:
         blabel = f"{res.budget:g} (full cache)"
     else:
         blabel = f"{res.budget:g} ({res.budget_tokens_mean:.1f} entries kept per buffer, mean)"

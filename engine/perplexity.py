@@ -41,12 +41,14 @@ from typing import Optional
 import numpy as np
 
 from . import cli
+from .eviction import cli_options
 from .cli import check_budget  # noqa: F401  (re-exported: the budget check of the library and the tools)
 from .errors import EngineError
 
 PROTOCOLS = ("prefix", "streaming")
-# policies that never evict (full keeps everything; topk masks attention but keeps every entry)
-NON_EVICTING = ("full", "topk")
+# policies that never evict (full keeps everything; topk masks attention but keeps every entry): from the
+# C core's policy flags
+from .eviction import FULL, MASKING, NON_EVICTING  # noqa: E402
 # tokens per logprobs call of the streaming protocol (the C core cuts batches at budget + slack itself)
 STREAM_PIECE = 512
 
@@ -123,20 +125,11 @@ def _as_eviction(eviction):
     raise EngineError(f"eviction must be an Eviction, a dict or None, got {type(eviction).__name__}")
 
 
-# eviction hyper-parameters exposed on the command line: (option, Eviction field, type, help)
-EVICTION_OPTIONS = [
-    ("--window", "window", int, "observation window: recent queries that score, recent keys kept"),
-    ("--n-sink", "n_sink", int, "first tokens always kept by streaming and lacache"),
-    ("--kernel", "kernel", int, "pooling kernel of snapkv/pyramidkv/adakv, base kernel of restkv (odd)"),
-    ("--slack", "slack", int, "streaming: evict when a buffer holds budget + slack (0 = every token)"),
-    ("--ema-alpha", "ema_alpha", float, "restkv: EMA coefficient over the window queries"),
-    ("--aws-beta", "aws_beta", float, "restkv: adaptive pooling scale"),
-    ("--pyramid-beta", "pyramid_beta", float, "pyramidkv: budget schedule steepness"),
-    ("--ada-floor", "ada_floor", float, "adakv: share of each head's budget guaranteed to it"),
-    ("--ada-base", "ada_base", str, "adakv: scores to allocate with, snapkv or restkv"),
-    ("--lacache-span", "lacache_span", int, "lacache: ladder span"),
-    ("--lacache-overlap", "lacache_overlap", int, "lacache: ladder overlap"),
-]
+# eviction hyper-parameters exposed on the command line: (option, Eviction field, type, help), built from the C
+# core's parameter tables (engine.eviction.cli_options): the shared settings other than budget and schedule
+# (positions is added with its choices by add_eviction_args), then every policy parameter
+EVICTION_OPTIONS = [(opt, name, typ, hlp) for opt, name, typ, hlp, _ in cli_options() if name != "positions"]
+_CHOICES = {name: choices for _, name, _, _, choices in cli_options() if choices}
 
 
 def add_eviction_args(p: argparse.ArgumentParser, policy_budget: bool = True) -> None:
@@ -156,11 +149,12 @@ def add_eviction_args(p: argparse.ArgumentParser, policy_budget: bool = True) ->
                    help="prefix: each chunk's first half prefilled and compressed, second half scored on top "
                         "(default; = llama-perplexity at budget 1); streaming: the whole text through a "
                         "cache held at the budget, every token after the first --ctx scored")
-    g.add_argument("--positions", choices=("original", "shift"), default=d.positions,
+    g.add_argument("--positions", choices=_CHOICES["positions"], default=d.positions,
                    help="kept keys keep their RoPE positions (original, default) or are shifted to "
                         "contiguous ones (shift)")
     for opt, name, typ, hlp in EVICTION_OPTIONS:
-        g.add_argument(opt, dest=name, type=typ, default=getattr(d, name), help=f"{hlp} (default {getattr(d, name)})")
+        g.add_argument(opt, dest=name, type=typ, default=getattr(d, name), choices=_CHOICES.get(name),
+                       help=f"{hlp} (default {getattr(d, name)})")
 
 
 def eviction_params(args) -> dict:
@@ -169,7 +163,7 @@ def eviction_params(args) -> dict:
 
 
 def eviction_from_args(args, policy: Optional[str] = None, budget: Optional[float] = None):
-    return make_eviction(policy=policy if policy is not None else (args.policy or "full"),
+    return make_eviction(policy=policy if policy is not None else (args.policy or FULL),
                          budget=budget if budget is not None else args.budget, **eviction_params(args))
 
 
@@ -188,11 +182,11 @@ def resolve_policy(policy: Optional[str], budget: float, protocol: str = "prefix
                               + (f" ('{policy}' evicts nothing)" if policy else ""))
         return policy
     if budget == 1.0:
-        return policy or "full"
+        return policy or FULL
     if policy is None:
         raise EngineError(f"--budget {budget:g} needs an eviction policy: --policy one of "
-                          f"{', '.join(p for p in policies() if p != 'full')}")
-    if policy == "full":
+                          f"{', '.join(p for p in policies() if p != FULL)}")
+    if policy == FULL:
         raise EngineError(f"--budget {budget:g} with --policy full: 'full' keeps every entry; "
                           f"choose an evicting policy ({evicting})")
     return policy
@@ -540,9 +534,9 @@ def print_table(rows: list[tuple[str, str]], file=None) -> None:
 
 
 def budget_label(res) -> str:
-    if res.policy == "full" or (res.budget == 1.0 and res.protocol == "prefix"):
+    if res.policy == FULL or (res.budget == 1.0 and res.protocol == "prefix"):
         return f"{res.budget:g} (full cache)"
-    if res.policy == "topk":
+    if res.policy in MASKING:
         return f"{res.budget:g} (top-k attention, nothing evicted)"
     if res.protocol == "streaming":
         return f"{res.budget:g} ({res.budget_tokens} tokens of cache)"

@@ -2,11 +2,13 @@
 
 Under the prefix schedule a prefill runs with the full cache whatever the policy, so a sweep of
 policies x budgets over the same text need not repeat it: the prefix is evaluated once in a
-source session set to h2o (which gathers every statistic a policy scores with: the window's
-queries and the accumulated attention), and each configuration then takes a copy of that state
+source session set, at budget 1, to a policy that gathers every statistic the group's policies
+score with (engine.eviction.source_for, from the C core's "gathers" bits: the window's queries,
+the accumulated attention), and each configuration then takes a copy of that state
 (Session.copy_state_from), compresses it and continues. The results are bit for bit those of
-separate runs (tests/test_shared_prefill.py). `topk` changes the prefill itself (sparse attention
-from the first query on), so it gets a prefill of its own, as does a lone configuration.
+separate runs (tests/test_shared_prefill.py). A policy that masks attention (`topk`) changes the
+prefill itself (sparse attention from the first query on), so it gets a prefill of its own, as does a
+lone configuration.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Sequence
 
-from .eviction import Eviction
+from .eviction import POLICIES, Eviction, source_for
 
 
 @dataclass
@@ -26,7 +28,7 @@ class Prefilled:
 
 
 def _own_prefill(ev: Optional[Eviction]) -> bool:
-    return ev is not None and ev.policy == "topk"
+    return ev is not None and POLICIES[ev.policy].masks_attention
 
 
 class SharedPrefill:
@@ -58,7 +60,7 @@ class SharedPrefill:
         self.sources = {}
         for key in self.groups:
             src = mk()
-            src.set_eviction(Eviction(policy="h2o", budget=1.0, window=key if key is not None else 32))
+            src.set_eviction(source_for([self.evs[i] for i in self.groups[key]], window=key))
             self.sources[key] = src
         self.dst = mk() if self.groups else None
         for i in self.own:

@@ -33,24 +33,26 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Optional
 
 import numpy as np
 
 from . import cli
 from .errors import EngineError
+from .eviction import FULL, Eviction
 from .perplexity import (EXIT_HELP, NON_EVICTING, PROTOCOLS, add_eviction_args, check_budget, check_policy,
                          eviction_params, make_eviction, perplexity, perplexity_many)
 
 DATASETS = ("wikitext", "lambada")  # the kinds of evaluation; --datasets also takes engine.data's names
 DEFAULT_BUDGETS = (1.0, 0.5, 0.25, 0.1, 0.05)
 
-CSV_FIELDS = ["dataset", "policy", "budget", "protocol", "ppl", "ppl_stderr", "accuracy", "accuracy_stderr",
-              "n_scored", "n_ctx", "chunks", "lambada_n", "kv_bytes_peak", "kv_bytes_mean", "kv_bytes_alloc",
-              "kv_bytes_full", "tokens_per_second", "seconds", "model", "data", "positions", "window", "n_sink",
-              "kernel", "slack", "ema_alpha", "aws_beta", "pyramid_beta", "ada_floor", "ada_base", "lacache_span",
-              "lacache_overlap", "finished"]
+# the run's figures, then every eviction setting (the C core's tables: the shared settings other than budget and
+# schedule, then each policy parameter), then when it finished
+CSV_FIELDS = (["dataset", "policy", "budget", "protocol", "ppl", "ppl_stderr", "accuracy", "accuracy_stderr",
+               "n_scored", "n_ctx", "chunks", "lambada_n", "kv_bytes_peak", "kv_bytes_mean", "kv_bytes_alloc",
+               "kv_bytes_full", "tokens_per_second", "seconds", "model", "data"]
+              + [f.name for f in fields(Eviction) if f.name not in ("policy", "budget", "schedule")] + ["finished"])
 
 
 def parse_list(text: str, what: str) -> list[str]:
@@ -64,7 +66,7 @@ def parse_policies(text: str) -> list[str]:
     from .eviction import policies
 
     if text.strip() == "all":
-        return [p for p in policies() if p != "full"]
+        return [p for p in policies() if p != FULL]
     out = []
     for p in parse_list(text, "policies"):
         check_policy(p)
@@ -92,12 +94,12 @@ def plan(policies: list[str], budgets: list[float], datasets: list[str], protoco
     for ds in datasets:
         proto = "prefix" if ds == "lambada" else protocol
         if 1.0 in budgets and proto == "prefix":
-            runs.append((ds, "full", 1.0, proto))
+            runs.append((ds, FULL, 1.0, proto))
         for b in budgets:
             if b == 1.0 and proto == "prefix":
                 continue
             for p in policies:
-                if p == "full" or (proto == "streaming" and p in NON_EVICTING):
+                if p == FULL or (proto == "streaming" and p in NON_EVICTING):
                     continue  # full is the budget-1 run; the streaming protocol needs an evicting policy
                 runs.append((ds, p, b, proto))
     return runs
@@ -179,7 +181,7 @@ def tables(runs: list[dict], policies: list[str], budgets: list[float], datasets
                         lambda v: f"{100 * v:.1f}"))
         metrics.append(("lambada", "ppl", f"LAMBADA last-word perplexity (lower is better): {names['lambada']}",
                         lambda v: f"{v:.2f}"))
-    rows_p = [p for p in policies if p != "full"] or ["full"]
+    rows_p = [p for p in policies if p != FULL] or [FULL]
     out = []
     for ds, metric, title, fmt in metrics:
         out.append(f"**{title}**\n")
@@ -190,7 +192,7 @@ def tables(runs: list[dict], policies: list[str], budgets: list[float], datasets
             for b in cols:
                 run = by.get((ds, p, b))
                 if run is None and b == 1.0:
-                    run = by.get((ds, "full", 1.0))
+                    run = by.get((ds, FULL, 1.0))
                 v = _cell_value(run, metric)
                 cells.append("–" if v is None or math.isnan(v) else "inf" if math.isinf(v) else fmt(v))
             out.append(f"| {p} | " + " | ".join(cells) + " |")
@@ -216,14 +218,14 @@ def plots(out: str, runs: list[dict], policies: list[str], titles: Optional[dict
     def series(ds, p, metric):
         pts = []
         for (d, pp, b), run in by.items():
-            if d == ds and b <= 1 and (pp == p or (pp == "full" and b == 1.0)):
+            if d == ds and b <= 1 and (pp == p or (pp == FULL and b == 1.0)):
                 v = _cell_value(run, metric)
                 if v is not None and math.isfinite(v):
                     pts.append((b, v))
         pts.sort()
         return [b for b, _ in pts], [v for _, v in pts]
 
-    names = [p for p in policies if p != "full"]
+    names = [p for p in policies if p != FULL]
     specs = [("wikitext", "ppl_vs_budget.png", [("ppl", "perplexity", True)], titles["wikitext"]),
              ("lambada", "lambada_vs_budget.png", [("accuracy", "last-word accuracy", False),
                                                     ("ppl", "last-word perplexity", True)], titles["lambada"])]
@@ -232,7 +234,7 @@ def plots(out: str, runs: list[dict], policies: list[str], titles: Optional[dict
             continue
         fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
         for ax, (metric, label, logy) in zip(axes[0], metrics):
-            full = _cell_value(by.get((ds, "full", 1.0)), metric)
+            full = _cell_value(by.get((ds, FULL, 1.0)), metric)
             for p in names:
                 x, y = series(ds, p, metric)
                 if x:
@@ -290,7 +292,7 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
         raise EngineError("--chunks and --lambada-n must be >= 1 (leave them out for all)")
     cli.check_output_dir(out)
     # every hyper-parameter, defaults included, so the resume keys do not depend on how they were given
-    ev_params = {k: v for k, v in make_eviction("full", 1.0, **dict(eviction or {})).as_dict().items()
+    ev_params = {k: v for k, v in make_eviction(FULL, 1.0, **dict(eviction or {})).as_dict().items()
                  if k not in ("policy", "budget", "schedule")}
     given = {"wikitext": wikitext, "lambada": lambada_file}
     files = {kind: cli.dataset_path(name, given[kind], data_dir, option=f"--{kind}") for kind, name in by_kind.items()}

@@ -442,16 +442,17 @@ def read_model_metadata(model: Any, prefixes: Tuple[str, ...] = ("tokenizer.", "
     import numpy as np
     from ._native import ffi, lib
 
-    # the model's own guard when it has one (engine.Model._using: close() waits until the copy is done)
-    using = getattr(model, "_using", None)
-    guard = using() if using is not None else contextlib.nullcontext(model._handle())
+    # held while copying, so that model.close() in another thread waits until the copy is done
+    # (`with` on the lock itself: Ctrl-C cannot leave it held)
+    guard = getattr(model, "_lock", None) or contextlib.nullcontext()
 
     def check(status: int) -> None:
         if status != 0:
             raise EngineError(ffi.string(lib.rk_last_error()).decode("utf-8", "replace"), status=status)
 
     meta: Dict[str, Any] = {}
-    with guard as h:
+    with guard:
+        h = model._handle()
         n = int(lib.rk_model_meta_count(h))
         key_p = ffi.new("const char **")
         typ = ffi.new("int32_t *")

@@ -176,7 +176,15 @@ size_t      rk_session_kv_bytes_used(const rk_session *session);   /* KV storage
  *   streaming schedule: eval evicts whenever a buffer would exceed budget + slack,
  *                       down to the budget, so memory stays bounded forever.
  * Budget: a value in (0, 1] is a fraction (prefix: of the tokens cached when
- * compressing; streaming: of n_ctx); a value >= 2 is a number of tokens. */
+ * compressing; streaming: of n_ctx); a value >= 2 is a number of tokens.
+ *
+ * Settings are text, "key=value,key=value" (spaces around items allowed): the shared
+ * settings (rk_policy_param_info(RK_EVICT_SHARED, ...): budget, schedule, positions,
+ * window, n_sink, slack) and the policy's own parameters (rk_policy_param_info(i, ...)).
+ * Keys not given take their defaults; an unknown key, a value out of range or of the
+ * wrong type is an RK_ERR_ARG naming the parameter, its range and the policy. The
+ * tables below describe every parameter, so bindings and tools build their options
+ * from them (engine/eviction.py does). */
 typedef enum {
     RK_SCHEDULE_PREFIX    = 0,
     RK_SCHEDULE_STREAMING = 1
@@ -187,30 +195,68 @@ typedef enum {
     RK_POSITIONS_SHIFT    = 1   /* kept keys re-rotated to positions 0..n-1; new tokens continue from n */
 } rk_positions;
 
-typedef struct {
-    char    policy[32];     /* "full", "streaming", "h2o", "tova", "snapkv", "pyramidkv", "adakv", "lacache", "restkv", "topk" */
-    float   budget;         /* see above; 1.0 = keep everything */
-    int32_t schedule;       /* rk_schedule */
-    int32_t positions;      /* rk_positions */
-    int32_t window;         /* observation window w: recent queries that score, recent keys kept (32) */
-    int32_t n_sink;         /* first tokens always kept by "streaming" and "lacache" (4) */
-    int32_t kernel;         /* pooling kernel of snapkv/pyramidkv/adakv, base kernel k0 of restkv (5) */
-    int32_t slack;          /* streaming schedule: evict when a buffer holds budget + slack (0 = every token) */
-    float   ema_alpha;      /* restkv: EMA coefficient over the window queries (0.3) */
-    float   aws_beta;       /* restkv: adaptive pooling scale (2000) */
-    float   pyramid_beta;   /* pyramidkv: budget schedule steepness (20) */
-    float   ada_floor;      /* adakv: share of each head's budget guaranteed to it (0.2) */
-    char    ada_base[16];   /* adakv: scores to allocate with, "snapkv" or "restkv" */
-    int32_t lacache_span;   /* lacache: ladder span S (16) */
-    int32_t lacache_overlap;/* lacache: ladder overlap O (0) */
-} rk_evict_params;
+/* What a policy does (rk_policy_info.flags). A policy with neither EVICTS nor MASKS_ATTN keeps
+ * every entry and changes nothing ("full"). */
+typedef enum {
+    RK_POLICY_EVICTS       = 1,   /* compresses the cache to the budget (entries per (layer, kv-head)) */
+    RK_POLICY_MASKS_ATTN   = 2,   /* evicts nothing: each query attends to its top budget keys ("topk") */
+    RK_POLICY_KEEPS_SINKS  = 4,   /* the shared code keeps the first n_sink positions */
+    RK_POLICY_KEEPS_WINDOW = 8,   /* the shared code keeps the newest min(window, budget / 2) tokens */
+    RK_POLICY_KEEPS_LAST   = 16   /* the shared code keeps the newest token */
+} rk_policy_flag;
 
-rk_evict_params rk_evict_default_params(void);
+/* Statistics a policy scores with (rk_policy_info.needs / .gathers). */
+typedef enum {
+    RK_NEED_WINDOW = 1,  /* the last `window` evaluated tokens' queries (window attention) */
+    RK_NEED_ACC    = 2   /* attention each cached token received, accumulated over every query */
+} rk_policy_need;
+
+typedef enum {
+    RK_PARAM_INT    = 0,  /* an integer in [min, max] */
+    RK_PARAM_FLOAT  = 1,  /* a number in [min, max] (an open end: min_open / max_open) */
+    RK_PARAM_CHOICE = 2   /* one of the names in `choices` ("a|b"); default_value is its index */
+} rk_param_type;
+
+/* policy index of the shared settings in rk_policy_param_info */
+typedef enum { RK_EVICT_SHARED = -1 } rk_evict_shared_index;
+
+typedef struct {
+    const char *name;      /* key in the settings text */
+    int32_t     type;      /* rk_param_type */
+    double      default_value;  /* CHOICE: index into choices */
+    double      min, max;  /* range (CHOICE: 0 .. number of choices - 1); +-inf when unbounded */
+    int32_t     min_open, max_open;  /* 1: that end of the range is excluded */
+    const char *choices;   /* CHOICE: "name|name|..."; else NULL */
+    const char *help;      /* one line; further rules (e.g. "odd") are stated here and checked by the policy */
+} rk_param_info;
+
+typedef struct {
+    const char *name;      /* user-facing name, e.g. "restkv" */
+    const char *help;      /* one line: what it keeps */
+    uint32_t    flags;     /* rk_policy_flag bits */
+    uint32_t    needs;     /* rk_policy_need bits its scores read */
+    uint32_t    gathers;   /* rk_policy_need bits a session set to it keeps, which rk_session_copy_state
+                            * can pass on: its needs, and the query window for every evicting policy */
+    int32_t     n_params;  /* its own parameters (the shared settings not counted) */
+} rk_policy_info;
+
+int32_t     rk_policy_count(void);
 /* The i-th policy name (i from 0), NULL past the end. */
 const char *rk_policy_name(int32_t i);
-/* Sets the session's eviction policy (validated; the session is unchanged on error).
- * The KV capacity stays n_ctx slots per (layer, kv-head). */
-rk_status   rk_session_set_evict(rk_session *session, const rk_evict_params *params);
+/* Index of a policy by name, -1 if unknown. */
+int32_t     rk_policy_index(const char *name);
+rk_status   rk_policy_get_info(int32_t policy, rk_policy_info *out);
+/* Number of parameters of a policy, or of the shared settings (RK_EVICT_SHARED); -1 for a bad index. */
+int32_t     rk_policy_n_params(int32_t policy);
+rk_status   rk_policy_param_info(int32_t policy, int32_t i, rk_param_info *out);
+/* Validates a policy and settings as rk_session_set_eviction does, without a session (the checks
+ * that depend on the session's n_ctx excepted). */
+rk_status   rk_evict_check(const char *policy, const char *settings);
+/* Sets the session's eviction policy and settings (settings may be NULL or "": all defaults).
+ * Validated; the session is unchanged on error. Prepares what the policy needs from the model on
+ * first use (ReST-KV's W_o Gram matrices, computed once per model, whichever session asks first).
+ * The KV capacity stays n_ctx slots per (layer, kv-head). A new session has policy "full". */
+rk_status   rk_session_set_eviction(rk_session *session, const char *policy, const char *settings);
 /* Prefix schedule: compresses every (layer, kv-head) buffer to the budget now, scoring
  * with the last `window` evaluated tokens as observation queries. No-op at budget 1. */
 rk_status   rk_session_compress(rk_session *session);
@@ -225,8 +271,9 @@ int32_t     rk_session_next_pos(const rk_session *session);
  * queries, accumulated attention), so one prefill can be compressed and continued under
  * several eviction configurations. dst keeps its own eviction settings. Both sessions
  * must be on the same model with the same n_ctx and KV type, and src must have gathered
- * what dst needs: the same window, and accumulated attention for h2o (a source set to
- * h2o gathers everything). "topk" changes the prefill itself: it shares only with the same topk setting. */
+ * what dst needs (rk_policy_info.gathers of src's policy covers dst's, with the same
+ * window). A policy that masks attention changes the prefill itself: it shares only with
+ * the same policy and budget. */
 rk_status   rk_session_copy_state(rk_session *dst, const rk_session *src);
 
 /* ---- vocabulary / metadata for the tokenizer ----

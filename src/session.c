@@ -81,8 +81,7 @@ rk_status rk_session_init(rk_session **out, rk_model *model, const rk_session_pa
     if (!st && !(s->pool = rk_pool_create(s->n_threads)))
         st = rk_fail(RK_ERR_OOM, "cannot start %d threads", s->n_threads);
     if (!st) {
-        rk_evict_params ep = rk_evict_default_params();
-        st = rk_session_set_evict(s, &ep);
+        st = rk_session_set_eviction(s, "full", NULL);
     }
     if (st) {
         rk_session_free(s);

@@ -32,8 +32,9 @@ struct rk_session {
     float    *last_h;   /* [n_embd] final-normed hidden state of the last evaluated token */
 
     /* KV eviction (evict.c) */
-    rk_evict_params    evict;
-    const rk_policy_i *policy;     /* NULL = no eviction configured ("full") */
+    rk_evict_shared    evict;      /* the shared settings (budget, schedule, window, ...) */
+    const rk_policy_i *policy;     /* the policy set (flags say whether it evicts or masks attention) */
+    void              *ev_cfg;     /* its settings struct (policy->cfg_size bytes), or NULL */
     int32_t   next_pos;            /* position of the next token (differs from n_past after a shift) */
     int32_t   topk;                /* "topk" sparse attention: > 0 = keep this many keys per query; */
     float     topk_frac;           /*   or this fraction of the visible keys (when topk == 0) */

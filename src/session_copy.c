@@ -18,7 +18,8 @@ static rk_status check_compatible(const rk_session *dst, const rk_session *src) 
                        "rk_session_copy_state: the sessions differ in n_ctx (%d vs %d) or KV type (%s vs %s)",
                        dst->n_ctx, src->n_ctx, dst->kv.type == RK_TYPE_F16 ? "f16" : "f32",
                        src->kv.type == RK_TYPE_F16 ? "f16" : "f32");
-    /* top-k sparse attention changes the prefill's own outputs: only the same setting may share it */
+    /* an attention mask (RK_POLICY_MASKS_ATTN, "topk") changes the prefill's own outputs: only the same
+     * setting may share it */
     if (dst->topk != src->topk || dst->topk_frac != src->topk_frac)
         return rk_fail(RK_ERR_ARG, "rk_session_copy_state: top-k sparse attention differs between the sessions "
                                    "(it changes the prefill itself, which then cannot be shared)");
@@ -31,7 +32,8 @@ static rk_status check_compatible(const rk_session *dst, const rk_session *src) 
     if (dst->acc && !src->acc)
         return rk_fail(RK_ERR_ARG,
                        "rk_session_copy_state: the destination's policy needs accumulated attention, which the "
-                       "source did not gather (configure the source with a policy that does, e.g. h2o)");
+                       "source did not gather (configure the source with a policy whose rk_policy_info.gathers has "
+                                   "RK_NEED_ACC, e.g. h2o)");
     return RK_OK;
 }
 

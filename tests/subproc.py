@@ -9,6 +9,17 @@ import subprocess
 import sys
 
 
+def pythonpath() -> str:
+    """PYTHONPATH for a child `python -m engine.TOOL`: the compiled core and the engine package this
+    process imported (not whatever an older install left in site-packages)"""
+    import _restkv_ffi
+
+    import engine
+
+    return os.pathsep.join([os.path.dirname(os.path.abspath(_restkv_ffi.__file__)),
+                            os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))])
+
+
 def run_python(code: str, *args: str, env: dict | None = None, timeout: int = 900) -> str:
     """stdout of `python -c code args...` with os.environ updated by env; fails the calling
     test with the child's stderr if it exits non-zero"""

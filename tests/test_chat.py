@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import engine
+import subproc
 from engine import EngineError, Model
 from engine.chat import CHATML_TEMPLATE, Chat, compile_template, render_template, resolve_budget
 
@@ -24,7 +25,7 @@ SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging F
 
 def run_chat(*args, stdin: str = "", cwd, timeout: int = 300):
     """Runs `python -m engine.chat` with the engine package this test imported."""
-    env = dict(os.environ, PYTHONPATH=str(Path(engine.__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=subproc.pythonpath())
     return subprocess.run([sys.executable, "-m", "engine.chat", *args], input=stdin, cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -238,7 +239,7 @@ def test_cli_default_policy_works_or_says_why(tiny_gguf, tmp_path):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
 def test_cli_ctrl_c_stops_the_reply_not_the_program(tiny_gguf, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(Path(engine.__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=subproc.pythonpath())
     # a reply that would last many minutes (the greedy reply of this random model does not end by itself)
     p = subprocess.Popen([sys.executable, "-m", "engine.chat", "--gguf", tiny_gguf(), "--budget", "64",
                           "--policy", "streaming", "--max-tokens", "1000000", "--temp", "0", "--json"],

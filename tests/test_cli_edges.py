@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import engine
+import subproc
 from engine import cli
 from engine.eviction import POLICY_INFO, Eviction, policies
 
@@ -29,7 +30,7 @@ N_CTX = 64
 
 def tool(name: str, *args, cwd, stdin: str = "", timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m engine.<name> args...` with the engine package this test imported."""
-    env = dict(os.environ, PYTHONPATH=str(Path(engine.__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=subproc.pythonpath())
     return subprocess.run([sys.executable, "-m", f"engine.{name}" if name else "engine", *args], cwd=cwd, env=env,
                           input=stdin, capture_output=True, text=True, timeout=timeout)
 
@@ -314,7 +315,7 @@ class Child:
     """A tool in a child process whose stderr is read as it comes, to interrupt it at the right moment."""
 
     def __init__(self, name, *args, cwd):
-        env = dict(os.environ, PYTHONPATH=str(Path(engine.__file__).resolve().parent.parent))
+        env = dict(os.environ, PYTHONPATH=subproc.pythonpath())
         self.p = subprocess.Popen([sys.executable, "-m", f"engine.{name}", *args], cwd=cwd, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.err = b""

@@ -382,7 +382,13 @@ def _run(args, env_extra, cwd=ROOT):
     have_ext = importlib.util.find_spec("_restkv_ffi") is not None
     entry = ["-m", "engine.data"] if have_ext else [str(ROOT / "engine" / "data.py")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESTKV_")}
-    env.update(PYTHONPATH=str(ROOT), **env_extra)
+    if have_ext:  # the compiled core this process imported, not an older install's
+        import subproc
+
+        env.update(PYTHONPATH=subproc.pythonpath())
+    else:
+        env.update(PYTHONPATH=str(ROOT))
+    env.update(**env_extra)
     return subprocess.run([sys.executable, *entry, *args], cwd=cwd, capture_output=True, text=True,
                           env=env, timeout=120)
 

@@ -362,7 +362,9 @@ def test_cli_errors_are_clear(tiny_gguf, text_file, capsys, args, msg):
 
 
 def test_cli_subprocess_no_traceback(tiny_gguf, text_file, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(Path(engine.__file__).resolve().parent.parent))
+    import subproc  # the child runs the same compiled core as this process
+
+    env = dict(os.environ, PYTHONPATH=subproc.pythonpath())
     r = subprocess.run([sys.executable, "-m", "engine.lambada", "--gguf", tiny_gguf(), "--budget", "1.5",
                         "--policy", "streaming"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "between 1 and 2" in r.stderr and "Traceback" not in r.stderr

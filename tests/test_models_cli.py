@@ -215,12 +215,12 @@ def test_script_entry_point_works_without_engine_package():
 
 def test_module_entry_point(tmp_path):
     """`python -m engine.models` with the engine package this test imported (source tree or installed)."""
-    import engine
+    import subproc
 
     r = subprocess.run([sys.executable, "-m", "engine.models", "path", "smollm2"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120,
                        env={**os.environ, "RESTKV_SMOLLM2": str(Path(__file__).resolve()),
-                            "PYTHONPATH": str(Path(engine.__file__).resolve().parent.parent)})
+                            "PYTHONPATH": subproc.pythonpath()})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(Path(__file__).resolve())
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import engine
+import subproc
 from engine.errors import EngineError
 from engine.perplexity import perplexity
 
@@ -23,7 +24,7 @@ LLAMACPP_RUNNING_PPL = {1: 13.0466, 2: 21.4484, 3: 22.6128, 4: 22.8845, 40: 23.5
 
 def run_cli(*args, cwd):
     """Runs `python -m engine.perplexity` with the engine package this test imported."""
-    env = dict(os.environ, PYTHONPATH=str(Path(engine.__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=subproc.pythonpath())
     return subprocess.run([sys.executable, "-m", "engine.perplexity", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 

@@ -35,7 +35,7 @@ STATUS_CALLS = {
     "rk_session_logprobs_next": lambda: lib.rk_session_logprobs_next(NULL, ffi.new("int32_t[]", [1]), 1,
                                                                      ffi.new("float[]", 1), NULL),
     "rk_session_reset": lambda: lib.rk_session_reset(NULL),
-    "rk_session_set_evict(session=NULL)": lambda: lib.rk_session_set_evict(NULL, ffi.new("rk_evict_params *")),
+    "rk_session_set_eviction(session=NULL)": lambda: lib.rk_session_set_eviction(NULL, b"full", NULL),
     "rk_session_compress": lambda: lib.rk_session_compress(NULL),
     "rk_session_copy_state": lambda: lib.rk_session_copy_state(NULL, NULL),
     "rk_dequantize(src=NULL)": lambda: lib.rk_dequantize(lib.RK_TYPE_Q8_0, NULL, 34, ffi.new("float[]", 32), 32),
@@ -68,7 +68,7 @@ def test_c_getters_and_free_accept_null():
 
 def test_c_session_set_evict_null_params(model):
     with model.session(n_ctx=32) as s:
-        assert lib.rk_session_set_evict(s._handle(), NULL) != lib.RK_OK
+        assert lib.rk_session_set_eviction(s._handle(), NULL, NULL) != lib.RK_OK
         assert "NULL" in last_error()
         assert lib.rk_session_eval(s._handle(), NULL, 1, NULL, lib.RK_LOGITS_NONE) != lib.RK_OK
         assert "tokens is NULL" in last_error()

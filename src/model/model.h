@@ -1,8 +1,8 @@
 /*
- * model.h: the immutable Llama-family model behind rk_model.
+ * model.h: the immutable model behind rk_model (architectures of arch.h's table).
  *
  * Dimension names follow llama2.c/calm; the GGUF keys they come from are listed
- * in model.c. A weight matrix is stored as GGUF writes it: n_out rows of n_in
+ * in model.c and arch.c. A weight matrix is stored as GGUF writes it: n_out rows of n_in
  * elements each (GGUF ne = [n_in, n_out]), so y = W x is one dot product per row.
  */
 #ifndef RK_MODEL_H
@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "arch.h"
 #include "gguf.h"
 #include "restkv.h"
 
@@ -25,20 +26,39 @@ typedef struct {
     const void *packed;     /* the same bytes in the 8-row layout of repack.h, or NULL */
 } rk_weight;
 
+/* What may differ from layer to layer (gemma3: sliding-window layers with their own RoPE base),
+ * derived at load from the file and the architecture's row; forward.c reads only these. */
+typedef struct {
+    float   rope_base;       /* rope.freq_base, or rope.freq_base_swa on a sliding-window layer */
+    float   rope_freq_scale; /* 1 / linear scaling factor (1 where the row leaves local layers unscaled) */
+    int32_t n_rot;           /* rotated dims per head (<= head_dim_k) */
+    int32_t n_swa;           /* attention window in positions, the query's own included; 0 = global */
+    int32_t head_dim_k, head_dim_v;
+    float   attn_scale;      /* score scale by the row's rule (attention.c computes 1/sqrt(head_dim) itself today) */
+} rk_layer_hparams;
+
 typedef struct {
     const float *attn_norm; /* [n_embd] */
     const float *ffn_norm;  /* [n_embd] */
     rk_weight    wq, wk, wv, wo;
     rk_weight    w_gate, w_up, w_down;
+    rk_layer_hparams hp;
+    /* optional tensors (rk_arch_tensor), NULL when absent or not in the architecture's row */
+    const float *bq, *bk, *bv, *bo;          /* [n_heads*head_dim_k], [n_kv_heads*head_dim_k], [n_kv_heads*head_dim_v], [n_embd] */
+    const float *q_norm, *k_norm;            /* [head_dim_k] */
+    const float *post_attn_norm, *post_ffn_norm; /* [n_embd] */
 } rk_layer;
 
 struct rk_model {
     atomic_int refs;              /* the caller's handle + one per session (rk_model_retain) */
     rk_gguf  *gguf;
+    const rk_arch *arch;          /* the table row of general.architecture */
     int32_t   n_vocab, n_embd, n_layers, n_heads, n_kv_heads, head_dim, n_ff, n_ctx_train, n_rot;
     float     rms_eps;
+    /* the file's (global layers') RoPE values; forward.c reads each layer's hp instead, evict.c these */
     float     rope_base;
     float     rope_freq_scale;    /* 1 / linear scaling factor */
+    float     embd_scale;         /* multiplies each looked-up embedding row (1 = none) */
     const float *rope_freqs;      /* [n_rot/2] llama3-style divisors, or NULL */
     rk_weight tok_embd;           /* [n_vocab][n_embd] */
     rk_weight output;             /* [n_vocab][n_embd]; tok_embd when tied */
@@ -46,7 +66,8 @@ struct rk_model {
     rk_layer *layers;             /* [n_layers] */
     /* ReST-KV: per-head Gram matrices of the output projection, G_h = W_o^(h)T W_o^(h) with
      * W_o^(h) = columns h*head_dim..(h+1)*head_dim of the dequantised blk.N.attn_output.weight,
-     * so that ||W_o^(h) x||^2 = x^T G_h x (eviction-policies b.14). Computed at load. */
+     * so that ||W_o^(h) x||^2 = x^T G_h x (eviction-policies b.14). NULL until a policy that scores
+     * with it is set: rk_wo_gram_prepare (gram.c) computes it once, under a lock. */
     float    *wo_gram;            /* [n_layers][n_heads][head_dim][head_dim] */
     float    *owned;              /* f32 copies of norm vectors stored as F16/BF16 */
     size_t    owned_used, owned_cap;

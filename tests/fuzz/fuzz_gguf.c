@@ -67,14 +67,10 @@ static void exercise(rk_model *m) {
     int32_t toks[4] = {0, nv > 1 ? 1 : 0, nv - 1, nv / 2};
     float lp[4];
     if (rk_session_logprobs(s, toks, 4, lp, NULL) != RK_OK) require_message("rk_session_logprobs");
-    rk_evict_params ep = rk_evict_default_params();
-    strcpy(ep.policy, "restkv");
-    ep.budget = 0.5f;
-    ep.window = 2;
-    if (rk_session_set_evict(s, &ep) == RK_OK) {
+    if (rk_session_set_eviction(s, "restkv", "budget=0.5,window=2") == RK_OK) {
         if (rk_session_compress(s) != RK_OK) require_message("rk_session_compress");
     } else {
-        require_message("rk_session_set_evict");
+        require_message("rk_session_set_eviction");
     }
     rk_session_free(s);
 }

@@ -8,11 +8,12 @@
  * FFY0/AdaKV (adaptive_snapkv/snapkv_utils.py::AdaptiveSnapKVCluster, with
  * gqa_support: H' = n_kv_heads); eviction-policies.md c.6 and (e).5.
  *
- * Parameters (rk_evict_params):
- *   window, kernel: as snapkv.
+ * Parameters (the shared window w as snapkv):
  *   ada_floor  α: share of each head's scored budget guaranteed to it (0.2).
  *   ada_base:  "snapkv" (rk_snapkv_scores, snapkv.c) or "restkv"
  *              (rk_restkv_scores, restkv.c) scores to rank and allocate with.
+ *   kernel, ema_alpha, aws_beta: the base scorer's (ema_alpha and aws_beta: restkv only).
+ * Preparation: with ada_base "restkv", the W_o Gram matrices (rk_restkv_prepare).
  *
  * Statistics: RK_NEED_WINDOW (through the base scorer).
  *
@@ -65,10 +66,35 @@ static int cmp_entry(const void *a, const void *b) {
     return x->g - y->g;
 }
 
-static int use_restkv(const rk_policy_view *v) { return !strcmp(v->p->ada_base, "restkv"); }
+enum { BASE_SNAPKV = 0, BASE_RESTKV = 1 };
+
+typedef struct {
+    rk_restkv_cfg base;  /* kernel, ema_alpha, aws_beta (snapkv reads kernel only) */
+    float   ada_floor;
+    int32_t ada_base;    /* BASE_* */
+} adakv_cfg;
+
+static const rk_param_def params[] = {
+    RK_PARAM_INT_AS("kernel", adakv_cfg, base.kernel, 5, 1, 2147483647, "pooling kernel of the base scores (odd)"),
+    RK_PARAM_FLOAT_AS("ema_alpha", adakv_cfg, base.ema_alpha, 0.3, 0.0, 1, 1.0, 0, "EMA coefficient over the window queries (restkv base scores)"),
+    RK_PARAM_FLOAT_AS("aws_beta", adakv_cfg, base.aws_beta, 2000.0, 0.0, 1, RK_INF, 0, "adaptive pooling scale (restkv base scores)"),
+    RK_PARAM_FLOAT(adakv_cfg, ada_floor, 0.2, 0.0, 0, 1.0, 0, "share of each head's budget guaranteed to it"),
+    RK_PARAM_CHOICE(adakv_cfg, ada_base, BASE_SNAPKV, 2, "snapkv|restkv", "scores to rank and allocate with"),
+};
+
+static const adakv_cfg *cfg_of(const rk_policy_view *v) { return v->cfg; }
+
+static int use_restkv(const rk_policy_view *v) { return cfg_of(v)->ada_base == BASE_RESTKV; }
+
+static rk_status validate(const void *cfg) { return rk_check_kernel("adakv", ((const adakv_cfg *)cfg)->base.kernel); }
+
+static rk_status prepare(rk_model *m, const void *cfg) {
+    return ((const adakv_cfg *)cfg)->ada_base == BASE_RESTKV ? rk_restkv_prepare(m, cfg) : RK_OK;
+}
 
 static rk_status score(const rk_policy_view *v, float *scores) {
-    return use_restkv(v) ? rk_restkv_scores(v, scores) : rk_snapkv_scores(v, scores);
+    return use_restkv(v) ? rk_restkv_scores(v, &cfg_of(v)->base, scores)
+                         : rk_snapkv_scores(v, cfg_of(v)->base.kernel, scores);
 }
 
 /* heads ranked by rem descending, ties: lower head first (insertion sort, stable) */
@@ -84,8 +110,8 @@ static void rounding_order(const double *rem, int32_t n, int32_t *ord) {
 
 static void allocate(const rk_policy_view *v, const float *scores, int32_t *keep) {
     const int32_t Hk = v->n_kv_heads, B = v->budget;
-    const int32_t w = v->p->window < B / 2 ? v->p->window : B / 2, base = B - w;
-    const double alpha = (double)v->p->ada_floor;
+    const int32_t w = v->sh->window < B / 2 ? v->sh->window : B / 2, base = B - w;
+    const double alpha = (double)cfg_of(v)->ada_floor;
     const int32_t fl = (int32_t)((double)base * alpha);
     const int64_t T = (int64_t)Hk * base;
     int32_t *prefix = malloc((size_t)Hk * sizeof(int32_t)), *count = calloc((size_t)Hk, sizeof(int32_t)),
@@ -149,4 +175,16 @@ done:
     free(prefix); free(count); free(ord); free(cap); free(rem); free(xs); free(e);
 }
 
-const rk_policy_i rk_policy_adakv = {"adakv", RK_NEED_WINDOW, 1, 0, 0, score, allocate};
+const rk_policy_i rk_policy_adakv = {
+    .name = "adakv",
+    .help = "per-head budgets within a layer over snapkv or restkv scores (AdaKV)",
+    .flags = RK_POLICY_EVICTS | RK_POLICY_KEEPS_WINDOW,
+    .needs = RK_NEED_WINDOW,
+    .params = params,
+    .n_params = RK_N_PARAMS(params),
+    .cfg_size = sizeof(adakv_cfg),
+    .validate = validate,
+    .prepare = prepare,
+    .score = score,
+    .allocate = allocate,
+};

@@ -23,7 +23,7 @@
  * i.e. the average attention the token received per query that saw it
  * (kvpress: Σ_q A[q, j] / (L − j), then the mean over the group).
  *
- * Selection: no sink, window or last-token protection (keep_window = 0): the
+ * Selection: no sink, window or last-token protection (no RK_POLICY_KEEPS_* flag): the
  * whole budget goes to the top scores, ties to the newer token. This follows the
  * project's spec and kvpress ObservedAttentionPress, not H2O's own split of the
  * budget into heavy hitters plus a recent window. Under the streaming schedule
@@ -45,4 +45,10 @@ static rk_status score(const rk_policy_view *v, float *scores) {
     return RK_OK;
 }
 
-const rk_policy_i rk_policy_h2o = {"h2o", RK_NEED_ACC, 0, 0, 0, score, NULL};
+const rk_policy_i rk_policy_h2o = {
+    .name = "h2o",
+    .help = "highest accumulated attention, normalised by how many queries saw the key (H2O)",
+    .flags = RK_POLICY_EVICTS,
+    .needs = RK_NEED_ACC,
+    .score = score,
+};

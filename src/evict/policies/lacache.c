@@ -42,6 +42,23 @@
 #include "error.h"
 #include "policy.h"
 
+typedef struct {
+    int32_t lacache_span, lacache_overlap;
+} lacache_cfg;
+
+static const rk_param_def params[] = {
+    RK_PARAM_INT(lacache_cfg, lacache_span, 16, 2, 2147483647, "ladder span S (layers a kept token spans)"),
+    RK_PARAM_INT(lacache_cfg, lacache_overlap, 0, 0, 2147483647, "ladder overlap O (< lacache_span)"),
+};
+
+static rk_status validate(const void *cfg) {
+    const lacache_cfg *c = cfg;
+    if (c->lacache_overlap >= c->lacache_span)
+        return rk_fail(RK_ERR_ARG, "lacache needs lacache_overlap < lacache_span, got %d/%d (parameters of policy 'lacache')",
+                       c->lacache_overlap, c->lacache_span);
+    return RK_OK;
+}
+
 static int32_t ceil_div(int32_t a, int32_t b) { /* b > 0; rounds toward +inf like math.ceil */
     return a >= 0 ? (a + b - 1) / b : -((-a) / b);
 }
@@ -56,9 +73,10 @@ static void ladder(int32_t n_layers, int32_t span, int32_t overlap, int32_t *bk,
 }
 
 static rk_status score(const rk_policy_view *v, float *scores) {
-    const rk_evict_params *p = v->p;
+    const rk_evict_shared *p = v->sh;
+    const lacache_cfg *c = v->cfg;
     int32_t Bk, A, R;
-    ladder(v->n_layers, p->lacache_span, p->lacache_overlap, &Bk, &A, &R);
+    ladder(v->n_layers, c->lacache_span, c->lacache_overlap, &Bk, &A, &R);
     const int32_t o = v->il % (R + 1);
     int32_t *L = malloc((size_t)(v->cap > 0 ? v->cap : 1) * sizeof(int32_t));
     if (!L) return rk_fail(RK_ERR_OOM, "lacache: out of memory");
@@ -104,4 +122,13 @@ static rk_status score(const rk_policy_view *v, float *scores) {
     return RK_OK;
 }
 
-const rk_policy_i rk_policy_lacache = {"lacache", 0, 1, 1, 0, score, NULL};
+const rk_policy_i rk_policy_lacache = {
+    .name = "lacache",
+    .help = "a ladder pattern of kept spans across layers (LaCache)",
+    .flags = RK_POLICY_EVICTS | RK_POLICY_KEEPS_SINKS | RK_POLICY_KEEPS_WINDOW,
+    .params = params,
+    .n_params = RK_N_PARAMS(params),
+    .cfg_size = sizeof(lacache_cfg),
+    .validate = validate,
+    .score = score,
+};

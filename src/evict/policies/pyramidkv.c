@@ -6,8 +6,7 @@
  * Pyramidal Information Funneling" (arXiv 2406.02069); code Zefan-Cai/
  * KVCache-Factory (pyramidkv_utils.py::PyramidKVCluster), eviction-policies.md c.5.
  *
- * Parameters (rk_evict_params):
- *   window, kernel: as snapkv (observation window w, pooling kernel).
+ * Parameters: kernel, as snapkv (pooling kernel; the shared window w as there);
  *   pyramid_beta  β: steepness of the schedule (20).
  *
  * Statistics: RK_NEED_WINDOW; the scores are rk_snapkv_scores() (snapkv.c).
@@ -39,12 +38,29 @@
 
 #include "policy.h"
 
+typedef struct {
+    int32_t kernel;
+    float   pyramid_beta;
+} pyramidkv_cfg;
+
+static const rk_param_def params[] = {
+    RK_PARAM_INT(pyramidkv_cfg, kernel, 5, 1, 2147483647, "width of the average pooling of the window attention (odd)"),
+    RK_PARAM_FLOAT(pyramidkv_cfg, pyramid_beta, 20.0, 1.0, 0, RK_INF, 0, "steepness of the per-layer budget schedule"),
+};
+
+static rk_status validate(const void *cfg) { return rk_check_kernel("pyramidkv", ((const pyramidkv_cfg *)cfg)->kernel); }
+
+static rk_status score(const rk_policy_view *v, float *scores) {
+    return rk_snapkv_scores(v, ((const pyramidkv_cfg *)v->cfg)->kernel, scores);
+}
+
 static void allocate(const rk_policy_view *v, const float *scores, int32_t *keep) {
     (void)scores;
     const int64_t B = v->budget, L = v->n_cached, N = v->n_layers;
-    const int64_t w = v->p->window < B / 2 ? v->p->window : B / 2, b = B - w;
+    const int64_t w = v->sh->window < B / 2 ? v->sh->window : B / 2, b = B - w;
     if (L <= B || L < 2 * b || N < 2) return; /* keep[] = B already */
-    int64_t mn = (int64_t)floor((double)b / (double)v->p->pyramid_beta), mx = 2 * b - mn;
+    const float beta = ((const pyramidkv_cfg *)v->cfg)->pyramid_beta;
+    int64_t mn = (int64_t)floor((double)b / (double)beta), mx = 2 * b - mn;
     if (mx >= L - w) {
         mx = L - w;
         mn = 2 * b - mx;
@@ -54,4 +70,15 @@ static void allocate(const rk_policy_view *v, const float *scores, int32_t *keep
     for (int32_t g = 0; g < v->n_kv_heads; g++) keep[g] = (int32_t)c;
 }
 
-const rk_policy_i rk_policy_pyramidkv = {"pyramidkv", RK_NEED_WINDOW, 1, 0, 0, rk_snapkv_scores, allocate};
+const rk_policy_i rk_policy_pyramidkv = {
+    .name = "pyramidkv",
+    .help = "SnapKV scores, per-layer budgets falling with depth (PyramidKV)",
+    .flags = RK_POLICY_EVICTS | RK_POLICY_KEEPS_WINDOW,
+    .needs = RK_NEED_WINDOW,
+    .params = params,
+    .n_params = RK_N_PARAMS(params),
+    .cfg_size = sizeof(pyramidkv_cfg),
+    .validate = validate,
+    .score = score,
+    .allocate = allocate,
+};

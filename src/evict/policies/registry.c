@@ -1,4 +1,5 @@
-/* registry.c: the one list of eviction policies. Adding a policy = its file + one line here. */
+/* registry.c: the one list of eviction policies, in the order the API lists them. Adding a policy = its
+ * file (which declares everything about it, policy.h) + one line here (+ the file in CMakeLists.txt). */
 #include <string.h>
 
 #include "policy.h"
@@ -13,6 +14,8 @@ extern const rk_policy_i rk_policy_adakv;
 extern const rk_policy_i rk_policy_lacache;
 extern const rk_policy_i rk_policy_restkv;
 extern const rk_policy_i rk_policy_topk;
+extern const rk_policy_i rk_policy_knorm;
+extern const rk_policy_i rk_policy_expected_attention;
 
 static const rk_policy_i *const policies[] = {
     &rk_policy_full,
@@ -25,14 +28,18 @@ static const rk_policy_i *const policies[] = {
     &rk_policy_lacache,
     &rk_policy_restkv,
     &rk_policy_topk,
+    &rk_policy_knorm,
+    &rk_policy_expected_attention,
 };
 
 #define N_POLICIES ((int32_t)(sizeof policies / sizeof policies[0]))
 
-const rk_policy_i *rk_policy_find(const char *name) {
+int32_t rk_policy_registry_size(void) { return N_POLICIES; }
+
+const rk_policy_i *rk_policy_at(int32_t i) { return i >= 0 && i < N_POLICIES ? policies[i] : NULL; }
+
+const rk_policy_i *rk_policy_lookup(const char *name) {
     for (int32_t i = 0; i < N_POLICIES; i++)
         if (!strcmp(policies[i]->name, name)) return policies[i];
     return NULL;
 }
-
-const char *rk_policy_name(int32_t i) { return i >= 0 && i < N_POLICIES ? policies[i]->name : NULL; }

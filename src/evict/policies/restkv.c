@@ -11,7 +11,8 @@
  *      abar_j = sum_i om_i A[i][j] for prefix slots j.
  *   3. obar = sum_{prefix j} abar_j v_j (window tokens excluded, not renormalised: the code's 'after').
  *   4. r_j = abar_j / (1 - abar_j) * ||W_o^(h) (obar - v_j)||, the norm taken as sqrt(x^T G_h x) with the
- *      Gram matrix G_h = W_o^(h)T W_o^(h) precomputed at model load (rk_model.wo_gram; b.14).
+ *      Gram matrix G_h = W_o^(h)T W_o^(h) (rk_model.wo_gram; b.14), computed once per model when a policy
+ *      that uses it is set (prepare hook: rk_restkv_prepare -> rk_wo_gram_prepare, src/model/gram.c).
  *      abar_j >= 1 gives +inf (kept). abar, obar, r are double; G_h x is a float product.
  *   5. adaptive spatial pooling (b.7) over the prefix scores in slot order:
  *      R = budget - w, h2 = floor(w / 2); for i < h2, F_i / S_i = the R slots with the largest A[i] /
@@ -34,7 +35,7 @@
  *      abar_j/(1-abar_j) ||W_o^(h)(obar - v_j)|| with the same prefix obar as step 3, no pooling (the pool
  *      is defined on the prefix axis), then the group mean of step 6. A slot no query sees (cannot
  *      happen: the queries are the newest tokens) scores +inf.
- *   8. keep_window = 1 (shared code keeps the newest min(window, c/2) tokens); no sinks.
+ *   8. RK_POLICY_KEEPS_WINDOW (shared code keeps the newest min(window, c/2) tokens); no sinks.
  *
  * Decode-time variant (b.12; the paper has none): under the streaming schedule the shared code calls
  * the same scoring whenever a buffer passes budget + slack, with the buffered post-RoPE queries of the
@@ -57,6 +58,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "gram.h"
 #include "policy.h"
 #include "session.h"
 
@@ -94,6 +96,7 @@ static int64_t top_r_slot_sum(key_t_ *k, int32_t n, int32_t R) {
 
 typedef struct {
     const rk_policy_view *v;
+    const rk_restkv_cfg *c;
     const float *gram;    /* this layer's [n_heads][d][d] */
     const double *om;     /* [n_win] EMA weights */
     double *rt;           /* [n_heads][cap] per-head scores (pooled on the prefix) */
@@ -177,8 +180,8 @@ static void head_task(void *ctx, int ith, int nth) {
                 }
             t = (double)diff / ((double)h2 * (double)R);
         }
-        const double beta = v->p->aws_beta, q = floor(fabs(t) / beta);
-        const double half_k = fmax(floor(v->p->kernel / 2), q > 1e15 ? 1e15 : q); /* k = max(k0, 2q + 1) */
+        const double beta = j->c->aws_beta, q = floor(fabs(t) / beta);
+        const double half_k = fmax(floor(j->c->kernel / 2), q > 1e15 ? 1e15 : q); /* k = max(k0, 2q + 1) */
         double shift = t > 0 ? floor(t / beta) : floor(t / beta) + 1;
         if (shift > half_k + 1) shift = half_k + 1; /* s lies in [-q, max(q, 1)]; this only bounds absurd beta */
         if (shift < -half_k) shift = -half_k;
@@ -220,15 +223,16 @@ static void head_task(void *ctx, int ith, int nth) {
     }
 }
 
-static rk_status score(const rk_policy_view *v, float *scores) {
+static rk_status restkv_scores(const rk_policy_view *v, const rk_restkv_cfg *c, float *scores) {
     if (v->n_win < 1 || !v->win_attn || !v->win_pos)
         return rk_fail(RK_ERR_ARG, "restkv: no observation queries (evaluate some tokens first)");
     const rk_model *m = v->s->model;
-    if (!m->wo_gram) return rk_fail(RK_ERR_INTERNAL, "restkv: the model has no W_o Gram matrices");
+    if (!m->wo_gram) /* set by rk_restkv_prepare when the policy was set */
+        return rk_fail(RK_ERR_INTERNAL, "restkv: the model has no W_o Gram matrices");
     rk_pool *pool = v->s->pool;
     const int nth = rk_pool_size(pool), D = v->head_dim, W = v->n_win;
     const size_t cap = (size_t)v->cap, H = (size_t)v->n_heads;
-    rk_job j = {v, m->wo_gram + (size_t)v->il * H * D * D, NULL, NULL, NULL, NULL, NULL, 2 * cap + 1 + 2 * (size_t)D,
+    rk_job j = {v, c, m->wo_gram + (size_t)v->il * H * D * D, NULL, NULL, NULL, NULL, NULL, 2 * cap + 1 + 2 * (size_t)D,
                 cap + 1};
     double *om = malloc((size_t)W * sizeof(double));
     j.rt = malloc(H * cap * sizeof(double));
@@ -240,7 +244,7 @@ static rk_status score(const rk_policy_view *v, float *scores) {
         return rk_fail(RK_ERR_OOM, "restkv: cannot allocate scoring buffers");
     }
     /* 1. EMA weights over the window queries, oldest first */
-    const double a = v->p->ema_alpha;
+    const double a = c->ema_alpha;
     for (int i = 0; i < W; i++) om[i] = (i == 0 ? 1.0 : a) * pow(1.0 - a, W - 1 - i);
     j.om = om;
     rk_pool_run(pool, head_task, &j);
@@ -255,6 +259,35 @@ static rk_status score(const rk_policy_view *v, float *scores) {
     return RK_OK;
 }
 
-const rk_policy_i rk_policy_restkv = {"restkv", RK_NEED_WINDOW, 1, 0, 0, score, NULL};
+rk_status rk_restkv_scores(const rk_policy_view *v, const rk_restkv_cfg *c, float *scores) {
+    return restkv_scores(v, c, scores);
+}
 
-rk_status rk_restkv_scores(const rk_policy_view *v, float *scores) { return score(v, scores); }
+static rk_status score(const rk_policy_view *v, float *scores) { return restkv_scores(v, v->cfg, scores); }
+
+/* the W_o Gram matrices, computed once per model on first need (src/model/gram.c) */
+rk_status rk_restkv_prepare(rk_model *m, const void *cfg) {
+    (void)cfg;
+    return rk_wo_gram_prepare(m);
+}
+
+static const rk_param_def params[] = {
+    RK_PARAM_INT(rk_restkv_cfg, kernel, 5, 1, 2147483647, "base kernel k0 of the adaptive pooling (odd)"),
+    RK_PARAM_FLOAT(rk_restkv_cfg, ema_alpha, 0.3, 0.0, 1, 1.0, 0, "EMA coefficient over the window queries"),
+    RK_PARAM_FLOAT(rk_restkv_cfg, aws_beta, 2000.0, 0.0, 1, RK_INF, 0, "adaptive pooling scale"),
+};
+
+static rk_status validate(const void *cfg) { return rk_check_kernel("restkv", ((const rk_restkv_cfg *)cfg)->kernel); }
+
+const rk_policy_i rk_policy_restkv = {
+    .name = "restkv",
+    .help = "ReST-KV: EMA of window attention times output-space distance, adaptive pooling",
+    .flags = RK_POLICY_EVICTS | RK_POLICY_KEEPS_WINDOW,
+    .needs = RK_NEED_WINDOW,
+    .params = params,
+    .n_params = RK_N_PARAMS(params),
+    .cfg_size = sizeof(rk_restkv_cfg),
+    .validate = validate,
+    .prepare = rk_restkv_prepare,
+    .score = score,
+};

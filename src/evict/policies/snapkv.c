@@ -8,9 +8,8 @@
  * SnapKVPress (mean over window queries, average pooling, mean over the query
  * heads of a kv-head; eviction-policies.md c.4).
  *
- * Parameters (rk_evict_params):
- *   window  w: observation queries = the last w evaluated tokens (32).
- *   kernel  k: width of the 1-D average pooling (5, odd).
+ * Parameters: kernel k, width of the 1-D average pooling (5, odd); the shared window w:
+ *   observation queries = the last w evaluated tokens (32).
  *
  * Statistics: RK_NEED_WINDOW, i.e. v->win_attn, the softmax of each window query
  * i over the slots it may see (pos <= win_pos[i]), 0 elsewhere.
@@ -31,7 +30,7 @@
  *      head's slots, window slots included.
  *   3. the mean over the G = n_heads / n_kv_heads query heads of the kv-head
  *      (steps 2 and 3 are linear, so they are applied in the order mean, pool).
- * Selection (evict.c): keep_window = 1, so the newest min(w, floor(c/2)) tokens
+ * Selection (evict.c): RK_POLICY_KEEPS_WINDOW, so the newest min(w, floor(c/2)) tokens
  * are protected and the rest of the budget c goes to the highest scores.
  *
  * rk_snapkv_scores() is this scorer; pyramidkv.c and adakv.c reuse it.
@@ -41,9 +40,17 @@
 #include "error.h"
 #include "policy.h"
 
-rk_status rk_snapkv_scores(const rk_policy_view *v, float *scores) {
-    const int32_t G = v->group, half = v->p->kernel / 2;
-    const double inv_k = 1.0 / (double)v->p->kernel;
+#include <stdio.h>
+
+rk_status rk_check_kernel(const char *policy, int32_t kernel) {
+    if (kernel < 1 || kernel % 2 == 0)
+        return rk_fail(RK_ERR_ARG, "kernel must be odd and >= 1, got %d (parameter of policy '%s')", kernel, policy);
+    return RK_OK;
+}
+
+rk_status rk_snapkv_scores(const rk_policy_view *v, int32_t kernel, float *scores) {
+    const int32_t G = v->group, half = kernel / 2;
+    const double inv_k = 1.0 / (double)kernel;
     double *mean = malloc((size_t)v->cap * sizeof(double));
     int32_t *seen = malloc((size_t)v->cap * sizeof(int32_t));
     if (!mean || !seen) {
@@ -81,4 +88,28 @@ rk_status rk_snapkv_scores(const rk_policy_view *v, float *scores) {
     return RK_OK;
 }
 
-const rk_policy_i rk_policy_snapkv = {"snapkv", RK_NEED_WINDOW, 1, 0, 0, rk_snapkv_scores, NULL};
+typedef struct {
+    int32_t kernel;
+} snapkv_cfg;
+
+static const rk_param_def params[] = {
+    RK_PARAM_INT(snapkv_cfg, kernel, 5, 1, 2147483647, "width of the average pooling of the window attention (odd)"),
+};
+
+static rk_status validate(const void *cfg) { return rk_check_kernel("snapkv", ((const snapkv_cfg *)cfg)->kernel); }
+
+static rk_status score(const rk_policy_view *v, float *scores) {
+    return rk_snapkv_scores(v, ((const snapkv_cfg *)v->cfg)->kernel, scores);
+}
+
+const rk_policy_i rk_policy_snapkv = {
+    .name = "snapkv",
+    .help = "the window, then the highest pooled window attention (SnapKV)",
+    .flags = RK_POLICY_EVICTS | RK_POLICY_KEEPS_WINDOW,
+    .needs = RK_NEED_WINDOW,
+    .params = params,
+    .n_params = RK_N_PARAMS(params),
+    .cfg_size = sizeof(snapkv_cfg),
+    .validate = validate,
+    .score = score,
+};

@@ -13,4 +13,9 @@ static rk_status score(const rk_policy_view *v, float *scores) {
     return RK_OK;
 }
 
-const rk_policy_i rk_policy_streaming = {"streaming", 0, 0, 1, 0, score, NULL};
+const rk_policy_i rk_policy_streaming = {
+    .name = "streaming",
+    .help = "the first n_sink tokens and the most recent ones (StreamingLLM)",
+    .flags = RK_POLICY_EVICTS | RK_POLICY_KEEPS_SINKS,
+    .score = score,
+};

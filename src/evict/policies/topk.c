@@ -4,8 +4,9 @@
  * the others masked before the softmax. This is the engine's stand-in for
  * retrieval-style long-context memory (LongLLaMA/Focused Transformer attend to a kNN
  * selection of a memory cache): it measures how much a query loses when it sees
- * only its k best keys, with no memory saved. attention.c calls rk_topk_mask for
- * every query when this policy is set; k = floor(budget * visible keys), at least 1.
+ * only its k best keys, with no memory saved. Flagged RK_POLICY_MASKS_ATTN: setting it
+ * sets the session's top-k from the budget, and attention.c calls rk_topk_mask for
+ * every query; k = floor(budget * visible keys), at least 1.
  */
 #include <math.h>
 
@@ -45,10 +46,9 @@ void rk_topk_mask(int32_t topk, float topk_frac, float *scores, int32_t n_used, 
         if (scores[sl] < thr) scores[sl] = -INFINITY;
 }
 
-static rk_status score(const rk_policy_view *v, float *scores) { /* never asked: topk evicts nothing */
-    for (int32_t g = 0; g < v->n_kv_heads; g++)
-        for (int32_t sl = 0; sl < v->n_used[g]; sl++) scores[g * v->cap + sl] = 1.0f;
-    return RK_OK;
-}
-
-const rk_policy_i rk_policy_topk = {"topk", 0, 0, 0, 0, score, NULL};
+/* RK_POLICY_MASKS_ATTN: the shared code sets the session's top-k from the budget; no scores, no eviction */
+const rk_policy_i rk_policy_topk = {
+    .name = "topk",
+    .help = "evicts nothing: each query attends to its top budget-fraction of keys (sparse attention)",
+    .flags = RK_POLICY_MASKS_ATTN,
+};

@@ -23,7 +23,7 @@
  * 0 to the mean; each kv-head then keeps its top tokens by these layer scores,
  * so the keep-sets may differ between heads.
  *
- * Selection: keep_last = 1 (kvpress forces the newest token), no sinks, no
+ * Selection: RK_POLICY_KEEPS_LAST (kvpress forces the newest token), no sinks, no
  * window; the rest of the budget goes to the top scores, ties to the newer token.
  */
 #include "policy.h"
@@ -66,4 +66,10 @@ static rk_status score(const rk_policy_view *v, float *scores) {
     return RK_OK;
 }
 
-const rk_policy_i rk_policy_tova = {"tova", RK_NEED_WINDOW, 0, 0, 1, score, NULL};
+const rk_policy_i rk_policy_tova = {
+    .name = "tova",
+    .help = "highest attention of the last query, one keep-set per layer (TOVA)",
+    .flags = RK_POLICY_EVICTS | RK_POLICY_KEEPS_LAST,
+    .needs = RK_NEED_WINDOW,
+    .score = score,
+};

@@ -16,6 +16,8 @@ from policy_ref import budget_tokens
 from policy_ref_new import (NewDecoder, expected_attention_scores, keep_slots_sinks, knorm_scores,
                             kvpress_avg_rope, prefix_reference_new, to_hf)
 from reference_forward import GGUFModel, reference_logits, rope
+# the tiny models, their fixtures and the keep-set comparison of the existing policies' tests
+from test_policies import MIN_GAP, assert_same_keep, models, paths, positions  # noqa: F401
 
 N_PROMPT = 80
 TOKS = [int(t) for t in np.random.default_rng(1).integers(3, 380, 120)]
@@ -25,33 +27,6 @@ PROMPT, MORE = TOKS[:N_PROMPT], TOKS[N_PROMPT:N_PROMPT + 8]
 DISTINCT = [int(t) for t in np.random.default_rng(9).choice(np.arange(3, 380), 100, replace=False)]
 POLICIES = ["knorm", "expected_attention"]
 BUDGETS = [0.1, 0.25, 48, 70]
-MIN_GAP = 1e-5
-
-
-@pytest.fixture(scope="module")
-def paths(tiny_gguf):
-    return {
-        "gqa": tiny_gguf(weight_type="F32", n_heads=4, n_kv_heads=2, n_layers=3),
-        "mha": tiny_gguf(weight_type="F32", n_heads=4, n_kv_heads=4),
-    }
-
-
-@pytest.fixture(scope="module")
-def models(paths):
-    ms = {k: engine.Model(p) for k, p in paths.items()}
-    yield ms
-    for m in ms.values():
-        m.close()
-
-
-def positions(s, m):
-    return {(il, g): s.kv_positions(il, g) for il in range(m.n_layers) for g in range(m.n_kv_heads)}
-
-
-def assert_same_keep(got: dict, ref):
-    assert ref.min_gap > MIN_GAP, f"near tie in the reference data (gap {ref.min_gap:.2e}): choose other data"
-    for key, want in ref.keep.items():
-        assert got[key].tolist() == want.tolist(), f"layer {key[0]}, kv-head {key[1]}"
 
 
 def compressed(m, policy, budget, prompt=PROMPT, n_batch=512, split=None, **params):

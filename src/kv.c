@@ -2,15 +2,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "error.h"
 #include "kv.h"
 #include "quant.h"
 
-rk_status rk_kv_init(rk_kv *kv, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int32_t capacity,
+rk_status rk_kv_init(rk_kv *kv, const rk_backend_i *be, rk_backend_ctx *bctx, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int32_t capacity,
                      int32_t type) {
     memset(kv, 0, sizeof *kv);
     if (type != RK_TYPE_F16 && type != RK_TYPE_F32)
         return rk_fail(RK_ERR_ARG, "kv_type must be F16 (%d) or F32 (%d), got %d", RK_TYPE_F16, RK_TYPE_F32, type);
+    kv->be = be;
+    kv->bctx = bctx;
     kv->n_layers = n_layers;
     kv->n_kv_heads = n_kv_heads;
     kv->head_dim = head_dim;
@@ -19,8 +22,8 @@ rk_status rk_kv_init(rk_kv *kv, int32_t n_layers, int32_t n_kv_heads, int32_t he
     kv->elt_size = type == RK_TYPE_F16 ? 2 : 4;
     size_t heads = (size_t)n_layers * (size_t)n_kv_heads;
     size_t bytes = heads * (size_t)capacity * (size_t)head_dim * kv->elt_size;
-    kv->k = malloc(bytes);
-    kv->v = malloc(bytes);
+    kv->k = be->alloc(bctx, bytes);
+    kv->v = be->alloc(bctx, bytes);
     kv->pos = malloc(heads * (size_t)capacity * sizeof(int32_t));
     kv->n_used = calloc(heads, sizeof(int32_t));
     if (!kv->k || !kv->v || !kv->pos || !kv->n_used) {
@@ -31,8 +34,10 @@ rk_status rk_kv_init(rk_kv *kv, int32_t n_layers, int32_t n_kv_heads, int32_t he
 }
 
 void rk_kv_free(rk_kv *kv) {
-    free(kv->k);
-    free(kv->v);
+    if (kv->be) {
+        kv->be->dealloc(kv->bctx, kv->k);
+        kv->be->dealloc(kv->bctx, kv->v);
+    }
     free(kv->pos);
     free(kv->n_used);
     memset(kv, 0, sizeof *kv);

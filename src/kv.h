@@ -20,7 +20,12 @@
 
 #include "restkv.h"
 
+struct rk_backend_i;
+typedef struct rk_backend_ctx rk_backend_ctx;
+
 typedef struct {
+    const struct rk_backend_i *be; /* k and v are its memory (the positions and counts are the host's) */
+    rk_backend_ctx *bctx;
     int32_t  n_layers, n_kv_heads, head_dim, capacity;
     int32_t  type;       /* RK_TYPE_F16 or RK_TYPE_F32 */
     size_t   elt_size;   /* bytes per element */
@@ -29,7 +34,7 @@ typedef struct {
     int32_t *n_used;
 } rk_kv;
 
-rk_status rk_kv_init(rk_kv *kv, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int32_t capacity,
+rk_status rk_kv_init(rk_kv *kv, const struct rk_backend_i *be, rk_backend_ctx *bctx, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int32_t capacity,
                      int32_t type);
 void      rk_kv_free(rk_kv *kv);
 void      rk_kv_clear(rk_kv *kv);
@@ -50,7 +55,7 @@ static inline int32_t *rk_kv_pos(const rk_kv *kv, int il, int h) {
     return kv->pos + rk_kv_head_index(kv, il, h) * (size_t)kv->capacity;
 }
 
-/* Appends one token's key and value (f32, head_dim each) to the (layer, head)
+/* (the CPU backend's kv_append) Appends one token's key and value (f32, head_dim each) to the (layer, head)
  * buffer; the caller has checked there is room. */
 void rk_kv_append(rk_kv *kv, int il, int h, int32_t pos, const float *k, const float *v);
 

@@ -20,40 +20,27 @@ rk_session_params rk_session_default_params(void) {
     return p;
 }
 
-static rk_status alloc_scratch(rk_session *s) {
+/* the activations of one batch, in the backend's memory */
+static rk_status alloc_acts(rk_session *s) {
     const rk_model *m = s->model;
     const size_t nb = (size_t)s->n_batch, d = (size_t)m->n_embd, dq = (size_t)m->n_heads * m->head_dim,
-                 dkv = (size_t)m->n_kv_heads * m->head_dim, ff = (size_t)m->n_ff;
-    size_t act = rk_matmul_scratch_bytes(&m->output, s->n_batch);
-    const rk_weight *ws[] = {&m->layers[0].wq, &m->layers[0].wo, &m->layers[0].w_down};
-    for (int il = 0; il < m->n_layers; il++) {
-        ws[0] = &m->layers[il].wq;
-        ws[1] = &m->layers[il].wo;
-        ws[2] = &m->layers[il].w_down;
-        for (int i = 0; i < 3; i++) {
-            size_t b = rk_matmul_scratch_bytes(ws[i], s->n_batch);
-            if (b > act) act = b;
-        }
-    }
-    s->x = malloc(nb * d * sizeof(float));
-    s->xb = malloc(nb * d * sizeof(float));
-    s->q = malloc(nb * dq * sizeof(float));
-    s->k = malloc(nb * dkv * sizeof(float));
-    s->v = malloc(nb * dkv * sizeof(float));
-    s->att = malloc(nb * dq * sizeof(float));
-    s->proj = malloc(nb * d * sizeof(float));
-    s->hb = malloc(nb * ff * sizeof(float));
-    s->hb2 = malloc(nb * ff * sizeof(float));
-    s->cos_sin = malloc(nb * (size_t)m->n_rot * sizeof(float));
-    s->att_ws = malloc((size_t)s->n_threads * rk_attention_scratch_floats(s->n_ctx, m->head_dim) * sizeof(float));
-    s->att_dec = malloc((size_t)m->n_heads * ((size_t)s->n_ctx + 1) * sizeof(float));
-    s->logit_rows = malloc((size_t)RK_LOGIT_BLOCK * (size_t)m->n_vocab * sizeof(float));
-    s->act = malloc(act);
-    s->last_h = malloc(d * sizeof(float));
-    if (!s->last_h || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->proj || !s->hb || !s->hb2 || !s->cos_sin ||
-        !s->att_ws || !s->att_dec || !s->logit_rows || !s->act)
-        return rk_fail(RK_ERR_OOM, "cannot allocate session scratch buffers");
+                 dkv = (size_t)m->n_kv_heads * m->head_dim, ff = (size_t)m->n_ff, f = sizeof(float);
+    rk_acts *a = &s->a;
+    float **bufs[] = {&a->x, &a->xb, &a->q, &a->k, &a->v, &a->att, &a->proj, &a->hb, &a->hb2, &a->logit_rows};
+    const size_t sizes[] = {nb * d, nb * d, nb * dq, nb * dkv, nb * dkv, nb * dq, nb * d, nb * ff, nb * ff,
+                            (size_t)RK_LOGIT_BLOCK * (size_t)m->n_vocab};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        if (!(*bufs[i] = s->be->alloc(s->bctx, sizes[i] * f)))
+            return rk_fail(RK_ERR_OOM, "cannot allocate session scratch buffers");
+    if (!(a->last_h = malloc(d * f))) return rk_fail(RK_ERR_OOM, "cannot allocate session scratch buffers");
     return RK_OK;
+}
+
+static void free_acts(rk_session *s) {
+    rk_acts *a = &s->a;
+    float *bufs[] = {a->x, a->xb, a->q, a->k, a->v, a->att, a->proj, a->hb, a->hb2, a->logit_rows};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) s->be->dealloc(s->bctx, bufs[i]);
+    free(a->last_h);
 }
 
 rk_status rk_session_init(rk_session **out, rk_model *model, const rk_session_params *params) {
@@ -72,17 +59,15 @@ rk_status rk_session_init(rk_session **out, rk_model *model, const rk_session_pa
     atomic_init(&s->busy, 0);
     rk_model_retain(model);
     s->model = model;
+    s->be = model->backend;
     s->n_ctx = p.n_ctx ? p.n_ctx : model->n_ctx_train;
     s->n_batch = p.n_batch ? p.n_batch : 512;
     if (s->n_batch > s->n_ctx) s->n_batch = s->n_ctx;
     s->n_threads = p.n_threads ? p.n_threads : model->n_threads;
-    rk_status st = rk_kv_init(&s->kv, model->n_layers, model->n_kv_heads, model->head_dim, s->n_ctx, p.kv_type);
-    if (!st) st = alloc_scratch(s);
-    if (!st && !(s->pool = rk_pool_create(s->n_threads)))
-        st = rk_fail(RK_ERR_OOM, "cannot start %d threads", s->n_threads);
-    if (!st) {
-        st = rk_session_set_eviction(s, "full", NULL);
-    }
+    rk_status st = s->be->init(&s->bctx, model, s->n_threads, s->n_batch, s->n_ctx);
+    if (!st) st = rk_kv_init(&s->kv, s->be, s->bctx, model->n_layers, model->n_kv_heads, model->head_dim, s->n_ctx, p.kv_type);
+    if (!st) st = alloc_acts(s);
+    if (!st) st = rk_evict_set(s, "full", NULL);
     if (st) {
         rk_session_free(s);
         return st;
@@ -105,11 +90,12 @@ void rk_session_free(rk_session *s) {
     if (!s) return;
     /* a call in flight in another thread still uses the buffers: let it finish */
     while (atomic_exchange_explicit(&s->busy, 1, memory_order_acquire)) sched_yield();
-    rk_pool_free(s->pool);
-    rk_evict_free(s);
+    rk_evict_free(&s->ev);
     rk_kv_free(&s->kv);
-    free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att); free(s->proj);
-    free(s->hb); free(s->hb2); free(s->cos_sin); free(s->att_ws); free(s->att_dec); free(s->logit_rows); free(s->act); free(s->last_h);
+    if (s->bctx) {
+        free_acts(s);
+        s->be->free(s->bctx);
+    }
     rk_model_free(s->model);
     free(s);
 }
@@ -158,9 +144,9 @@ static rk_status eval(rk_session *s, const int32_t *tokens, int32_t n, float *lo
         if (nb == 0) return stopped(s, RK_OK, i, n);
         rk_forward(s, tokens + i, nb);
         if (mode == RK_LOGITS_ALL) {
-            rk_logits(s, s->xb, nb, logits + (size_t)i * nv);
+            rk_logits(s, s->a.xb, nb, logits + (size_t)i * nv);
         } else if (mode == RK_LOGITS_LAST && i + nb == n) {
-            rk_logits(s, s->xb + (size_t)(nb - 1) * d, 1, logits);
+            rk_logits(s, s->a.xb + (size_t)(nb - 1) * d, 1, logits);
         }
         if ((st = rk_evict_after_forward(s))) return stopped(s, st, i + nb, n);
     }
@@ -209,10 +195,10 @@ static rk_status logprobs(rk_session *s, const int32_t *tokens, int32_t n, float
         const int n_scored = i + nb <= n - 1 ? nb : n - 1 - i;
         for (int r = 0; r < n_scored; r += RK_LOGIT_BLOCK) {
             const int nr = n_scored - r < RK_LOGIT_BLOCK ? n_scored - r : RK_LOGIT_BLOCK;
-            rk_logits(s, s->xb + (size_t)r * d, nr, s->logit_rows);
-            lp_job j = {s->logit_rows, nr, s->model->n_vocab, tokens + i + r + 1, out + i + r,
+            rk_logits(s, s->a.xb + (size_t)r * d, nr, s->a.logit_rows);
+            lp_job j = {s->a.logit_rows, nr, s->model->n_vocab, tokens + i + r + 1, out + i + r,
                         argmax_out ? argmax_out + i + r : NULL};
-            rk_pool_run(s->pool, logprob_task, &j);
+            s->be->parallel(s->bctx, logprob_task, &j);
         }
         if ((st = rk_evict_after_forward(s))) return stopped(s, st, i + nb, n);
     }
@@ -225,9 +211,9 @@ static rk_status logprobs_next(rk_session *s, const int32_t *tokens, int32_t n, 
     if (!out) return rk_fail(RK_ERR_ARG, "rk_session_logprobs_next: out is NULL");
     if (s->n_past == 0)
         return rk_fail(RK_ERR_ARG, "rk_session_logprobs_next: no token evaluated yet to predict tokens[0] from");
-    rk_logits(s, s->last_h, 1, s->logit_rows);
-    lp_job j = {s->logit_rows, 1, s->model->n_vocab, tokens, out, argmax_out};
-    rk_pool_run(s->pool, logprob_task, &j);
+    rk_logits(s, s->a.last_h, 1, s->a.logit_rows);
+    lp_job j = {s->a.logit_rows, 1, s->model->n_vocab, tokens, out, argmax_out};
+    s->be->parallel(s->bctx, logprob_task, &j);
     return n > 1 ? logprobs(s, tokens, n, out + 1, argmax_out ? argmax_out + 1 : NULL)
                  : eval(s, tokens, 1, NULL, RK_LOGITS_NONE);
 }
@@ -238,7 +224,7 @@ rk_status rk_session_reset(rk_session *s) {
     rk_kv_clear(&s->kv);
     s->n_past = 0;
     s->next_pos = 0;
-    s->q_win_n = s->q_win_head = 0;
+    rk_evict_reset(&s->ev);
     rk_session_leave(s);
     return RK_OK;
 }
@@ -273,3 +259,36 @@ int32_t rk_session_n_ctx(const rk_session *s) { return s ? s->n_ctx : 0; }
 int32_t rk_session_n_threads(const rk_session *s) { return s ? s->n_threads : 0; }
 size_t rk_session_kv_bytes_alloc(const rk_session *s) { return s ? rk_kv_bytes_alloc(&s->kv) : 0; }
 size_t rk_session_kv_bytes_used(const rk_session *s) { return s ? rk_kv_bytes_used(&s->kv) : 0; }
+
+/* ---- eviction (evict.c does the work) ---- */
+
+rk_status rk_session_set_eviction(rk_session *s, const char *policy, const char *settings) {
+    rk_status st = rk_session_enter(s, "rk_session_set_eviction");
+    if (st) return st;
+    st = rk_evict_set(s, policy, settings);
+    rk_session_leave(s);
+    return st;
+}
+
+rk_status rk_session_compress(rk_session *s) {
+    rk_status st = rk_session_enter(s, "rk_session_compress");
+    if (st) return st;
+    st = rk_evict_compress(s);
+    rk_session_leave(s);
+    return st;
+}
+
+int32_t rk_session_kv_count(const rk_session *s, int32_t il, int32_t g) {
+    if (!s || il < 0 || il >= s->kv.n_layers || g < 0 || g >= s->kv.n_kv_heads) return -1;
+    return s->kv.n_used[rk_kv_head_index(&s->kv, il, g)];
+}
+
+int32_t rk_session_kv_positions(const rk_session *s, int32_t il, int32_t g, int32_t *out, int32_t cap) {
+    int32_t n = rk_session_kv_count(s, il, g);
+    if (n < 0 || (!out && cap > 0)) return -1;
+    const int32_t *pos = rk_kv_pos(&s->kv, il, g);
+    for (int32_t i = 0; i < n && i < cap; i++) out[i] = pos[i];
+    return n;
+}
+
+int32_t rk_session_next_pos(const rk_session *s) { return s ? s->next_pos : 0; }

@@ -20,16 +20,16 @@ static rk_status check_compatible(const rk_session *dst, const rk_session *src) 
                        src->kv.type == RK_TYPE_F16 ? "f16" : "f32");
     /* an attention mask (RK_POLICY_MASKS_ATTN, "topk") changes the prefill's own outputs: only the same
      * setting may share it */
-    if (dst->topk != src->topk || dst->topk_frac != src->topk_frac)
+    if (dst->ev.topk != src->ev.topk || dst->ev.topk_frac != src->ev.topk_frac)
         return rk_fail(RK_ERR_ARG, "rk_session_copy_state: top-k sparse attention differs between the sessions "
                                    "(it changes the prefill itself, which then cannot be shared)");
     /* the destination's policy scores with statistics the source must have gathered */
-    if (dst->win && src->win != dst->win)
+    if (dst->ev.win && src->ev.win != dst->ev.win)
         return rk_fail(RK_ERR_ARG,
                        "rk_session_copy_state: the destination's policy needs the last %d queries, the source "
                        "kept %d (configure the source with the same window and a scoring policy)",
-                       dst->win, src->win);
-    if (dst->acc && !src->acc)
+                       dst->ev.win, src->ev.win);
+    if (dst->ev.acc && !src->ev.acc)
         return rk_fail(RK_ERR_ARG,
                        "rk_session_copy_state: the destination's policy needs accumulated attention, which the "
                        "source did not gather (configure the source with a policy whose rk_policy_info.gathers has "
@@ -41,32 +41,23 @@ static rk_status copy_state(rk_session *dst, const rk_session *src) {
     rk_status st = check_compatible(dst, src);
     if (st) return st;
     const rk_model *m = src->model;
-    const rk_kv *a = &src->kv;
-    rk_kv *b = &dst->kv;
-    const size_t heads = (size_t)a->n_layers * (size_t)a->n_kv_heads, C = (size_t)a->capacity,
-                 row = (size_t)a->head_dim * a->elt_size;
-    for (size_t hi = 0; hi < heads; hi++) {
-        const size_t n = (size_t)a->n_used[hi], off = hi * C;
-        memcpy(b->k + off * row, a->k + off * row, n * row);
-        memcpy(b->v + off * row, a->v + off * row, n * row);
-        memcpy(b->pos + off, a->pos + off, n * sizeof(int32_t));
-        b->n_used[hi] = a->n_used[hi];
-    }
+    const size_t C = (size_t)src->kv.capacity;
+    dst->be->kv_copy(dst->bctx, &dst->kv, &src->kv);
     dst->n_past = src->n_past;
     dst->next_pos = src->next_pos;
-    memcpy(dst->last_h, src->last_h, (size_t)m->n_embd * sizeof(float));
-    if (dst->win) {
+    memcpy(dst->a.last_h, src->a.last_h, (size_t)m->n_embd * sizeof(float));
+    if (dst->ev.win) {
         const size_t dq = (size_t)m->n_heads * m->head_dim;
-        memcpy(dst->q_win, src->q_win, (size_t)m->n_layers * dst->win * dq * sizeof(float));
-        memcpy(dst->q_win_pos, src->q_win_pos, (size_t)dst->win * sizeof(int32_t));
-        dst->q_win_head = src->q_win_head;
-        dst->q_win_n = src->q_win_n;
+        memcpy(dst->ev.q_win, src->ev.q_win, (size_t)m->n_layers * dst->ev.win * dq * sizeof(float));
+        memcpy(dst->ev.q_win_pos, src->ev.q_win_pos, (size_t)dst->ev.win * sizeof(int32_t));
+        dst->ev.q_win_head = src->ev.q_win_head;
+        dst->ev.q_win_n = src->ev.q_win_n;
     } else {
-        dst->q_win_head = dst->q_win_n = 0;
+        dst->ev.q_win_head = dst->ev.q_win_n = 0;
     }
-    if (dst->acc) {
-        memcpy(dst->acc, src->acc, (size_t)m->n_layers * m->n_heads * C * sizeof(float));
-        memcpy(dst->acc_cnt, src->acc_cnt, (size_t)m->n_layers * m->n_kv_heads * C * sizeof(float));
+    if (dst->ev.acc) {
+        memcpy(dst->ev.acc, src->ev.acc, (size_t)m->n_layers * m->n_heads * C * sizeof(float));
+        memcpy(dst->ev.acc_cnt, src->ev.acc_cnt, (size_t)m->n_layers * m->n_kv_heads * C * sizeof(float));
     }
     return RK_OK;
 }

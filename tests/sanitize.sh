@@ -7,9 +7,12 @@ cd "$(dirname "$0")/.."
 build=build/asan
 mkdir -p build
 gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
-cmake -S . -B "$build" "${gen[@]}" -DCMAKE_C_COMPILER=gcc -DENGINE_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+cmake -S . -B "$build" "${gen[@]}" -DCMAKE_C_COMPILER=gcc -DENGINE_SANITIZE=ON -DENGINE_BACKEND_OPS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       > "$build.cmake.log" 2>&1 || { cat "$build.cmake.log"; exit 1; }
 cmake --build "$build" > "$build.build.log" 2>&1 || { cat "$build.build.log"; exit 1; }
+# every backend operation against the reference, under the sanitizers
+"$build/restkv-backend-ops" > "$build.backend_ops.log" 2>&1 || { cat "$build.backend_ops.log"; exit 1; }
+tail -1 "$build.backend_ops.log"
 # the sanitizer runtime must come first; Python's own allocations at exit are not ours to report
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1

@@ -20,9 +20,10 @@
 #include <math.h>
 #include <string.h>
 
+#include "backend_cpu.h"
 #include "quant.h"
 #include "quant_avx2.h"
-#include "session.h"
+#include "policy.h"
 
 #define DEC_SLOTS 256 /* slots per scoring job of a decode step */
 #define DEC_DIMS 32   /* head-dimension slice per value job of a decode step */
@@ -73,8 +74,10 @@ static att_kernels pick_kernels(int head_dim) {
 }
 
 typedef struct {
-    rk_session *s;
-    int il, n;
+    rk_backend_ctx *c;
+    const rk_attn_args *a;
+    const rk_kv *kv;
+    int il, n, group;
     int32_t pos0;
     int tokens, heads;        /* rows of a job: `tokens` query tokens x `heads` query heads */
     long n_tb, n_hb;          /* token blocks, head blocks per kv-head */
@@ -86,7 +89,7 @@ size_t rk_attention_scratch_floats(int n_ctx, int head_dim) {
     return (size_t)(RK_ATT_ROWS + 1) * (size_t)n_ctx + RK_ATT_ROWS + (size_t)2 * BLK * (size_t)head_dim + BLK;
 }
 
-/* one thread's share of s->att_ws, laid out in this one place */
+/* one thread's share of c->att_ws, laid out in this one place */
 typedef struct {
     float *scores; /* [RK_ATT_ROWS][n_ctx] a prefill job's rows */
     float *tmp;    /* [n_ctx] top-k scratch */
@@ -95,10 +98,10 @@ typedef struct {
     float *blk;    /* [BLK] one row's block of scores or weights */
 } att_scratch;
 
-static att_scratch scratch_of(const rk_session *s, int ith) {
-    const size_t C = (size_t)s->n_ctx, hd = (size_t)s->model->head_dim;
+static att_scratch scratch_of(const rk_backend_ctx *c, int ith) {
+    const size_t C = (size_t)c->n_ctx, hd = (size_t)c->head_dim;
     att_scratch w;
-    w.scores = s->att_ws + (size_t)ith * rk_attention_scratch_floats(s->n_ctx, (int)hd);
+    w.scores = c->att_ws + (size_t)ith * rk_attention_scratch_floats(c->n_ctx, (int)hd);
     w.tmp = w.scores + RK_ATT_ROWS * C;
     w.inv = w.tmp + C;
     w.kf = w.inv + RK_ATT_ROWS;
@@ -110,21 +113,20 @@ static att_scratch scratch_of(const rk_session *s, int ith) {
 /* Query row (token at position p, head h of kv-head g) with raw scores sc[0..n_used):
  * turns them into exp(score - max) (0 where masked) and returns 1/sum; adds the
  * normalised weights to the accumulated-attention statistics when they are kept. */
-static float softmax_row(const rk_session *s, const att_kernels *k, int il, int g, int h, int32_t p, float *sc,
-                         int32_t n_used, float *tmp) {
-    const rk_model *m = s->model;
-    const int group = m->n_heads / m->n_kv_heads;
-    const size_t C = (size_t)s->n_ctx;
-    const int32_t *pos = rk_kv_pos(&s->kv, il, g);
+static float softmax_row(const att_job *j, int g, int h, int32_t p, float *sc, int32_t n_used, float *tmp) {
+    const rk_attn_args *a = j->a;
+    const int group = j->group;
+    const size_t C = (size_t)j->kv->capacity;
+    const int32_t *pos = rk_kv_pos(j->kv, j->il, g);
     float mx = -INFINITY;
     for (int32_t sl = 0; sl < n_used; sl++)
         if (sc[sl] > mx) mx = sc[sl];
-    if (s->topk || s->topk_frac > 0) rk_topk_mask(s->topk, s->topk_frac, sc, n_used, tmp);
-    const double sum = k->softmax_exp(sc, n_used, mx);
+    if (a->topk || a->topk_frac > 0) rk_topk_mask(a->topk, a->topk_frac, sc, n_used, tmp);
+    const double sum = j->kern.softmax_exp(sc, n_used, mx);
     const float inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
-    if (s->acc) {
-        float *acc = s->acc + ((size_t)il * m->n_heads + h) * C;
-        float *cnt = s->acc_cnt + ((size_t)il * m->n_kv_heads + g) * C;
+    if (a->stats.acc) {
+        float *acc = a->stats.acc + (size_t)h * C;
+        float *cnt = a->stats.cnt + (size_t)g * C;
         for (int32_t sl = 0; sl < n_used; sl++) {
             if (pos[sl] > p) continue;
             acc[sl] += sc[sl] * inv;
@@ -136,11 +138,9 @@ static float softmax_row(const rk_session *s, const att_kernels *k, int il, int 
 
 /* ---- prefill: rows r = (t - t0) * nh + (h - h0) for tokens [t0, t1) and query heads [h0, h0 + nh) of kv-head g */
 static void attend_rows(const att_job *j, const att_scratch *ws, int g, int h0, int nh, int t0, int t1) {
-    rk_session *s = j->s;
-    const rk_model *m = s->model;
-    const rk_kv *kv = &s->kv;
-    const int hd = m->head_dim, dq = m->n_heads * hd;
-    const size_t C = (size_t)s->n_ctx;
+    const rk_kv *kv = j->kv;
+    const int hd = kv->head_dim, dq = j->a->n_heads * hd;
+    const size_t C = (size_t)kv->capacity;
     const rk_type_traits *kt = rk_get_type_traits(kv->type);
     const size_t row = (size_t)hd * kv->elt_size;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -158,15 +158,15 @@ static void attend_rows(const att_job *j, const att_scratch *ws, int g, int h0, 
         kt->to_float(K + (size_t)s0 * row, kf, (int64_t)ns * hd);
         for (int t = t0, r = 0; t < t1; t++)
             for (int h = h0; h < h0 + nh; h++, r++) {
-                j->kern.dot_block(hd, ns, kf, s->q + (size_t)t * dq + (size_t)h * hd, blk);
+                j->kern.dot_block(hd, ns, kf, j->a->q + (size_t)t * dq + (size_t)h * hd, blk);
                 float *sc = scores + (size_t)r * C + s0;
                 for (int i = 0; i < ns; i++) sc[i] = pos[s0 + i] <= j->pos0 + t ? blk[i] * scale : -INFINITY;
             }
     }
     for (int t = t0, r = 0; t < t1; t++)
         for (int h = h0; h < h0 + nh; h++, r++) {
-            inv[r] = softmax_row(s, &j->kern, j->il, g, h, j->pos0 + t, scores + (size_t)r * C, n_used, tmp);
-            memset(s->att + (size_t)t * dq + (size_t)h * hd, 0, (size_t)hd * sizeof(float));
+            inv[r] = softmax_row(j, g, h, j->pos0 + t, scores + (size_t)r * C, n_used, tmp);
+            memset(j->a->out + (size_t)t * dq + (size_t)h * hd, 0, (size_t)hd * sizeof(float));
         }
     for (int32_t s0 = 0; s0 < n_used; s0 += BLK) {
         const int ns = s0 + BLK < n_used ? BLK : n_used - s0;
@@ -174,20 +174,18 @@ static void attend_rows(const att_job *j, const att_scratch *ws, int g, int h0, 
         for (int t = t0, r = 0; t < t1; t++)
             for (int h = h0; h < h0 + nh; h++, r++) {
                 for (int i = 0; i < ns; i++) blk[i] = scores[(size_t)r * C + s0 + i] * inv[r];
-                j->kern.accum_block(hd, ns, blk, vf, (size_t)hd, s->att + (size_t)t * dq + (size_t)h * hd);
+                j->kern.accum_block(hd, ns, blk, vf, (size_t)hd, j->a->out + (size_t)t * dq + (size_t)h * hd);
             }
     }
 }
 
 static void attention_task(void *ctx, int ith, int nth) {
     const att_job *j = ctx;
-    rk_session *s = j->s;
-    const rk_model *m = s->model;
-    const int group = m->n_heads / m->n_kv_heads;
-    const att_scratch ws = scratch_of(s, ith);
+    const int group = j->group;
+    const att_scratch ws = scratch_of(j->c, ith);
     long b, e;
     if (j->whole_heads) { /* job = one query head, all tokens, in blocks */
-        rk_split_range(m->n_heads, ith, nth, 1, &b, &e);
+        rk_split_range(j->a->n_heads, ith, nth, 1, &b, &e);
         for (long h = b; h < e; h++)
             for (int t0 = 0; t0 < j->n; t0 += RK_ATT_ROWS) {
                 const int t1 = t0 + RK_ATT_ROWS < j->n ? t0 + RK_ATT_ROWS : j->n;
@@ -196,7 +194,7 @@ static void attention_task(void *ctx, int ith, int nth) {
         return;
     }
     /* job = (kv-head, head block, token block) */
-    rk_split_range((long)m->n_kv_heads * j->n_hb * j->n_tb, ith, nth, 1, &b, &e);
+    rk_split_range((long)j->kv->n_kv_heads * j->n_hb * j->n_tb, ith, nth, 1, &b, &e);
     for (long job = b; job < e; job++) {
         const int tb = (int)(job % j->n_tb), hb = (int)(job / j->n_tb % j->n_hb), g = (int)(job / j->n_tb / j->n_hb);
         const int h0 = g * group + hb * j->heads;
@@ -208,10 +206,10 @@ static void attention_task(void *ctx, int ith, int nth) {
 
 /* ---- decode: one query token at position j->pos0 */
 
-static long max_used(const rk_session *s, int il) {
+static long max_used(const rk_kv *kv, int il) {
     long mx = 0;
-    for (int g = 0; g < s->model->n_kv_heads; g++) {
-        const long u = s->kv.n_used[rk_kv_head_index(&s->kv, il, g)];
+    for (int g = 0; g < kv->n_kv_heads; g++) {
+        const long u = kv->n_used[rk_kv_head_index(kv, il, g)];
         if (u > mx) mx = u;
     }
     return mx;
@@ -220,18 +218,16 @@ static long max_used(const rk_session *s, int il) {
 /* job = (kv-head, block of DEC_SLOTS slots): the group's scores, each key read once */
 static void decode_scores_task(void *ctx, int ith, int nth) {
     const att_job *j = ctx;
-    rk_session *s = j->s;
-    const rk_model *m = s->model;
-    const rk_kv *kv = &s->kv;
-    const int hd = m->head_dim, group = m->n_heads / m->n_kv_heads;
-    const size_t C1 = (size_t)s->n_ctx + 1, row = (size_t)hd * kv->elt_size;
+    const rk_kv *kv = j->kv;
+    const int hd = kv->head_dim, group = j->group;
+    const size_t C1 = (size_t)j->c->n_ctx + 1, row = (size_t)hd * kv->elt_size;
     const rk_type_traits *kt = rk_get_type_traits(kv->type);
     const float scale = 1.0f / sqrtf((float)hd);
-    const att_scratch ws = scratch_of(s, ith);
+    const att_scratch ws = scratch_of(j->c, ith);
     float *kf = ws.kf, *blk = ws.blk;
-    const long n_blocks = (max_used(s, j->il) + DEC_SLOTS - 1) / DEC_SLOTS;
+    const long n_blocks = (max_used(kv, j->il) + DEC_SLOTS - 1) / DEC_SLOTS;
     long b, e;
-    rk_split_range((long)m->n_kv_heads * n_blocks, ith, nth, 1, &b, &e);
+    rk_split_range((long)kv->n_kv_heads * n_blocks, ith, nth, 1, &b, &e);
     for (long job = b; job < e; job++) {
         const int g = (int)(job / n_blocks);
         const int32_t n_used = kv->n_used[rk_kv_head_index(kv, j->il, g)];
@@ -243,8 +239,8 @@ static void decode_scores_task(void *ctx, int ith, int nth) {
             const int ns = b0 + BLK < s1 ? BLK : s1 - b0;
             kt->to_float(K + (size_t)b0 * row, kf, (int64_t)ns * hd);
             for (int h = g * group; h < (g + 1) * group; h++) {
-                j->kern.dot_block(hd, ns, kf, s->q + (size_t)h * hd, blk);
-                float *sc = s->att_dec + (size_t)h * C1 + b0;
+                j->kern.dot_block(hd, ns, kf, j->a->q + (size_t)h * hd, blk);
+                float *sc = j->c->att_dec + (size_t)h * C1 + b0;
                 for (int i = 0; i < ns; i++) sc[i] = pos[b0 + i] <= j->pos0 ? blk[i] * scale : -INFINITY;
             }
         }
@@ -254,62 +250,58 @@ static void decode_scores_task(void *ctx, int ith, int nth) {
 /* job = one head: softmax over its scores; 1/sum stored after them */
 static void decode_softmax_task(void *ctx, int ith, int nth) {
     const att_job *j = ctx;
-    rk_session *s = j->s;
-    const rk_model *m = s->model;
-    const int group = m->n_heads / m->n_kv_heads;
-    const size_t C = (size_t)s->n_ctx;
-    float *tmp = scratch_of(s, ith).tmp;
+    const int group = j->group;
+    const size_t C = (size_t)j->c->n_ctx;
+    float *tmp = scratch_of(j->c, ith).tmp;
     long b, e;
-    rk_split_range(m->n_heads, ith, nth, 1, &b, &e);
+    rk_split_range(j->a->n_heads, ith, nth, 1, &b, &e);
     for (long h = b; h < e; h++) {
         const int g = (int)h / group;
-        float *sc = s->att_dec + (size_t)h * (C + 1);
-        const int32_t n_used = s->kv.n_used[rk_kv_head_index(&s->kv, j->il, g)];
-        sc[C] = softmax_row(s, &j->kern, j->il, g, (int)h, j->pos0, sc, n_used, tmp);
+        float *sc = j->c->att_dec + (size_t)h * (C + 1);
+        const int32_t n_used = j->kv->n_used[rk_kv_head_index(j->kv, j->il, g)];
+        sc[C] = softmax_row(j, g, (int)h, j->pos0, sc, n_used, tmp);
     }
 }
 
 /* job = (kv-head, DEC_DIMS-wide slice): every slot's V slice into the group's outputs, in slot order */
 static void decode_values_task(void *ctx, int ith, int nth) {
     const att_job *j = ctx;
-    rk_session *s = j->s;
-    const rk_model *m = s->model;
-    const rk_kv *kv = &s->kv;
-    const int hd = m->head_dim, group = m->n_heads / m->n_kv_heads;
-    const size_t C = (size_t)s->n_ctx, row = (size_t)hd * kv->elt_size;
+    const rk_kv *kv = j->kv;
+    const int hd = kv->head_dim, group = j->group;
+    const size_t C = (size_t)j->c->n_ctx, row = (size_t)hd * kv->elt_size;
     const rk_type_traits *kt = rk_get_type_traits(kv->type);
-    const att_scratch ws = scratch_of(s, ith);
+    const att_scratch ws = scratch_of(j->c, ith);
     float *vf = ws.vf, *blk = ws.blk;
+    float *out = j->a->out;
     const int n_slices = (hd + DEC_DIMS - 1) / DEC_DIMS;
     long b, e;
-    rk_split_range((long)m->n_kv_heads * n_slices, ith, nth, 1, &b, &e);
+    rk_split_range((long)kv->n_kv_heads * n_slices, ith, nth, 1, &b, &e);
     for (long job = b; job < e; job++) {
         const int g = (int)(job / n_slices), d0 = (int)(job % n_slices) * DEC_DIMS;
         const int nd = d0 + DEC_DIMS < hd ? DEC_DIMS : hd - d0;
         const int32_t n_used = kv->n_used[rk_kv_head_index(kv, j->il, g)];
         const uint8_t *V = rk_kv_v(kv, j->il, g) + (size_t)d0 * kv->elt_size;
-        for (int h = g * group; h < (g + 1) * group; h++) memset(s->att + (size_t)h * hd + d0, 0, (size_t)nd * sizeof(float));
+        for (int h = g * group; h < (g + 1) * group; h++) memset(out + (size_t)h * hd + d0, 0, (size_t)nd * sizeof(float));
         for (int32_t s0 = 0; s0 < n_used; s0 += BLK) {
             const int ns = s0 + BLK < n_used ? BLK : n_used - s0;
             for (int i = 0; i < ns; i++) kt->to_float(V + (size_t)(s0 + i) * row, vf + (size_t)i * nd, nd);
             for (int h = g * group; h < (g + 1) * group; h++) {
-                const float *sc = s->att_dec + (size_t)h * (C + 1);
+                const float *sc = j->c->att_dec + (size_t)h * (C + 1);
                 /* a slot after the query has weight 0 (its score was -inf): skipped like any zero */
                 for (int i = 0; i < ns; i++) blk[i] = sc[s0 + i] * sc[C];
-                j->kern.accum_block(nd, ns, blk, vf, (size_t)nd, s->att + (size_t)h * hd + d0);
+                j->kern.accum_block(nd, ns, blk, vf, (size_t)nd, out + (size_t)h * hd + d0);
             }
         }
     }
 }
 
-void rk_attention(rk_session *s, int il, int n, int32_t pos0) {
-    const rk_model *m = s->model;
-    const int group = m->n_heads / m->n_kv_heads;
-    att_job j = {s, il, n, pos0, 1, 1, 0, 0, s->acc != NULL, pick_kernels(m->head_dim)};
+void rk_cpu_attention(rk_backend_ctx *c, const rk_attn_args *a) {
+    const int n = a->n, group = a->n_heads / a->kv->n_kv_heads;
+    att_job j = {c, a, a->kv, a->il, n, group, a->pos0, 1, 1, 0, 0, a->stats.acc != NULL, pick_kernels(a->kv->head_dim)};
     if (n == 1) {
-        rk_pool_run(s->pool, decode_scores_task, &j);
-        rk_pool_run(s->pool, decode_softmax_task, &j);
-        rk_pool_run(s->pool, decode_values_task, &j);
+        rk_pool_run(c->pool, decode_scores_task, &j);
+        rk_pool_run(c->pool, decode_softmax_task, &j);
+        rk_pool_run(c->pool, decode_values_task, &j);
         return;
     }
     if (n >= RK_ATT_TOKENS) { /* prefill: share each K/V row among tokens and the group's heads */
@@ -318,5 +310,5 @@ void rk_attention(rk_session *s, int il, int n, int32_t pos0) {
     } /* short batches: one row a job, so the threads split the heads evenly */
     j.n_tb = (n + j.tokens - 1) / j.tokens;
     j.n_hb = (group + j.heads - 1) / j.heads;
-    rk_pool_run(s->pool, attention_task, &j);
+    rk_pool_run(c->pool, attention_task, &j);
 }

@@ -24,8 +24,7 @@
 #include <string.h>
 
 #include "error.h"
-#include "ops.h"
-#include "quant.h"
+#include "ops.h" /* RoPE of the buffered observation queries (host memory) on a position shift */
 #include "session.h"
 
 #define MAX_WINDOW 4096
@@ -64,7 +63,7 @@ static int evicts(const rk_policy_i *pol, const rk_evict_shared *p) {
     return (pol->flags & RK_POLICY_EVICTS) && !(budget_is_fraction(p) && p->budget >= 1.0f);
 }
 
-static int evicting(const rk_session *s) { return s->policy && evicts(s->policy, &s->evict); }
+static int evicting(const rk_session *s) { return s->ev.policy && evicts(s->ev.policy, &s->ev.evict); }
 
 int32_t rk_evict_max_used(const rk_session *s) {
     int32_t mx = 0, heads = s->kv.n_layers * s->kv.n_kv_heads;
@@ -73,12 +72,12 @@ int32_t rk_evict_max_used(const rk_session *s) {
     return mx;
 }
 
-int rk_evict_streaming(const rk_session *s) { return evicting(s) && s->evict.schedule == RK_SCHEDULE_STREAMING; }
+int rk_evict_streaming(const rk_session *s) { return evicting(s) && s->ev.evict.schedule == RK_SCHEDULE_STREAMING; }
 
 int32_t rk_evict_room(const rk_session *s) {
     int32_t used = rk_evict_max_used(s), room = s->n_ctx - used;
     if (rk_evict_streaming(s)) {
-        int32_t r = budget_tokens(&s->evict, s->n_ctx) + s->evict.slack + 1 - used;
+        int32_t r = budget_tokens(&s->ev.evict, s->n_ctx) + s->ev.evict.slack + 1 - used;
         if (r < 1) r = 1; /* a head given more than budget + slack (pyramidkv, adakv): one token at a time */
         if (r < room) room = r;
     }
@@ -330,21 +329,23 @@ rk_status rk_evict_check(const char *policy, const char *settings) {
     return st;
 }
 
-void rk_evict_free(rk_session *s) {
-    free(s->q_win); free(s->q_win_pos); free(s->acc); free(s->acc_cnt);
-    free(s->ev_kv); free(s->ev_attn); free(s->ev_scores); free(s->ev_idx); free(s->ev_keep); free(s->ev_qwin);
-    free(s->ev_cfg);
-    s->q_win = s->acc = s->acc_cnt = s->ev_kv = s->ev_attn = s->ev_scores = s->ev_qwin = NULL;
-    s->q_win_pos = s->ev_idx = NULL;
-    s->ev_keep = NULL;
-    s->ev_cfg = NULL;
-    s->win = 0;
+void rk_evict_free(rk_evict_state *e) {
+    free(e->q_win); free(e->q_win_pos); free(e->acc); free(e->acc_cnt);
+    free(e->ev_kv); free(e->ev_attn); free(e->ev_scores); free(e->ev_idx); free(e->ev_keep); free(e->ev_qwin);
+    free(e->ev_cfg);
+    e->q_win = e->acc = e->acc_cnt = e->ev_kv = e->ev_attn = e->ev_scores = e->ev_qwin = NULL;
+    e->q_win_pos = e->ev_idx = NULL;
+    e->ev_keep = NULL;
+    e->ev_cfg = NULL;
+    e->win = 0;
 }
 
-static rk_status set_evict(rk_session *s, const char *policy, const char *settings) {
+void rk_evict_reset(rk_evict_state *e) { e->q_win_n = e->q_win_head = 0; }
+
+rk_status rk_evict_set(rk_session *s, const char *policy, const char *settings) {
     const rk_policy_i *pol = find_policy(policy);
     if (!pol) return RK_ERR_ARG;
-    rk_session n = {0};
+    rk_evict_state n = {0};
     if (pol->cfg_size && !(n.ev_cfg = calloc(1, pol->cfg_size))) return rk_fail(RK_ERR_OOM, "out of memory");
     rk_evict_shared sh;
     rk_status st = parse_settings(pol, settings, &sh, n.ev_cfg);
@@ -386,18 +387,18 @@ static rk_status set_evict(rk_session *s, const char *policy, const char *settin
         rk_evict_free(&n);
         return rk_fail(RK_ERR_OOM, "cannot allocate eviction buffers");
     }
-    rk_evict_free(s);
-    s->q_win = n.q_win; s->q_win_pos = n.q_win_pos; s->win = n.win; s->q_win_head = s->q_win_n = 0;
-    s->ev_attn = n.ev_attn; s->ev_qwin = n.ev_qwin; s->ev_kv = n.ev_kv; s->ev_scores = n.ev_scores;
-    s->ev_idx = n.ev_idx; s->ev_keep = n.ev_keep; s->acc = n.acc; s->acc_cnt = n.acc_cnt;
-    s->ev_cfg = n.ev_cfg;
-    s->evict = sh;
-    s->policy = pol;
-    s->topk = 0;
-    s->topk_frac = 0;
+    rk_evict_free(&s->ev);
+    s->ev.q_win = n.q_win; s->ev.q_win_pos = n.q_win_pos; s->ev.win = n.win; s->ev.q_win_head = s->ev.q_win_n = 0;
+    s->ev.ev_attn = n.ev_attn; s->ev.ev_qwin = n.ev_qwin; s->ev.ev_kv = n.ev_kv; s->ev.ev_scores = n.ev_scores;
+    s->ev.ev_idx = n.ev_idx; s->ev.ev_keep = n.ev_keep; s->ev.acc = n.acc; s->ev.acc_cnt = n.acc_cnt;
+    s->ev.ev_cfg = n.ev_cfg;
+    s->ev.evict = sh;
+    s->ev.policy = pol;
+    s->ev.topk = 0;
+    s->ev.topk_frac = 0;
     if (pol->flags & RK_POLICY_MASKS_ATTN) { /* the budget is the keys each query attends to */
-        if (budget_is_fraction(&sh)) s->topk_frac = sh.budget;
-        else s->topk = (int32_t)sh.budget;
+        if (budget_is_fraction(&sh)) s->ev.topk_frac = sh.budget;
+        else s->ev.topk = (int32_t)sh.budget;
     }
     return RK_OK;
 }
@@ -405,69 +406,40 @@ static rk_status set_evict(rk_session *s, const char *policy, const char *settin
 /* ---- statistics ---- */
 
 void rk_evict_record_queries(rk_session *s, int il, const float *q, int n, int32_t pos0) {
-    if (!s->win) return;
+    if (!s->ev.win) return;
     const size_t dq = (size_t)s->model->n_heads * s->model->head_dim;
-    for (int t = n > s->win ? n - s->win : 0; t < n; t++) {
-        int slot = (s->q_win_head + t) % s->win;
-        memcpy(s->q_win + ((size_t)il * s->win + slot) * dq, q + (size_t)t * dq, dq * sizeof(float));
-        if (il == 0) s->q_win_pos[slot] = pos0 + t;
+    for (int t = n > s->ev.win ? n - s->ev.win : 0; t < n; t++) {
+        int slot = (s->ev.q_win_head + t) % s->ev.win;
+        s->be->to_host(s->bctx, s->ev.q_win + ((size_t)il * s->ev.win + slot) * dq, q + (size_t)t * dq, dq);
+        if (il == 0) s->ev.q_win_pos[slot] = pos0 + t;
     }
     if (il == s->model->n_layers - 1) {
-        s->q_win_head = (s->q_win_head + n) % s->win;
-        s->q_win_n = s->q_win_n + n > s->win ? s->win : s->q_win_n + n;
+        s->ev.q_win_head = (s->ev.q_win_head + n) % s->ev.win;
+        s->ev.q_win_n = s->ev.q_win_n + n > s->ev.win ? s->ev.win : s->ev.q_win_n + n;
     }
 }
 
-typedef struct {
-    rk_session *s;
-    rk_policy_view *v;
-    int32_t *win_pos;
-} win_job;
-
-/* softmax of each observation query over the slots of its kv-head that it may see */
-static void window_attention_task(void *ctx, int ith, int nth) {
-    win_job *j = ctx;
-    const rk_policy_view *v = j->v;
-    const int D = v->head_dim, dq = v->n_heads * D;
-    const float scale = 1.0f / sqrtf((float)D);
-    long b, e;
-    rk_split_range(v->n_heads, ith, nth, 1, &b, &e);
-    for (long h = b; h < e; h++) {
-        const int g = (int)h / v->group;
-        const float *K = v->k + (size_t)g * v->cap * D;
-        const int32_t *pos = v->pos + (size_t)g * v->cap;
-        for (int i = 0; i < v->n_win; i++) {
-            const float *q = v->win_q + (size_t)i * dq + (size_t)h * D;
-            float *a = j->s->ev_attn + ((size_t)h * v->n_win + i) * v->cap;
-            float mx = -INFINITY;
-            for (int sl = 0; sl < v->n_used[g]; sl++) {
-                if (pos[sl] > j->win_pos[i]) { a[sl] = -INFINITY; continue; }
-                float d = 0;
-                for (int k = 0; k < D; k++) d += q[k] * K[(size_t)sl * D + k];
-                a[sl] = d * scale;
-                if (a[sl] > mx) mx = a[sl];
-            }
-            double sum = 0;
-            for (int sl = 0; sl < v->n_used[g]; sl++) {
-                a[sl] = a[sl] == -INFINITY ? 0.0f : expf(a[sl] - mx);
-                sum += a[sl];
-            }
-            const float inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
-            for (int sl = 0; sl < v->n_used[g]; sl++) a[sl] *= inv;
+/* a new slot's accumulated-attention statistics start at zero */
+void rk_evict_on_append(rk_session *s, int il, int n) {
+    if (!s->ev.acc) return;
+    const rk_model *m = s->model;
+    const size_t C = (size_t)s->n_ctx, group = (size_t)(m->n_heads / m->n_kv_heads);
+    for (int g = 0; g < m->n_kv_heads; g++)
+        for (int32_t sl = s->kv.n_used[rk_kv_head_index(&s->kv, il, g)] - n; sl < s->kv.n_used[rk_kv_head_index(&s->kv, il, g)]; sl++) {
+            for (size_t h = (size_t)g * group; h < ((size_t)g + 1) * group; h++)
+                s->ev.acc[((size_t)il * m->n_heads + h) * C + sl] = 0;
+            s->ev.acc_cnt[((size_t)il * m->n_kv_heads + g) * C + sl] = 0;
         }
-    }
 }
 
-/* f32 copies of layer il's keys and values, for scoring */
-static void layer_kv_f32(rk_session *s, int il) {
-    const rk_kv *kv = &s->kv;
-    const rk_type_traits *tr = rk_get_type_traits(kv->type);
-    const size_t D = (size_t)kv->head_dim, C = (size_t)kv->capacity, G = (size_t)kv->n_kv_heads;
-    for (int g = 0; g < kv->n_kv_heads; g++) {
-        const int32_t n = kv->n_used[rk_kv_head_index(kv, il, g)];
-        tr->to_float(rk_kv_k(kv, il, g), s->ev_kv + (size_t)g * C * D, (int64_t)n * (int64_t)D);
-        tr->to_float(rk_kv_v(kv, il, g), s->ev_kv + (G + (size_t)g) * C * D, (int64_t)n * (int64_t)D);
+rk_attn_stats rk_evict_stats_sink(rk_session *s, int il) {
+    rk_attn_stats st = {NULL, NULL};
+    if (s->ev.acc) {
+        const rk_model *m = s->model;
+        st.acc = s->ev.acc + (size_t)il * m->n_heads * s->n_ctx;
+        st.cnt = s->ev.acc_cnt + (size_t)il * m->n_kv_heads * s->n_ctx;
     }
+    return st;
 }
 
 /* ---- selection and compaction ---- */
@@ -493,7 +465,7 @@ static int cmp_pos_desc(const void *a, const void *b) {
 /* marks keep[slot] for one kv-head keeping c of n slots */
 static void select_keep(const rk_session *s, const int32_t *pos, const float *scores, int32_t n, int32_t c,
                         uint8_t *keep, int32_t *idx) {
-    const rk_policy_i *pol = s->policy;
+    const rk_policy_i *pol = s->ev.policy;
     memset(keep, 0, (size_t)n);
     if (c >= n) {
         memset(keep, 1, (size_t)n);
@@ -504,8 +476,8 @@ static void select_keep(const rk_session *s, const int32_t *pos, const float *sc
     int32_t kept = 0;
     if (pol->flags & RK_POLICY_KEEPS_SINKS)
         for (int32_t sl = 0; sl < n && kept < c; sl++)
-            if (pos[sl] < s->evict.n_sink) keep[sl] = 1, kept++;
-    int32_t w = (pol->flags & RK_POLICY_KEEPS_WINDOW) ? (s->evict.window < c / 2 ? s->evict.window : c / 2) : 0;
+            if (pos[sl] < s->ev.evict.n_sink) keep[sl] = 1, kept++;
+    int32_t w = (pol->flags & RK_POLICY_KEEPS_WINDOW) ? (s->ev.evict.window < c / 2 ? s->ev.evict.window : c / 2) : 0;
     if ((pol->flags & RK_POLICY_KEEPS_LAST) && w < 1) w = 1;
     if (w > 0) { /* the newest w unprotected tokens */
         for (int32_t sl = 0; sl < n; sl++) idx[sl] = sl;
@@ -520,68 +492,48 @@ static void select_keep(const rk_session *s, const int32_t *pos, const float *sc
     for (int32_t i = 0; i < m && kept < c; i++) keep[idx[i]] = 1, kept++;
 }
 
+/* keeps the marked slots of (il, g): the statistics move with their slots, the backend moves the cache */
 static void compact_head(rk_session *s, int il, int g, const uint8_t *keep) {
-    rk_kv *kv = &s->kv;
     const rk_model *m = s->model;
-    const size_t hi = rk_kv_head_index(kv, il, g), row = (size_t)kv->head_dim * kv->elt_size, C = (size_t)kv->capacity;
-    const int group = m->n_heads / m->n_kv_heads;
-    uint8_t *K = rk_kv_k(kv, il, g), *V = rk_kv_v(kv, il, g);
-    int32_t *pos = rk_kv_pos(kv, il, g);
-    int32_t w = 0;
-    for (int32_t sl = 0; sl < kv->n_used[hi]; sl++) {
-        if (!keep[sl]) continue;
-        if (w != sl) {
-            memcpy(K + (size_t)w * row, K + (size_t)sl * row, row);
-            memcpy(V + (size_t)w * row, V + (size_t)sl * row, row);
-            pos[w] = pos[sl];
-            if (s->acc) {
+    if (s->ev.acc) {
+        const size_t hi = rk_kv_head_index(&s->kv, il, g), C = (size_t)s->n_ctx;
+        const int group = m->n_heads / m->n_kv_heads;
+        float *cnt = s->ev.acc_cnt + hi * C;
+        int32_t w = 0;
+        for (int32_t sl = 0; sl < s->kv.n_used[hi]; sl++) {
+            if (!keep[sl]) continue;
+            if (w != sl) {
                 for (int h = g * group; h < (g + 1) * group; h++) {
-                    float *a = s->acc + ((size_t)il * m->n_heads + h) * C;
+                    float *a = s->ev.acc + ((size_t)il * m->n_heads + h) * C;
                     a[w] = a[sl];
                 }
-                float *cnt = s->acc_cnt + hi * C;
                 cnt[w] = cnt[sl];
             }
+            w++;
         }
-        w++;
     }
-    kv->n_used[hi] = w;
+    s->be->kv_gather(s->bctx, &s->kv, il, g, keep);
 }
 
 /* re-rotates the kept keys of every buffer to positions 0..n-1 (StreamingLLM's pos-shift) */
 static void shift_positions(rk_session *s) {
     rk_kv *kv = &s->kv;
     const rk_model *m = s->model;
-    const rk_type_traits *tr = rk_get_type_traits(kv->type);
-    float krow[1024], cs[1024];
+    float cs[1024];
+    s->be->kv_reposition(s->bctx, kv, m);
     int32_t n_max = 0;
-    for (int il = 0; il < kv->n_layers; il++)
-        for (int g = 0; g < kv->n_kv_heads; g++) {
-            const size_t hi = rk_kv_head_index(kv, il, g), row = (size_t)kv->head_dim * kv->elt_size;
-            int32_t *pos = rk_kv_pos(kv, il, g);
-            uint8_t *K = rk_kv_k(kv, il, g);
-            for (int32_t sl = 0; sl < kv->n_used[hi]; sl++) {
-                const int32_t delta = sl - pos[sl];
-                if (delta) {
-                    tr->to_float(K + (size_t)sl * row, krow, kv->head_dim);
-                    rk_rope_angles(cs, delta, m->n_rot, m->rope_base, m->rope_freq_scale, m->rope_freqs);
-                    rk_rope_apply(krow, 1, kv->head_dim, m->n_rot, cs);
-                    rk_get_type_traits(kv->type)->from_float(krow, K + (size_t)sl * row, kv->head_dim);
-                    pos[sl] = sl;
-                }
-            }
-            if (kv->n_used[hi] > n_max) n_max = kv->n_used[hi];
-        }
+    for (size_t hi = 0; hi < (size_t)kv->n_layers * kv->n_kv_heads; hi++)
+        if (kv->n_used[hi] > n_max) n_max = kv->n_used[hi];
     /* the buffered observation queries move with the text: rotate them by the same
      * offset as the newest tokens, so query-key distances (and causality) are kept */
     const int32_t dq_shift = n_max - s->next_pos;
-    if (s->win && dq_shift) {
+    if (s->ev.win && dq_shift) {
         const size_t dq = (size_t)m->n_heads * m->head_dim;
         rk_rope_angles(cs, dq_shift, m->n_rot, m->rope_base, m->rope_freq_scale, m->rope_freqs);
         for (int il = 0; il < m->n_layers; il++)
-            for (int w = 0; w < s->win; w++)
-                rk_rope_apply(s->q_win + ((size_t)il * s->win + w) * dq, m->n_heads, m->head_dim, m->n_rot, cs);
-        for (int w = 0; w < s->win; w++) s->q_win_pos[w] += dq_shift;
+            for (int w = 0; w < s->ev.win; w++)
+                rk_rope_apply(s->ev.q_win + ((size_t)il * s->ev.win + w) * dq, m->n_heads, m->head_dim, m->n_rot, cs);
+        for (int w = 0; w < s->ev.win; w++) s->ev.q_win_pos[w] += dq_shift;
     }
     s->next_pos = n_max;
 }
@@ -589,98 +541,65 @@ static void shift_positions(rk_session *s) {
 static rk_status compress_to(rk_session *s, int32_t budget) {
     const rk_model *m = s->model;
     rk_kv *kv = &s->kv;
-    const rk_policy_i *pol = s->policy;
+    const rk_policy_i *pol = s->ev.policy;
     const int G = m->n_kv_heads, H = m->n_heads, D = m->head_dim, C = kv->capacity;
     int32_t keep_n[1024];
     int32_t win_pos[MAX_WINDOW];
     const int32_t n_cached = rk_evict_max_used(s);
-    rk_policy_view v = {s, &s->evict, s->ev_cfg, 0, m->n_layers, H, G, H / G, D, C, NULL, NULL, s->ev_kv,
-                        s->ev_kv + (size_t)G * C * D, 0, win_pos, s->ev_attn, s->ev_qwin, NULL, NULL, budget, n_cached};
-    if (s->win && (pol->needs & RK_NEED_WINDOW)) {
-        v.n_win = s->q_win_n;
+    rk_policy_view v = {m, s->be, s->bctx, &s->ev.evict, s->ev.ev_cfg, 0, m->n_layers, H, G, H / G, D, C, NULL, NULL, s->ev.ev_kv,
+                        s->ev.ev_kv + (size_t)G * C * D, 0, win_pos, s->ev.ev_attn, s->ev.ev_qwin, NULL, NULL, budget, n_cached};
+    if (s->ev.win && (pol->needs & RK_NEED_WINDOW)) {
+        v.n_win = s->ev.q_win_n;
         for (int i = 0; i < v.n_win; i++)
-            win_pos[i] = s->q_win_pos[(s->q_win_head - v.n_win + i + s->win) % s->win];
+            win_pos[i] = s->ev.q_win_pos[(s->ev.q_win_head - v.n_win + i + s->ev.win) % s->ev.win];
     }
     for (int il = 0; il < m->n_layers; il++) {
         v.il = il;
         v.n_used = kv->n_used + rk_kv_head_index(kv, il, 0);
         v.pos = rk_kv_pos(kv, il, 0);
-        if (s->acc) {
-            v.acc = s->acc + (size_t)il * H * C;
-            v.acc_cnt = s->acc_cnt + (size_t)il * G * C;
+        if (s->ev.acc) {
+            v.acc = s->ev.acc + (size_t)il * H * C;
+            v.acc_cnt = s->ev.acc_cnt + (size_t)il * G * C;
         }
-        layer_kv_f32(s, il);
+        s->be->kv_to_f32(s->bctx, kv, il, s->ev.ev_kv, s->ev.ev_kv + (size_t)G * C * D);
         if (v.n_win) {
             const size_t dq = (size_t)H * D;
             for (int i = 0; i < v.n_win; i++) {
-                const int slot = (s->q_win_head - v.n_win + i + s->win) % s->win;
-                memcpy(s->ev_qwin + i * dq, s->q_win + ((size_t)il * s->win + slot) * dq, dq * sizeof(float));
+                const int slot = (s->ev.q_win_head - v.n_win + i + s->ev.win) % s->ev.win;
+                memcpy(s->ev.ev_qwin + i * dq, s->ev.q_win + ((size_t)il * s->ev.win + slot) * dq, dq * sizeof(float));
             }
-            win_job j = {s, &v, win_pos};
-            rk_pool_run(s->pool, window_attention_task, &j);
+            const rk_window_args wa = {H, G, D, C, v.n_win, v.k, v.n_used, v.pos, s->ev.ev_qwin, win_pos, s->ev.ev_attn};
+            s->be->window_attention(s->bctx, &wa);
         }
-        rk_status st = pol->score(&v, s->ev_scores);
+        rk_status st = pol->score(&v, s->ev.ev_scores);
         if (st) return st;
         for (int g = 0; g < G; g++) keep_n[g] = budget;
-        if (pol->allocate) pol->allocate(&v, s->ev_scores, keep_n);
+        if (pol->allocate) pol->allocate(&v, s->ev.ev_scores, keep_n);
         if (rk_evict_streaming(s)) /* leave room for slack + 1 new tokens, whatever a head was given */
             for (int g = 0; g < G; g++)
-                if (keep_n[g] > C - s->evict.slack - 1) keep_n[g] = C - s->evict.slack - 1;
+                if (keep_n[g] > C - s->ev.evict.slack - 1) keep_n[g] = C - s->ev.evict.slack - 1;
         for (int g = 0; g < G; g++) {
             const int32_t n = v.n_used[g];
             int32_t c = keep_n[g] < 1 ? 1 : keep_n[g];
-            select_keep(s, v.pos + (size_t)g * C, s->ev_scores + (size_t)g * C, n, c, s->ev_keep, s->ev_idx);
-            compact_head(s, il, g, s->ev_keep);
+            select_keep(s, v.pos + (size_t)g * C, s->ev.ev_scores + (size_t)g * C, n, c, s->ev.ev_keep, s->ev.ev_idx);
+            compact_head(s, il, g, s->ev.ev_keep);
         }
     }
-    if (s->evict.positions == RK_POSITIONS_SHIFT) shift_positions(s);
+    if (s->ev.evict.positions == RK_POSITIONS_SHIFT) shift_positions(s);
     return RK_OK;
 }
 
-rk_status rk_session_set_eviction(rk_session *s, const char *policy, const char *settings) {
-    rk_status st = rk_session_enter(s, "rk_session_set_eviction");
-    if (st) return st;
-    st = set_evict(s, policy, settings);
-    rk_session_leave(s);
-    return st;
-}
-
-static rk_status compress(rk_session *s) {
+rk_status rk_evict_compress(rk_session *s) {
     if (!evicting(s)) return RK_OK;
-    if (s->policy->needs & RK_NEED_WINDOW && s->q_win_n == 0)
+    if (s->ev.policy->needs & RK_NEED_WINDOW && s->ev.q_win_n == 0)
         return rk_fail(RK_ERR_ARG, "rk_session_compress: policy '%s' scores with the last evaluated tokens; "
-                                   "evaluate some first", s->policy->name);
-    return compress_to(s, budget_tokens(&s->evict, rk_evict_max_used(s)));
-}
-
-rk_status rk_session_compress(rk_session *s) {
-    rk_status st = rk_session_enter(s, "rk_session_compress");
-    if (st) return st;
-    st = compress(s);
-    rk_session_leave(s);
-    return st;
+                                   "evaluate some first", s->ev.policy->name);
+    return compress_to(s, budget_tokens(&s->ev.evict, rk_evict_max_used(s)));
 }
 
 rk_status rk_evict_after_forward(rk_session *s) {
     if (!rk_evict_streaming(s)) return RK_OK;
-    const int32_t budget = budget_tokens(&s->evict, s->n_ctx);
-    if (rk_evict_max_used(s) > budget + s->evict.slack) return compress_to(s, budget);
+    const int32_t budget = budget_tokens(&s->ev.evict, s->n_ctx);
+    if (rk_evict_max_used(s) > budget + s->ev.evict.slack) return compress_to(s, budget);
     return RK_OK;
 }
-
-/* ---- inspection ---- */
-
-int32_t rk_session_kv_count(const rk_session *s, int32_t il, int32_t g) {
-    if (!s || il < 0 || il >= s->kv.n_layers || g < 0 || g >= s->kv.n_kv_heads) return -1;
-    return s->kv.n_used[rk_kv_head_index(&s->kv, il, g)];
-}
-
-int32_t rk_session_kv_positions(const rk_session *s, int32_t il, int32_t g, int32_t *out, int32_t cap) {
-    int32_t n = rk_session_kv_count(s, il, g);
-    if (n < 0 || (!out && cap > 0)) return -1;
-    const int32_t *pos = rk_kv_pos(&s->kv, il, g);
-    for (int32_t i = 0; i < n && i < cap; i++) out[i] = pos[i];
-    return n;
-}
-
-int32_t rk_session_next_pos(const rk_session *s) { return s ? s->next_pos : 0; }

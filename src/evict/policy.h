@@ -34,10 +34,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "restkv.h"
-
-typedef struct rk_session rk_session;
-typedef struct rk_model rk_model;
 
 /* The shared settings, parsed by evict.c. */
 typedef struct {
@@ -71,7 +69,9 @@ typedef struct {
 /* What a policy sees of one layer when scoring. Slots are those of each kv-head's
  * buffer, [0, n_used[g]). */
 typedef struct {
-    const rk_session      *s;
+    const rk_model        *model;
+    const rk_backend_i    *be;    /* be->parallel(bctx, fn, job): host threads for scoring */
+    rk_backend_ctx        *bctx;
     const rk_evict_shared *sh;    /* the shared settings */
     const void            *cfg;   /* the policy's settings struct */
     int32_t        il;            /* layer */

@@ -34,7 +34,7 @@
 #include "arch.h"
 #include "error.h"
 #include "model.h"
-#include "repack.h"
+#include "backend.h"
 #include "quant.h"
 
 static int str_eq(const char *s, uint64_t len, const char *lit) {
@@ -361,7 +361,8 @@ rk_model_params rk_model_default_params(void) {
 static rk_status load(rk_model **out, const char *path, const void *buf, size_t size, const char *name,
                       const rk_model_params *params) {
     rk_model_params p = params ? *params : rk_model_default_params();
-    rk_status st0 = rk_device_check(p.device);
+    const rk_backend_i *be;
+    rk_status st0 = rk_backend_for_device(p.device, &be);
     if (st0) return st0;
     if (p.n_threads > 1024) return rk_fail(RK_ERR_ARG, "n_threads %d is too large", p.n_threads);
     rk_quant_init();
@@ -372,7 +373,10 @@ static rk_status load(rk_model **out, const char *path, const void *buf, size_t 
     if (!st) st = read_hparams(m);
     if (!st) st = load_tensors(m);
     if (!st) st = rk_vocab_load(m);
-    if (!st) st = rk_model_repack(m); /* the W_o Gram matrices (gram.c, on first need) read w->data, kept as stored */
+    m->backend = be;
+    /* the device's layout (CPU: 8-row repack); the W_o Gram matrices (gram.c, on first need) read
+     * w->data, kept as stored */
+    if (!st) st = be->upload_weights(m);
     if (st) {
         rk_model_free(m);
         return st;
@@ -408,7 +412,7 @@ void rk_model_free(rk_model *m) {
     rk_gguf_close(m->gguf);
     free(m->layers);
     free(m->wo_gram);
-    free(m->packed);
+    if (m->backend) m->backend->free_weights(m);
     free(m->owned);
     free(m->tok_text);
     free(m->tok_len);

@@ -71,7 +71,8 @@ struct rk_model {
     float    *wo_gram;            /* [n_layers][n_heads][head_dim][head_dim] */
     float    *owned;              /* f32 copies of norm vectors stored as F16/BF16 */
     size_t    owned_used, owned_cap;
-    void     *packed;             /* every rk_weight.packed lives here */
+    const struct rk_backend_i *backend; /* the device the weights were laid out for (backend.h) */
+    void     *packed;             /* the backend's copy of the weights (CPU: every rk_weight.packed lives here) */
     size_t    packed_bytes;
     int32_t   n_threads;          /* default for sessions */
     int32_t   device;

@@ -214,7 +214,7 @@ static void finish_scores(const rk_policy_view *v, const ea_params *ep, int32_t 
 }
 
 static rk_status score(const rk_policy_view *v, float *scores) {
-    const rk_model *m = v->s->model;
+    const rk_model *m = v->model;
     const ea_cfg *c = v->cfg;
     const ea_params ep = {c->n_future_positions, c->use_covariance, c->use_vnorm, c->epsilon, v->sh->n_sink};
     const int32_t D = v->head_dim;

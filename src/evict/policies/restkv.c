@@ -226,11 +226,10 @@ static void head_task(void *ctx, int ith, int nth) {
 static rk_status restkv_scores(const rk_policy_view *v, const rk_restkv_cfg *c, float *scores) {
     if (v->n_win < 1 || !v->win_attn || !v->win_pos)
         return rk_fail(RK_ERR_ARG, "restkv: no observation queries (evaluate some tokens first)");
-    const rk_model *m = v->s->model;
+    const rk_model *m = v->model;
     if (!m->wo_gram) /* set by rk_restkv_prepare when the policy was set */
         return rk_fail(RK_ERR_INTERNAL, "restkv: the model has no W_o Gram matrices");
-    rk_pool *pool = v->s->pool;
-    const int nth = rk_pool_size(pool), D = v->head_dim, W = v->n_win;
+    const int nth = v->be->n_threads(v->bctx), D = v->head_dim, W = v->n_win;
     const size_t cap = (size_t)v->cap, H = (size_t)v->n_heads;
     rk_job j = {v, c, m->wo_gram + (size_t)v->il * H * D * D, NULL, NULL, NULL, NULL, NULL, 2 * cap + 1 + 2 * (size_t)D,
                 cap + 1};
@@ -247,7 +246,7 @@ static rk_status restkv_scores(const rk_policy_view *v, const rk_restkv_cfg *c, 
     const double a = c->ema_alpha;
     for (int i = 0; i < W; i++) om[i] = (i == 0 ? 1.0 : a) * pow(1.0 - a, W - 1 - i);
     j.om = om;
-    rk_pool_run(pool, head_task, &j);
+    v->be->parallel(v->bctx, head_task, &j);
     /* 6. mean over the query heads of each kv-head */
     for (int32_t g = 0; g < v->n_kv_heads; g++)
         for (int32_t sl = 0; sl < v->n_used[g]; sl++) {

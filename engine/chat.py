@@ -584,7 +584,7 @@ def _main(args) -> int:
     chat = None
     try:
         from . import Model
-        from .perplexity import check_policy
+        from .eval.options import check_policy
 
         with cli.preflight():
             check_policy(args.policy)

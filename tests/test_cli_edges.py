@@ -228,7 +228,7 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
 # ---------------------------------------------------------------- LAMBADA: long targets
 
 def test_exp_mean_overflows_to_inf():
-    from engine.perplexity import exp_mean
+    from engine.eval.report import exp_mean
 
     assert exp_mean(3.0, 3) == pytest.approx(math.e)
     assert exp_mean(1e6, 100) == math.inf and exp_mean(710.0 * 7, 7) == math.inf
@@ -236,7 +236,7 @@ def test_exp_mean_overflows_to_inf():
 
 def test_lambada_long_target_gives_inf_not_overflow(tiny_gguf):
     """A target of hundreds of tokens (a random model: ~log(vocab) nats each) sums far past exp's range."""
-    from engine.lambada import lambada, prepare
+    from engine.eval.lambada import lambada, prepare
 
     with engine.Model(tiny_gguf()) as m:
         items, _ = prepare(m, ["the cat sat on the mat " + "qzxv" * 150, "one two three four five six"])

@@ -15,10 +15,10 @@ import pytest
 
 import engine
 from engine.errors import EngineError
+from engine.eval.lambada import LambadaItem, lambada, load_passages, prepare, split_passage
+from engine.eval.protocols import perplexity
 from engine.eviction import Eviction
-from engine.lambada import LambadaItem, lambada, load_passages, prepare, split_passage
 from engine.perplexity import main as ppl_main
-from engine.perplexity import perplexity
 
 N_CTX = 64
 

@@ -53,7 +53,7 @@ def test_logits_agree_with_llamacpp(tiny_gguf, wtype):
 def test_perplexity_first_chunks_agree_with_llamacpp(smollm2, wikitext_path):
     """SmolLM2 Q4_1, 2 chunks of 512 with llama-perplexity's protocol, both engines in this run."""
     text = open(wikitext_path, encoding="utf-8").read()[:40000]
-    from engine.perplexity import perplexity
+    from engine.eval.protocols import perplexity
 
     with engine.Model(smollm2, n_threads=2) as m:
         toks = m.tokenize(text)

@@ -15,9 +15,9 @@ import pytest
 import engine
 import subproc
 from engine.errors import EngineError
-from engine.perplexity import perplexity
+from engine.eval.protocols import perplexity
 
-# llama.cpp (llama-cpp-python 0.3.36, same protocol; python/llamacpp_reference.py ppl --chunks 40)
+# llama.cpp (llama-cpp-python 0.3.36, same protocol; tools/llamacpp_reference.py ppl --chunks 40)
 # running estimates on wiki.test.raw with SmolLM2-135M-Instruct Q4_1, n_ctx 512
 LLAMACPP_RUNNING_PPL = {1: 13.0466, 2: 21.4484, 3: 22.6128, 4: 22.8845, 40: 23.5863}
 

@@ -1,4 +1,4 @@
-"""One prefill shared by several eviction configurations (rk_session_copy_state, engine.shared_prefill):
+"""One prefill shared by several eviction configurations (rk_session_copy_state, engine.eval.shared_prefill):
 bit for bit the figures of separate runs, and clear refusals where sharing would be wrong."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 
 import engine
 from engine.errors import EngineError
+from engine.eval.lambada import LambadaItem, lambada, lambada_many
+from engine.eval.protocols import perplexity, perplexity_many
 from engine.eviction import Eviction
-from engine.lambada import LambadaItem, lambada, lambada_many
-from engine.perplexity import perplexity, perplexity_many
 
 N_CTX = 64
 

@@ -1,5 +1,5 @@
 """Long-running use: a streaming session's memory stays flat and its values finite (a short soak;
-python/soak.py runs the million-token one), and two sessions on one model in two threads give
+tools/soak.py runs the million-token one), and two sessions on one model in two threads give
 exactly what they give one after the other."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import engine
 from engine import Eviction
 
-_spec = importlib.util.spec_from_file_location("soak", Path(__file__).resolve().parents[1] / "python" / "soak.py")
+_spec = importlib.util.spec_from_file_location("soak", Path(__file__).resolve().parents[1] / "tools" / "soak.py")
 soak_mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(soak_mod)
 

@@ -3,7 +3,7 @@ already parsed (``rk_model_meta_*`` in src/restkv.h), not by reading the GGUF a 
 the ``gguf`` package.  These tests check that what the C API exposes equals what the gguf package
 reads, key by key, on the tiny test models and on SmolLM2; that the tokenizer built from it is the
 same tokenizer; and that the accessors fail cleanly on bad arguments and stay safe on malformed
-files.  No timing assertions here: ``python python/startup_time.py --gguf M`` measures the speed.
+files.  No timing assertions here: ``python tools/startup_time.py --gguf M`` measures the speed.
 """
 
 from __future__ import annotations

@@ -9,12 +9,12 @@ import json
 import pytest
 
 import engine
-from engine import lambada as lambada_mod
-from engine import sweep as sweep_mod
 from engine.errors import EngineError
+from engine.eval import lambada as lambada_mod
+from engine.eval import sweep as sweep_mod
+from engine.eval.lambada import lambada
+from engine.eval.protocols import perplexity
 from engine.eviction import Eviction
-from engine.lambada import lambada
-from engine.perplexity import perplexity
 
 N_CTX = 64
 

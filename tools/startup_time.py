@@ -1,6 +1,6 @@
 """Start-up time: from `import engine` to the first generated token, phase by phase.
 
-    python python/startup_time.py --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf [--runs 5] [--json OUT]
+    python tools/startup_time.py --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf [--runs 5] [--json OUT]
 
 Each run is a fresh interpreter (`python -c ...`), so imports, the model load and the
 tokenizer build are paid again every time, as a user starting a script or `engine.chat` pays

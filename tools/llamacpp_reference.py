@@ -1,8 +1,8 @@
 """llama.cpp's figures for the same inputs, through llama-cpp-python (dev-time tool).
 
-    python python/llamacpp_reference.py ppl  --gguf M -f TEXT [--ctx 512] [--chunks 40] [--threads 2]
-    python python/llamacpp_reference.py tokens --gguf M -f TEXT [--out ids.npy]
-    python python/llamacpp_reference.py speed --gguf M [--threads 2]
+    python tools/llamacpp_reference.py ppl  --gguf M -f TEXT [--ctx 512] [--chunks 40] [--threads 2]
+    python tools/llamacpp_reference.py tokens --gguf M -f TEXT [--out ids.npy]
+    python tools/llamacpp_reference.py speed --gguf M [--threads 2]
 
 `ppl` follows llama-perplexity's protocol (tools/perplexity/perplexity.cpp): the whole
 text tokenised at once with add_special, non-overlapping n_ctx chunks from an empty

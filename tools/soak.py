@@ -1,7 +1,7 @@
 """Soak test: one streaming session scores a very long token stream at a fixed KV budget.
 
-    python python/soak.py --gguf MODEL [--tokens 1000000] [--budget 256] [--policy restkv]
-                          [--slack 64] [--piece 512] [--text FILE] [--json OUT]
+    python tools/soak.py --gguf MODEL [--tokens 1000000] [--budget 256] [--policy restkv]
+                         [--slack 64] [--piece 512] [--text FILE] [--json OUT]
 
 The stream is FILE's tokens repeated (or random ids without --text), fed piece by piece through
 Session.logprobs(score_first=True) with the streaming schedule, so the cache is evicted forever

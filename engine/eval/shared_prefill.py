@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Sequence
 
-from .eviction import POLICIES, Eviction, source_for
+from ..eviction import POLICIES, Eviction, source_for
 
 
 @dataclass

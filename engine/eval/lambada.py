@@ -1,0 +1,250 @@
+"""LAMBADA last-word accuracy and perplexity, with the context's KV cache compressed to a budget.
+
+The command line is python -m engine.lambada (engine.eval.command), the same as
+python -m engine.perplexity --dataset lambada.
+
+Data: OpenAI-style jsonl (one {"text": ...} a line, as lambada_test.jsonl) or plain text with one
+passage a line (default: ../shared/data/lambada/lambada_development_plain_text.txt when found).
+
+Protocol, per passage:
+  * the target is the last word: the passage is split on its last space into context and word;
+  * ctx = tokenize(context) with the vocabulary's special tokens (BOS when it adds one);
+  * target tokens: when ctx is a prefix of tokenize(passage), the passage's tokens after it
+    ("continuation": the target is tokenised exactly as in running text); otherwise
+    tokenize(" " + word) without special tokens ("separate"). Both counts are reported;
+  * all of ctx but its last token is prefilled (full cache) and compressed to the budget with the
+    policy's prefix schedule (a fraction in (0, 1] of those tokens, or a number of tokens >= 2);
+  * then logprobs([ctx[-1]] + target, return_argmax=True) is evaluated on top of the compressed
+    cache, so every scored prediction, the target's first token included, depends on it.
+Accuracy: the greedy (argmax) prediction equals every target token. Perplexity: exp of the mean
+over passages of the target word's total negative log-likelihood (nats), summed exactly (math.fsum);
+inf when that mean passes ~709 (targets of many unlikely tokens), never an overflow error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from .. import cli
+from ..errors import EngineError
+from . import report
+from .options import as_eviction, resolve_policy
+from .shared_prefill import SharedPrefill
+
+CASES = ("continuation", "separate")
+
+
+@dataclass
+class LambadaItem:
+    context_ids: list
+    target_ids: list
+    case: str = "continuation"  # how the target was tokenised, see CASES
+    word: str = ""
+
+
+@dataclass
+class LambadaResult:
+    accuracy: float
+    accuracy_stderr: float
+    ppl: float
+    n_scored: int                  # passages scored
+    n_correct: int
+    n_target_tokens: int
+    n_skipped: int = 0             # passages with no last word, or a context of fewer than 2 tokens
+    target_cases: dict = field(default_factory=dict)  # {"continuation": n, "separate": m}
+    running: list = field(default_factory=list)       # (accuracy, ppl) every 10% of the passages
+    seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    dataset: str = "lambada"
+    model: str = ""
+    data: str = ""
+    threads: int = 0
+    policy: str = "full"
+    budget: float = 1.0
+    protocol: str = "prefix"
+    eviction: dict = field(default_factory=dict)
+    budget_tokens_mean: float = 0.0  # entries kept per buffer, mean over passages
+    n_ctx: int = 0                   # KV slots of the session (the longest passage)
+    kv_bytes_peak: int = 0           # includes the uncompressed prefill
+    kv_bytes_mean: float = 0.0       # after each compression
+    kv_bytes_alloc: int = 0
+    kv_bytes_full: float = 0.0       # the uncompressed prefill, mean (what the full cache holds there)
+    n_tokens_evaluated: int = 0
+    partial: bool = False            # True: interrupted, the figures cover the passages completed (n_scored)
+
+
+def load_passages(path: str, limit: Optional[int] = None) -> list[str]:
+    """Passages of a LAMBADA file: jsonl with a 'text' field, or one passage a line."""
+    if limit is not None and limit < 1:
+        raise EngineError(f"--limit must be >= 1 (leave it out for all), got {limit}")
+    text = cli.read_text(path, "LAMBADA file")
+    out = []
+    # lines as a text-mode file would give them (universal newlines), not str.splitlines()'s
+    for ln, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EngineError(f"{path}:{ln}: not valid JSON: {e}") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise EngineError(f"{path}:{ln}: a JSON line needs a 'text' string")
+            line = obj["text"].strip()
+        out.append(line)
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise EngineError(f"{path}: no passages")
+    return out
+
+
+def split_passage(text: str) -> tuple[str, str]:
+    """(context, last word): the passage split on its last space; ('', '') when there is none."""
+    text = text.strip()
+    i = text.rfind(" ")
+    if i <= 0:
+        return "", ""
+    return text[:i], text[i + 1:]
+
+
+def prepare(model, passages: Iterable[str]) -> tuple[list[LambadaItem], int]:
+    """Token ids of each passage's context and target; also the number of passages skipped.
+
+    target: the passage's tokens after the context's when those are a prefix of them
+    ("continuation"), else tokenize(" " + word) without special tokens ("separate")."""
+    items, skipped = [], 0
+    for text in passages:
+        text = text.strip()
+        context, word = split_passage(text)
+        if not word or not context.strip():
+            skipped += 1
+            continue
+        ctx = list(model.tokenize(context, add_special=True))
+        full = list(model.tokenize(text, add_special=True))
+        if len(full) > len(ctx) and full[:len(ctx)] == ctx:
+            target, case = full[len(ctx):], "continuation"
+        else:
+            target, case = list(model.tokenize(" " + word, add_special=False)), "separate"
+        if len(ctx) < 2 or not target:
+            skipped += 1
+            continue
+        items.append(LambadaItem(ctx, target, case, word))
+    return items, skipped
+
+
+def lambada(model, items: Sequence[LambadaItem] | Sequence[str], eviction=None, n_threads: Optional[int] = None,
+            progress: bool = True, on_passage=None, bar_position: int = 0) -> LambadaResult:
+    """Scores LAMBADA items (or raw passages, tokenised here) with the context compressed per `eviction`.
+
+    eviction: None (the full cache), an engine.eviction.Eviction or a dict of its fields; its schedule
+    is forced to "prefix". on_passage(i, correct, nll) after each passage.
+    """
+    cb = None if on_passage is None else (lambda i, res: on_passage(i, *res[0]))
+    return lambada_many(model, items, [eviction], n_threads, progress, cb, bar_position)[0]
+
+
+class _Tally:
+    """One configuration's running figures over the passages."""
+
+    def __init__(self):
+        self.cases = {c: 0 for c in CASES}
+        self.n_correct = self.n_target = self.n_eval = 0
+        self.nlls, self.running, self.kept_tokens, self.kv_pre, self.kv_kept = [], [], [], [], []
+        self.kv_peak = 0
+        self.seconds = 0.0
+
+    def ppl(self) -> float:
+        """exp(mean target NLL): summed exactly, inf rather than an overflow (see the module docstring)."""
+        return report.exp_mean(math.fsum(self.nlls), len(self.nlls))
+
+
+def lambada_many(model, items: Sequence[LambadaItem] | Sequence[str], evictions: list,
+                 n_threads: Optional[int] = None, progress: bool = True, on_passage=None,
+                 bar_position: int = 0) -> list[LambadaResult]:
+    """lambada() for several eviction configurations, sharing each passage's prefill
+    (engine.eval.shared_prefill): the results of separate lambada() calls, bit for bit, at about the cost
+    of one. on_passage(i, [(correct, nll) per configuration])."""
+    evs = [as_eviction(e) for e in evictions]
+    if not evs:
+        raise EngineError("lambada_many: no eviction configuration given")
+    for ev in evs:
+        if ev is not None:
+            resolve_policy(ev.policy, ev.budget, "prefix")
+    skipped = 0
+    if items and isinstance(items[0], str):
+        items, skipped = prepare(model, items)
+    if not items:
+        raise EngineError("no LAMBADA passage to score (each needs a context and a last word)")
+    n_ctx = max(len(it.context_ids) + len(it.target_ids) for it in items)
+    tallies = [_Tally() for _ in evs]
+    every = max(1, len(items) // 10)
+    bar = report.bar(progress, len(items), "passage", "lambada", bar_position)
+    alloc = 0
+    try:
+        with SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx)) as sp:
+            alloc = sp.kv_bytes_alloc
+            for i, it in enumerate(items):
+                ctx, target = it.context_ids, it.target_ids
+                results = [None] * len(evs)
+                for j, s, pf in sp.prefill(ctx[:-1]):
+                    t = tallies[j]
+                    t0 = time.perf_counter()
+                    lp, am = s.logprobs([ctx[-1]] + list(target), return_argmax=True)
+                    # a passage counts in a tally only once scored (an interruption leaves whole passages)
+                    t.kv_pre.append(pf.kv_bytes_full)
+                    t.kv_kept.append(pf.kv_bytes_kept)
+                    t.kept_tokens.append(t.kv_kept[-1] * n_ctx / alloc)  # entries per (layer, kv-head) buffer
+                    t.kv_peak = max(t.kv_peak, t.kv_pre[-1], s.kv_bytes_used)
+                    correct = bool(np.array_equal(am, np.asarray(target, dtype=np.int32)))
+                    nll = float(-lp.astype(np.float64).sum())
+                    t.nlls.append(nll)
+                    t.n_correct += correct
+                    t.n_target += len(target)
+                    t.n_eval += len(ctx) + len(target)
+                    t.cases[it.case] = t.cases.get(it.case, 0) + 1
+                    if (i + 1) % every == 0 or i + 1 == len(items):
+                        t.running.append((t.n_correct / (i + 1), t.ppl()))
+                    t.seconds += pf.seconds + time.perf_counter() - t0
+                    results[j] = (correct, nll)
+                if bar is not None:
+                    t = tallies[0]
+                    bar.set_postfix(acc=f"{t.n_correct / (i + 1):.4f}", ppl=f"{t.ppl():.3f}")
+                    bar.update(1)
+                if on_passage is not None:
+                    on_passage(i, results)
+    except KeyboardInterrupt:
+        done = min(len(t.nlls) for t in tallies)
+        partial = _results(tallies, evs, skipped, n_ctx, alloc, partial=True) if done else None
+        raise cli.Interrupted(partial, done, len(items), "passages") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    return _results(tallies, evs, skipped, n_ctx, alloc)
+
+
+def _results(tallies, evs, skipped, n_ctx, alloc, partial=False) -> list[LambadaResult]:
+    out = []
+    for t, ev in zip(tallies, evs):
+        n = len(t.nlls)  # passages scored
+        acc = t.n_correct / n if n else float("nan")
+        res = LambadaResult(accuracy=acc, accuracy_stderr=math.sqrt(acc * (1 - acc) / n) if n else float("nan"),
+                            ppl=t.ppl() if n else float("nan"), n_scored=n, n_correct=t.n_correct,
+                            n_target_tokens=t.n_target, n_skipped=skipped,
+                            target_cases=t.cases, running=t.running, seconds=t.seconds,
+                            tokens_per_second=t.n_eval / t.seconds if t.seconds > 0 else 0.0, n_ctx=n_ctx,
+                            budget_tokens_mean=float(np.mean(t.kept_tokens)), kv_bytes_peak=t.kv_peak,
+                            kv_bytes_mean=float(np.mean(t.kv_kept)), kv_bytes_alloc=alloc,
+                            kv_bytes_full=float(np.mean(t.kv_pre)), n_tokens_evaluated=t.n_eval,
+                            partial=partial)
+        if ev is not None:
+            res.policy, res.budget, res.eviction = ev.policy, float(ev.budget), ev.as_dict()
+        out.append(res)
+    return out

@@ -138,6 +138,13 @@ class Model:
     #: weights re-laid out at load for the AVX2 kernels (0 with the portable ones or RK_REPACK=0)
     repacked_bytes = property(lambda self: int(self._get(lib.rk_model_repacked_bytes)))
     desc = property(lambda self: ffi.string(self._get(lib.rk_model_desc)).decode())
+    #: general.architecture ("llama", "qwen2", ...): rk_model_desc starts with it
+    arch = property(lambda self: self.desc.split(",", 1)[0])
+
+    @property
+    def layer_windows(self) -> list[int]:
+        """each layer's sliding window in positions (0 = a global layer)"""
+        return [int(self._get(lib.rk_model_layer_window, il)) for il in range(self.n_layers)]
 
     def __repr__(self) -> str:
         return f"Model({self.path!r}: {self.desc})" if self._ptr is not None else f"Model({self.path!r}, closed)"
@@ -243,6 +250,11 @@ class Session:
     n_threads = property(lambda self: int(self._get(lib.rk_session_n_threads)))
     kv_bytes_alloc = property(lambda self: int(self._get(lib.rk_session_kv_bytes_alloc)))
     kv_bytes_used = property(lambda self: int(self._get(lib.rk_session_kv_bytes_used)))
+    #: the same for the global layers (evicted from) and the sliding-window layers (bounded rings)
+    kv_bytes_alloc_global = property(lambda self: int(self._get(lib.rk_session_kv_bytes_alloc_of, lib.RK_LAYERS_GLOBAL)))
+    kv_bytes_used_global = property(lambda self: int(self._get(lib.rk_session_kv_bytes_used_of, lib.RK_LAYERS_GLOBAL)))
+    kv_bytes_alloc_window = property(lambda self: int(self._get(lib.rk_session_kv_bytes_alloc_of, lib.RK_LAYERS_WINDOW)))
+    kv_bytes_used_window = property(lambda self: int(self._get(lib.rk_session_kv_bytes_used_of, lib.RK_LAYERS_WINDOW)))
 
     def eval(self, ids: Iterable[int], logits: Optional[str] = "last") -> Optional[np.ndarray]:
         """Appends tokens; returns logits of the last token ([n_vocab]), of all ([n, n_vocab]) or None."""

@@ -294,8 +294,20 @@ def write_tiny_llama(path, *, weight_type: str = "F32", n_vocab: int = 384, n_em
                      llama3_rope_factors: bool | Sequence[float] = False,
                      rms_eps: float = 1e-5, n_ctx_train: int = 512, seed: int = 0, vocab: str = "bpe",
                      embd_type: str | None = None, output_type: str | None = None,
-                     name: str | None = None, _transform=None) -> Path:
-    """Write a random Llama GGUF and return its path.
+                     name: str | None = None, arch: str = "llama", head_dim: int | None = None,
+                     sliding_window: int = 0, swa_pattern: int | None = None,
+                     rope_freq_base_swa: float | None = None, final_logit_softcap: float | None = None,
+                     _transform=None) -> Path:
+    """Write a random Llama-family GGUF and return its path.
+
+    arch: "llama"; "qwen2" (Q/K/V biases, NEOX RoPE, qwen2 pre-tokenizer); "qwen3" (explicit
+        head_dim through key_length, per-head Q/K RMSNorm, no biases).
+        "gemma3" (sliding-window layers, GELU-tanh FFN, Q/K norms, post-norms, embeddings scaled
+        by sqrt(n_embd), SPM vocab without a space prefix; tied).
+    head_dim: (qwen3, gemma3, llama) writes attention.key_length/value_length, so n_heads * head_dim
+        may differ from n_embd.
+    sliding_window, swa_pattern, rope_freq_base_swa, final_logit_softcap: gemma3's keys (written
+        when given; sliding_window 0 = no window key).
 
     weight_type: type of every matrix (see SUPPORTED_TYPES); embd_type / output_type
         override it for token_embd.weight / output.weight.
@@ -316,13 +328,19 @@ def write_tiny_llama(path, *, weight_type: str = "F32", n_vocab: int = 384, n_em
     big = max(block_size(t) for t in (weight_type, embd_type, output_type)) == QK_K
     n_embd = n_embd or (256 if big else 128)
     n_ff = n_ff or 2 * n_embd
-    if n_embd % n_heads or n_heads % n_kv_heads:
-        raise ValueError("n_embd must be divisible by n_heads and n_heads by n_kv_heads")
-    head_dim = n_embd // n_heads
+    if arch not in ("llama", "qwen2", "qwen3", "gemma3"):
+        raise ValueError(f"arch must be llama, qwen2, qwen3 or gemma3, got {arch!r}")
+    if arch == "gemma3":
+        vocab, tied = "spm", True
+    explicit_hd = head_dim is not None
+    if n_heads % n_kv_heads or (not explicit_hd and n_embd % n_heads):
+        raise ValueError("n_embd must be divisible by n_heads (or give head_dim) and n_heads by n_kv_heads")
+    head_dim = head_dim or n_embd // n_heads
     if head_dim % 2:
         raise ValueError("head_dim must be even for RoPE")
     n_rot = head_dim
     n_embd_kv = head_dim * n_kv_heads
+    n_q = head_dim * n_heads
 
     rng = np.random.default_rng(seed)
 
@@ -336,11 +354,11 @@ def write_tiny_llama(path, *, weight_type: str = "F32", n_vocab: int = 384, n_em
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
 
     # --- metadata, in the order convert_hf_to_gguf.py writes it ---
     w.add_type(gguf.GGUFType.MODEL)
-    w.add_name(name or f"tiny-llama-{weight_type.lower()}")
+    w.add_name(name or f"tiny-{arch}-{weight_type.lower()}")
     w.add_block_count(n_layers)
     w.add_context_length(n_ctx_train)
     w.add_embedding_length(n_embd)
@@ -355,11 +373,22 @@ def write_tiny_llama(path, *, weight_type: str = "F32", n_vocab: int = 384, n_em
     w.add_file_type(_FILE_TYPE[weight_type])
     w.add_vocab_size(n_vocab)
     w.add_rope_dimension_count(n_rot)
+    if explicit_hd:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    if sliding_window:
+        w.add_sliding_window(int(sliding_window))
+    if swa_pattern is not None:
+        w.add_uint32(f"{arch}.attention.sliding_window_pattern", int(swa_pattern))
+    if rope_freq_base_swa is not None:
+        w.add_float32(f"{arch}.rope.freq_base_swa", float(rope_freq_base_swa))
+    if final_logit_softcap is not None:
+        w.add_float32(f"{arch}.final_logit_softcapping", float(final_logit_softcap))
 
     if vocab == "bpe":
         tokens, types, merges = bpe_vocab(n_vocab)
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("default")
+        w.add_tokenizer_pre("qwen2" if arch.startswith("qwen") else "default")
         w.add_token_list(tokens)
         w.add_token_types(types)
         w.add_token_merges(merges)
@@ -380,6 +409,8 @@ def write_tiny_llama(path, *, weight_type: str = "F32", n_vocab: int = 384, n_em
         w.add_unk_token_id(0)
         w.add_add_bos_token(True)
         w.add_add_eos_token(False)
+        if arch == "gemma3":
+            w.add_add_space_prefix(False)
     else:
         raise ValueError(f"vocab must be 'bpe' or 'spm', got {vocab!r}")
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -392,7 +423,8 @@ def write_tiny_llama(path, *, weight_type: str = "F32", n_vocab: int = 384, n_em
         w.add_tensor(name_, data, raw_dtype=None if t in ("F32", "F16") else QT[t])
 
     # Embedding std 3/sqrt(n_embd): tied logits (normalised x . embedding) come out ~N(0, 3).
-    add("token_embd.weight", mat(n_vocab, n_embd, 3.0 / math.sqrt(n_embd)), embd_type)
+    # gemma3: N(0, 1) rows, so that the sqrt(n_embd) scale of the looked-up row matters
+    add("token_embd.weight", mat(n_vocab, n_embd, 1.0 if arch == "gemma3" else 3.0 / math.sqrt(n_embd)), embd_type)
     if llama3_rope_factors is not False and llama3_rope_factors is not None:
         if llama3_rope_factors is True:
             ff = llama31_rope_factors(n_rot, rope_freq_base, original_context=n_ctx_train)
@@ -404,14 +436,24 @@ def write_tiny_llama(path, *, weight_type: str = "F32", n_vocab: int = 384, n_em
     for i in range(n_layers):
         p = f"blk.{i}."
         add(p + "attn_norm.weight", norm_w(n_embd), "F32")
-        add(p + "attn_q.weight", mat(n_embd, n_embd), weight_type)
+        add(p + "attn_q.weight", mat(n_q, n_embd), weight_type)
         add(p + "attn_k.weight", mat(n_embd_kv, n_embd), weight_type)
         add(p + "attn_v.weight", mat(n_embd_kv, n_embd), weight_type)
-        add(p + "attn_output.weight", mat(n_embd, n_embd), weight_type)
+        if arch == "qwen2":  # N(0, 0.1) biases, added before RoPE
+            for t, n in (("q", n_q), ("k", n_embd_kv), ("v", n_embd_kv)):
+                add(p + f"attn_{t}.bias", (0.1 * rng.standard_normal(n)).astype(np.float32), "F32")
+        if arch in ("qwen3", "gemma3"):
+            add(p + "attn_q_norm.weight", norm_w(head_dim), "F32")
+            add(p + "attn_k_norm.weight", norm_w(head_dim), "F32")
+        add(p + "attn_output.weight", mat(n_embd, n_q), weight_type)
+        if arch == "gemma3":
+            add(p + "post_attention_norm.weight", norm_w(n_embd), "F32")
         add(p + "ffn_norm.weight", norm_w(n_embd), "F32")
         add(p + "ffn_gate.weight", mat(n_ff, n_embd), weight_type)
         add(p + "ffn_up.weight", mat(n_ff, n_embd), weight_type)
         add(p + "ffn_down.weight", mat(n_embd, n_ff), weight_type)
+        if arch == "gemma3":
+            add(p + "post_ffw_norm.weight", norm_w(n_embd), "F32")
     add("output_norm.weight", norm_w(n_embd), "F32")
     if not tied:
         add("output.weight", mat(n_vocab, n_embd, 3.0 / math.sqrt(n_embd)), output_type)

@@ -38,7 +38,7 @@ void rk_forward(rk_session *s, const int32_t *tokens, int n) {
         be->kv_append(c, &s->kv, il, a->k, a->v, n, pos0);
         rk_evict_on_append(s, il, n);
         rk_evict_record_queries(s, il, a->q, n, pos0);
-        const rk_attn_args att = {&s->kv, il, n, pos0, m->n_heads, a->q, a->att,
+        const rk_attn_args att = {&s->kv, il, n, pos0, m->n_heads, hp->attn_scale, hp->n_swa, a->q, a->att,
                                   s->ev.topk, s->ev.topk_frac, rk_evict_stats_sink(s, il)};
         be->attention(c, &att);
         const rk_weight *wo = &L->wo;
@@ -47,9 +47,15 @@ void rk_forward(rk_session *s, const int32_t *tokens, int n) {
         if (L->post_attn_norm) be->rmsnorm(c, a->proj, a->proj, L->post_attn_norm, n, d, m->rms_eps);
         be->add(c, a->x, a->proj, n, n, d);
 
-        /* feed-forward block (the row's activation: check_implemented admits SwiGLU only so far) */
+        /* feed-forward block: act(x W_gate) * (x W_up), then W_down; SwiGLU fused with its matmul */
         be->rmsnorm(c, a->xb, a->x, L->ffn_norm, n, d, m->rms_eps);
-        if (L->w_gate.type == L->w_up.type) {
+        if (m->arch->act == RK_ACT_GEGLU_TANH) {
+            const rk_weight *gu[2] = {&L->w_gate, &L->w_up};
+            float *const gu_out[2] = {a->hb, a->hb2};
+            if (L->w_gate.type == L->w_up.type) be->matmul(c, a->xb, n, gu, gu_out, 2);
+            else for (int i = 0; i < 2; i++) be->matmul(c, a->xb, n, &gu[i], &gu_out[i], 1);
+            be->geglu(c, a->hb, a->hb2, (size_t)n * m->n_ff);
+        } else if (L->w_gate.type == L->w_up.type) {
             be->matmul_swiglu(c, a->xb, n, &L->w_gate, &L->w_up, a->hb, a->hb2);
         } else {
             const rk_weight *gu[2] = {&L->w_gate, &L->w_up};
@@ -72,4 +78,6 @@ void rk_forward(rk_session *s, const int32_t *tokens, int n) {
 void rk_logits(rk_session *s, const float *hidden, int n_rows, float *logits) {
     const rk_weight *w = &s->model->output;
     s->be->matmul(s->bctx, hidden, n_rows, &w, &logits, 1);
+    if (s->model->final_softcap > 0)
+        s->be->softcap(s->bctx, logits, (size_t)n_rows * (size_t)s->model->n_vocab, s->model->final_softcap);
 }

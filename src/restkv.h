@@ -165,6 +165,12 @@ int32_t     rk_session_n_ctx(const rk_session *session);
 int32_t     rk_session_n_threads(const rk_session *session);
 size_t      rk_session_kv_bytes_alloc(const rk_session *session);  /* KV storage allocated */
 size_t      rk_session_kv_bytes_used(const rk_session *session);   /* KV storage holding live entries */
+/* The same for one kind of layer: global layers (evicted from, counted in budgets) or sliding-window
+ * layers (gemma3's local layers: rings of n_swa - 1 + n_batch slots, never evicted from). */
+typedef enum { RK_LAYERS_GLOBAL = 0, RK_LAYERS_WINDOW = 1 } rk_layer_kind;
+size_t      rk_session_kv_bytes_alloc_of(const rk_session *session, int32_t layer_kind);
+size_t      rk_session_kv_bytes_used_of(const rk_session *session, int32_t layer_kind);
+int32_t     rk_model_layer_window(const rk_model *model, int32_t layer); /* n_swa, 0 = global, -1 = no such layer */
 
 /* ---- KV-cache eviction ----
  * A session evicts per (layer, kv-head): each such buffer keeps its own set of

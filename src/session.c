@@ -65,7 +65,14 @@ rk_status rk_session_init(rk_session **out, rk_model *model, const rk_session_pa
     if (s->n_batch > s->n_ctx) s->n_batch = s->n_ctx;
     s->n_threads = p.n_threads ? p.n_threads : model->n_threads;
     rk_status st = s->be->init(&s->bctx, model, s->n_threads, s->n_batch, s->n_ctx);
-    if (!st) st = rk_kv_init(&s->kv, s->be, s->bctx, model->n_layers, model->n_kv_heads, model->head_dim, s->n_ctx, p.kv_type);
+    int32_t *swa = st ? NULL : malloc((size_t)model->n_layers * sizeof(int32_t));
+    if (!st && !swa) st = rk_fail(RK_ERR_OOM, "out of memory");
+    if (!st) {
+        for (int il = 0; il < model->n_layers; il++) swa[il] = model->layers[il].hp.n_swa;
+        st = rk_kv_init(&s->kv, s->be, s->bctx, model->n_layers, model->n_kv_heads, model->head_dim, s->n_ctx,
+                        p.kv_type, swa, s->n_batch);
+    }
+    free(swa);
     if (!st) st = alloc_acts(s);
     if (!st) st = rk_evict_set(s, "full", NULL);
     if (st) {
@@ -259,6 +266,12 @@ int32_t rk_session_n_ctx(const rk_session *s) { return s ? s->n_ctx : 0; }
 int32_t rk_session_n_threads(const rk_session *s) { return s ? s->n_threads : 0; }
 size_t rk_session_kv_bytes_alloc(const rk_session *s) { return s ? rk_kv_bytes_alloc(&s->kv) : 0; }
 size_t rk_session_kv_bytes_used(const rk_session *s) { return s ? rk_kv_bytes_used(&s->kv) : 0; }
+size_t rk_session_kv_bytes_alloc_of(const rk_session *s, int32_t kind) {
+    return s && (kind == RK_LAYERS_GLOBAL || kind == RK_LAYERS_WINDOW) ? rk_kv_bytes_alloc_of(&s->kv, kind) : 0;
+}
+size_t rk_session_kv_bytes_used_of(const rk_session *s, int32_t kind) {
+    return s && (kind == RK_LAYERS_GLOBAL || kind == RK_LAYERS_WINDOW) ? rk_kv_bytes_used_of(&s->kv, kind) : 0;
+}
 
 /* ---- eviction (evict.c does the work) ---- */
 

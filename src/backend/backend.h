@@ -40,6 +40,8 @@ typedef struct {
     int           il, n;
     int32_t       pos0;
     int           n_heads;     /* query heads; n_heads / kv->n_kv_heads per kv-head */
+    float         scale;       /* of q.k (1/sqrt(head_dim) by the architecture's rule) */
+    int32_t       n_swa;       /* > 0: a query at p sees only keys with p - pos < n_swa (sliding window) */
     const float  *q;           /* [n][n_heads][head_dim], RoPE applied */
     float        *out;         /* [n][n_heads][head_dim] */
     int32_t       topk;        /* top-k mask: keep this many logits per query (> 0), */
@@ -96,6 +98,10 @@ typedef struct rk_backend_i {
     void (*add)(rk_backend_ctx *c, float *x, const float *y, int n_rows, int n_y_rows, int width);
     /* a[i] = silu(a[i]) * b[i] */
     void (*swiglu)(rk_backend_ctx *c, float *a, const float *b, size_t n);
+    /* a[i] = gelu_tanh(a[i]) * b[i], with ggml-cpu's f16-table GELU (gemma3's gated FFN) */
+    void (*geglu)(rk_backend_ctx *c, float *a, const float *b, size_t n);
+    /* x[i] = cap * tanh(x[i] / cap) (a final logit softcap) */
+    void (*softcap)(rk_backend_ctx *c, float *x, size_t n, float cap);
     /* rotates each of the n_heads heads of the n rows of x, row t at position pos0 + t (adjacent pairs,
      * the first hp->n_rot dims): llama.cpp's "normal" RoPE with hp's base and linear scale and the
      * optional llama3-style frequency divisors */

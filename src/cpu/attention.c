@@ -18,6 +18,7 @@
  * head dimension), each slice keeping the slot order of its sums.
  */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "backend_cpu.h"
@@ -128,7 +129,7 @@ static float softmax_row(const att_job *j, int g, int h, int32_t p, float *sc, i
         float *acc = a->stats.acc + (size_t)h * C;
         float *cnt = a->stats.cnt + (size_t)g * C;
         for (int32_t sl = 0; sl < n_used; sl++) {
-            if (pos[sl] > p) continue;
+            if (pos[sl] > p) continue; /* (statistics are kept for global layers only: no window here) */
             acc[sl] += sc[sl] * inv;
             if (h % group == 0) cnt[sl] += 1.0f;
         }
@@ -143,7 +144,7 @@ static void attend_rows(const att_job *j, const att_scratch *ws, int g, int h0, 
     const size_t C = (size_t)kv->capacity;
     const rk_type_traits *kt = rk_get_type_traits(kv->type);
     const size_t row = (size_t)hd * kv->elt_size;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const float scale = j->a->scale;
     float *scores = ws->scores, *tmp = ws->tmp, *inv = ws->inv, *kf = ws->kf, *vf = ws->vf, *blk = ws->blk;
     const uint8_t *K = rk_kv_k(kv, j->il, g), *V = rk_kv_v(kv, j->il, g);
     const int32_t *pos = rk_kv_pos(kv, j->il, g);
@@ -160,7 +161,8 @@ static void attend_rows(const att_job *j, const att_scratch *ws, int g, int h0, 
             for (int h = h0; h < h0 + nh; h++, r++) {
                 j->kern.dot_block(hd, ns, kf, j->a->q + (size_t)t * dq + (size_t)h * hd, blk);
                 float *sc = scores + (size_t)r * C + s0;
-                for (int i = 0; i < ns; i++) sc[i] = pos[s0 + i] <= j->pos0 + t ? blk[i] * scale : -INFINITY;
+                const int32_t p = j->pos0 + t, lo = j->a->n_swa ? p - j->a->n_swa + 1 : INT32_MIN;
+                for (int i = 0; i < ns; i++) sc[i] = pos[s0 + i] <= p && pos[s0 + i] >= lo ? blk[i] * scale : -INFINITY;
             }
     }
     for (int t = t0, r = 0; t < t1; t++)
@@ -222,7 +224,8 @@ static void decode_scores_task(void *ctx, int ith, int nth) {
     const int hd = kv->head_dim, group = j->group;
     const size_t C1 = (size_t)j->c->n_ctx + 1, row = (size_t)hd * kv->elt_size;
     const rk_type_traits *kt = rk_get_type_traits(kv->type);
-    const float scale = 1.0f / sqrtf((float)hd);
+    const float scale = j->a->scale;
+    const int32_t lo = j->a->n_swa ? j->pos0 - j->a->n_swa + 1 : INT32_MIN; /* the window's first position */
     const att_scratch ws = scratch_of(j->c, ith);
     float *kf = ws.kf, *blk = ws.blk;
     const long n_blocks = (max_used(kv, j->il) + DEC_SLOTS - 1) / DEC_SLOTS;
@@ -241,7 +244,7 @@ static void decode_scores_task(void *ctx, int ith, int nth) {
             for (int h = g * group; h < (g + 1) * group; h++) {
                 j->kern.dot_block(hd, ns, kf, j->a->q + (size_t)h * hd, blk);
                 float *sc = j->c->att_dec + (size_t)h * C1 + b0;
-                for (int i = 0; i < ns; i++) sc[i] = pos[b0 + i] <= j->pos0 ? blk[i] * scale : -INFINITY;
+                for (int i = 0; i < ns; i++) sc[i] = pos[b0 + i] <= j->pos0 && pos[b0 + i] >= lo ? blk[i] * scale : -INFINITY;
             }
         }
     }

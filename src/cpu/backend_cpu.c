@@ -112,6 +112,8 @@ static void cpu_add(rk_backend_ctx *c, float *x, const float *y, int n_rows, int
 }
 
 static void cpu_swiglu(rk_backend_ctx *c, float *a, const float *b, size_t n) { rk_swiglu(a, b, n); }
+static void cpu_geglu(rk_backend_ctx *c, float *a, const float *b, size_t n) { rk_geglu(a, b, n); }
+static void cpu_softcap(rk_backend_ctx *c, float *x, size_t n, float cap) { rk_softcap(x, n, cap); }
 
 static void cpu_rope(rk_backend_ctx *c, float *x, int n, int n_heads, int head_dim, int32_t pos0,
                      const rk_layer_hparams *hp, const float *freq) {
@@ -124,13 +126,15 @@ static void cpu_rope(rk_backend_ctx *c, float *x, int n, int n_heads, int head_d
         c->cs_base = hp->rope_base, c->cs_scale = hp->rope_freq_scale, c->cs_freq = freq;
     }
     for (int t = 0; t < n; t++)
-        rk_rope_apply(x + (size_t)t * n_heads * head_dim, n_heads, head_dim, n_rot, c->cos_sin + (size_t)t * n_rot);
+        rk_rope_apply_kind(hp->rope_neox, x + (size_t)t * n_heads * head_dim, n_heads, head_dim, n_rot,
+                           c->cos_sin + (size_t)t * n_rot);
 }
 
 #define CPU_OPS                                                                                                    \
     .init = cpu_init, .free = cpu_free, .n_threads = cpu_n_threads, .alloc = cpu_alloc, .dealloc = cpu_dealloc,    \
     .parallel = cpu_parallel, .to_host = cpu_to_host, .embed = cpu_embed, .matmul = cpu_matmul,                    \
-    .matmul_swiglu = cpu_matmul_swiglu, .rmsnorm = cpu_rmsnorm, .add = cpu_add, .swiglu = cpu_swiglu,              \
+    .matmul_swiglu = cpu_matmul_swiglu, .rmsnorm = cpu_rmsnorm, .add = cpu_add, .swiglu = cpu_swiglu,    \
+    .geglu = cpu_geglu, .softcap = cpu_softcap,              \
     .rope = cpu_rope, .kv_append = rk_cpu_kv_append, .kv_to_f32 = rk_cpu_kv_to_f32, .kv_gather = rk_cpu_kv_gather, \
     .kv_reposition = rk_cpu_kv_reposition, .kv_copy = rk_cpu_kv_copy, .attention = rk_cpu_attention,                                         \
     .window_attention = rk_cpu_window_attention

@@ -46,7 +46,7 @@ void rk_cpu_kv_reposition(rk_backend_ctx *c, rk_kv *kv, const rk_model *m) {
     const size_t row = (size_t)kv->head_dim * kv->elt_size;
     float krow[1024], cs[1024];
     for (int il = 0; il < kv->n_layers; il++)
-        for (int g = 0; g < kv->n_kv_heads; g++) {
+        for (int g = 0; g < kv->n_kv_heads && !kv->swa[il]; g++) { /* (eviction refuses shift with windows) */
             const size_t hi = rk_kv_head_index(kv, il, g);
             int32_t *pos = rk_kv_pos(kv, il, g);
             uint8_t *K = rk_kv_k(kv, il, g);
@@ -55,7 +55,7 @@ void rk_cpu_kv_reposition(rk_backend_ctx *c, rk_kv *kv, const rk_model *m) {
                 if (!delta) continue;
                 tr->to_float(K + (size_t)sl * row, krow, kv->head_dim);
                 rk_rope_angles(cs, delta, m->n_rot, m->rope_base, m->rope_freq_scale, m->rope_freqs);
-                rk_rope_apply(krow, 1, kv->head_dim, m->n_rot, cs);
+                rk_rope_apply_kind(m->rope_neox, krow, 1, kv->head_dim, m->n_rot, cs);
                 tr->from_float(krow, K + (size_t)sl * row, kv->head_dim);
                 pos[sl] = sl;
             }
@@ -63,13 +63,14 @@ void rk_cpu_kv_reposition(rk_backend_ctx *c, rk_kv *kv, const rk_model *m) {
 }
 
 void rk_cpu_kv_copy(rk_backend_ctx *c, rk_kv *b, const rk_kv *a) {
-    const size_t heads = (size_t)a->n_layers * (size_t)a->n_kv_heads, C = (size_t)a->capacity,
-                 row = (size_t)a->head_dim * a->elt_size;
-    for (size_t hi = 0; hi < heads; hi++) {
-        const size_t n = (size_t)a->n_used[hi], off = hi * C;
-        memcpy(b->k + off * row, a->k + off * row, n * row);
-        memcpy(b->v + off * row, a->v + off * row, n * row);
-        memcpy(b->pos + off, a->pos + off, n * sizeof(int32_t));
-        b->n_used[hi] = a->n_used[hi];
-    }
+    const size_t row = (size_t)a->head_dim * a->elt_size;
+    for (int il = 0; il < a->n_layers; il++)
+        for (int h = 0; h < a->n_kv_heads; h++) {
+            const size_t hi = rk_kv_head_index(a, il, h), n = (size_t)a->n_used[hi];
+            memcpy(rk_kv_k(b, il, h), rk_kv_k(a, il, h), n * row);
+            memcpy(rk_kv_v(b, il, h), rk_kv_v(a, il, h), n * row);
+            memcpy(rk_kv_pos(b, il, h), rk_kv_pos(a, il, h), n * sizeof(int32_t));
+            b->n_used[hi] = a->n_used[hi];
+            b->ring[hi] = a->ring[hi];
+        }
 }

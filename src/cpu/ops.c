@@ -1,5 +1,6 @@
 /* ops.c: CPU operators: threaded quantised matmul, RMSNorm, RoPE, SwiGLU. */
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -187,6 +188,49 @@ void rk_rope_apply(float *x, int n_heads, int head_dim, int n_rot, const float *
             xh[2 * i + 1] = x0 * s + x1 * c;
         }
     }
+}
+
+/* NEOX pairing (qwen2, qwen3, gemma3): dims (i, i + n_rot/2) rotate by angle i */
+void rk_rope_apply_neox(float *x, int n_heads, int head_dim, int n_rot, const float *cos_sin) {
+    const int half = n_rot / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *xh = x + (size_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            const float c = cos_sin[2 * i], s = cos_sin[2 * i + 1];
+            const float x0 = xh[i], x1 = xh[i + half];
+            xh[i] = x0 * c - x1 * s;
+            xh[i + half] = x0 * s + x1 * c;
+        }
+    }
+}
+
+void rk_rope_apply_kind(int neox, float *x, int n_heads, int head_dim, int n_rot, const float *cos_sin) {
+    (neox ? rk_rope_apply_neox : rk_rope_apply)(x, n_heads, head_dim, n_rot, cos_sin);
+}
+
+/* ggml-cpu's GELU (GGML_GELU_FP16): the tanh formula, tabulated at every f16 value and rounded to f16;
+ * x is rounded to f16 for the lookup, 0 below -10, x above 10 */
+static uint16_t gelu_f16[1 << 16];
+static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
+
+static void gelu_table(void) {
+    for (uint32_t i = 0; i < (1u << 16); i++) {
+        const float x = rk_fp16_to_fp32((uint16_t)i);
+        gelu_f16[i] = rk_fp32_to_fp16(0.5f * x * (1.0f + tanhf(0.79788456080286535587989211986876f * x * (1.0f + 0.044715f * x * x))));
+    }
+}
+
+void rk_geglu(float *a, const float *b, size_t n) {
+    pthread_once(&gelu_once, gelu_table);
+    for (size_t i = 0; i < n; i++) {
+        const float x = a[i];
+        a[i] = x <= -10.0f ? 0.0f : x >= 10.0f ? x * b[i] : rk_fp16_to_fp32(gelu_f16[rk_fp32_to_fp16(x)]) * b[i];
+    }
+}
+
+void rk_softcap(float *x, size_t n, float cap) {
+    const float inv = 1.0f / cap; /* ggml's order: scale by 1/cap, tanh, scale by cap */
+    for (size_t i = 0; i < n; i++) x[i] = tanhf(x[i] * inv) * cap;
 }
 
 void rk_swiglu(float *a, const float *b, size_t n) {

@@ -32,8 +32,16 @@ void rk_rmsnorm(float *y, const float *x, const float *weight, int n_rows, int n
  * adjacent pairs (2i, 2i+1), the first n_rot dims). cos_sin: [n_rot/2][2] from rk_rope_angles. */
 void rk_rope_angles(float *cos_sin, int32_t pos, int n_rot, float base, float freq_scale, const float *freq_factors);
 void rk_rope_apply(float *x, int n_heads, int head_dim, int n_rot, const float *cos_sin);
+/* the NEOX pairing (x[i], x[i + n_rot/2]) of qwen2, qwen3 and gemma3, same angles */
+void rk_rope_apply_neox(float *x, int n_heads, int head_dim, int n_rot, const float *cos_sin);
+/* either, by the layer's rk_layer_hparams.rope_neox */
+void rk_rope_apply_kind(int neox, float *x, int n_heads, int head_dim, int n_rot, const float *cos_sin);
 
 /* a[i] = silu(a[i]) * b[i] */
 void rk_swiglu(float *a, const float *b, size_t n);
+/* a[i] = gelu_tanh(a[i]) * b[i], as ggml-cpu computes it (an f16 table, see ops.c): gemma3 */
+void rk_geglu(float *a, const float *b, size_t n);
+/* x[i] = cap * tanh(x[i] / cap): a final logit softcap */
+void rk_softcap(float *x, size_t n, float cap);
 
 #endif

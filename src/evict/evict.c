@@ -65,10 +65,17 @@ static int evicts(const rk_policy_i *pol, const rk_evict_shared *p) {
 
 static int evicting(const rk_session *s) { return s->ev.policy && evicts(s->ev.policy, &s->ev.evict); }
 
+/* the most tokens a buffer of a global layer holds (sliding-window layers are bounded rings: never
+ * full, never evicted from, not in budgets) */
 int32_t rk_evict_max_used(const rk_session *s) {
-    int32_t mx = 0, heads = s->kv.n_layers * s->kv.n_kv_heads;
-    for (int32_t i = 0; i < heads; i++)
-        if (s->kv.n_used[i] > mx) mx = s->kv.n_used[i];
+    int32_t mx = 0;
+    for (int il = 0; il < s->kv.n_layers; il++) {
+        if (s->kv.swa[il]) continue;
+        for (int g = 0; g < s->kv.n_kv_heads; g++) {
+            const int32_t u = s->kv.n_used[rk_kv_head_index(&s->kv, il, g)];
+            if (u > mx) mx = u;
+        }
+    }
     return mx;
 }
 
@@ -355,6 +362,13 @@ rk_status rk_evict_set(rk_session *s, const char *policy, const char *settings) 
             st = rk_fail(RK_ERR_ARG, "streaming schedule needs n_ctx >= budget + slack + 1 = %lld, the session has %d",
                          (long long)need, s->n_ctx);
     }
+    if (!st && sh.positions == RK_POSITIONS_SHIFT && evicts(pol, &sh))
+        for (int il = 0; il < s->kv.n_layers; il++)
+            if (s->kv.swa[il]) {
+                st = rk_fail(RK_ERR_UNSUPPORTED, "positions=shift re-numbers the kept tokens of the global layers, "
+                                                 "which the sliding-window layers of this model cannot follow; use positions=original");
+                break;
+            }
     if (!st && pol->prepare) st = pol->prepare(s->model, n.ev_cfg);
     if (st) {
         free(n.ev_cfg);
@@ -421,7 +435,7 @@ void rk_evict_record_queries(rk_session *s, int il, const float *q, int n, int32
 
 /* a new slot's accumulated-attention statistics start at zero */
 void rk_evict_on_append(rk_session *s, int il, int n) {
-    if (!s->ev.acc) return;
+    if (!s->ev.acc || s->kv.swa[il]) return;
     const rk_model *m = s->model;
     const size_t C = (size_t)s->n_ctx, group = (size_t)(m->n_heads / m->n_kv_heads);
     for (int g = 0; g < m->n_kv_heads; g++)
@@ -434,7 +448,7 @@ void rk_evict_on_append(rk_session *s, int il, int n) {
 
 rk_attn_stats rk_evict_stats_sink(rk_session *s, int il) {
     rk_attn_stats st = {NULL, NULL};
-    if (s->ev.acc) {
+    if (s->ev.acc && !s->kv.swa[il]) {
         const rk_model *m = s->model;
         st.acc = s->ev.acc + (size_t)il * m->n_heads * s->n_ctx;
         st.cnt = s->ev.acc_cnt + (size_t)il * m->n_kv_heads * s->n_ctx;
@@ -532,7 +546,8 @@ static void shift_positions(rk_session *s) {
         rk_rope_angles(cs, dq_shift, m->n_rot, m->rope_base, m->rope_freq_scale, m->rope_freqs);
         for (int il = 0; il < m->n_layers; il++)
             for (int w = 0; w < s->ev.win; w++)
-                rk_rope_apply(s->ev.q_win + ((size_t)il * s->ev.win + w) * dq, m->n_heads, m->head_dim, m->n_rot, cs);
+                rk_rope_apply_kind(m->rope_neox, s->ev.q_win + ((size_t)il * s->ev.win + w) * dq, m->n_heads, m->head_dim,
+                                   m->n_rot, cs);
         for (int w = 0; w < s->ev.win; w++) s->ev.q_win_pos[w] += dq_shift;
     }
     s->next_pos = n_max;
@@ -554,6 +569,7 @@ static rk_status compress_to(rk_session *s, int32_t budget) {
             win_pos[i] = s->ev.q_win_pos[(s->ev.q_win_head - v.n_win + i + s->ev.win) % s->ev.win];
     }
     for (int il = 0; il < m->n_layers; il++) {
+        if (kv->swa[il]) continue; /* a sliding-window layer holds its window only: nothing to evict */
         v.il = il;
         v.n_used = kv->n_used + rk_kv_head_index(kv, il, 0);
         v.pos = rk_kv_pos(kv, il, 0);

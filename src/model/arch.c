@@ -60,9 +60,72 @@ static const rk_arch arch_table[] = {
         .swa_rope_base_default = 0.0,
         .swa_rope_scaled = 0,
     },
-    /* Next: qwen2 (NEOX, Q/K/V biases required in practice, rope base 1e6), qwen3 (NEOX, key_length,
-     * Q/K norms), gemma3 (NEOX, GEGLU_TANH, embd_scale_sqrt, key_length, Q/K norms, post-norms,
-     * sliding_window with period 6 and freq_base_swa 10000, final_logit_softcapping, RK_ATTN_SCALE_GEMMA3). */
+    /* qwen2: Qwen2, Qwen2.5, Qwen2.5-Coder. NEOX RoPE (weights not permuted), Q/K/V biases added
+     * before RoPE (present in every Qwen2 file; optional in llama.cpp's loader at 4df29be4), full
+     * attention on every layer (HF's sliding_window is never written), head dim d/H unless a
+     * key_length says otherwise (../shared/docs/architectures.md section 2). */
+    {
+        .name = "qwen2",
+        .keys = K(CONTEXT_LENGTH) | K(EMBEDDING_LENGTH) | K(BLOCK_COUNT) | K(FEED_FORWARD_LENGTH) | K(VOCAB_SIZE) |
+                K(HEAD_COUNT) | K(HEAD_COUNT_KV) | K(KEY_LENGTH) | K(VALUE_LENGTH) | K(RMS_EPS) |
+                K(ROPE_DIMENSION_COUNT) | K(ROPE_FREQ_BASE) | K(ROPE_SCALING_TYPE) | K(ROPE_SCALING_FACTOR) |
+                K(ROPE_SCALE_LINEAR),
+        .keys_required = K(EMBEDDING_LENGTH) | K(BLOCK_COUNT) | K(FEED_FORWARD_LENGTH) | K(HEAD_COUNT) | K(RMS_EPS),
+        .rms_eps_default = 1e-6,
+        .rope_base_default = 10000.0,
+        .rope = RK_ROPE_NEOX,
+        .act = RK_ACT_SWIGLU,
+        .attn_scale = RK_ATTN_SCALE_KEY_LENGTH,
+        .tensors_optional = RK_TENSOR_ATTN_Q_BIAS | RK_TENSOR_ATTN_K_BIAS | RK_TENSOR_ATTN_V_BIAS |
+                            RK_TENSOR_ATTN_OUT_BIAS,
+    },
+    /* qwen3: as qwen2 with an explicit head dim (key_length, H*hd may differ from d), per-head
+     * RMSNorm of q and k before RoPE (required), and no biases in practice (accepted when present). */
+    {
+        .name = "qwen3",
+        .keys = K(CONTEXT_LENGTH) | K(EMBEDDING_LENGTH) | K(BLOCK_COUNT) | K(FEED_FORWARD_LENGTH) | K(VOCAB_SIZE) |
+                K(HEAD_COUNT) | K(HEAD_COUNT_KV) | K(KEY_LENGTH) | K(VALUE_LENGTH) | K(RMS_EPS) |
+                K(ROPE_DIMENSION_COUNT) | K(ROPE_FREQ_BASE) | K(ROPE_SCALING_TYPE) | K(ROPE_SCALING_FACTOR) |
+                K(ROPE_SCALE_LINEAR),
+        .keys_required = K(EMBEDDING_LENGTH) | K(BLOCK_COUNT) | K(FEED_FORWARD_LENGTH) | K(HEAD_COUNT) | K(RMS_EPS),
+        .rms_eps_default = 1e-6,
+        .rope_base_default = 10000.0,
+        .rope = RK_ROPE_NEOX,
+        .act = RK_ACT_SWIGLU,
+        .attn_scale = RK_ATTN_SCALE_KEY_LENGTH,
+        .tensors_optional = RK_TENSOR_ATTN_Q_BIAS | RK_TENSOR_ATTN_K_BIAS | RK_TENSOR_ATTN_V_BIAS |
+                            RK_TENSOR_ATTN_OUT_BIAS,
+        .tensors_required = RK_TENSOR_ATTN_Q_NORM | RK_TENSOR_ATTN_K_NORM,
+    },
+    /* gemma3: Gemma 3 text models (270M, 1B, ...). NEOX RoPE; GELU-tanh gated FFN; the looked-up
+     * embedding row times sqrt(n_embd); head dim = key_length (270M: 256, not d/H = 160); per-head Q/K
+     * RMSNorm, RMSNorm of the attention and FFN outputs before their residual adds (norm weights
+     * stored as 1 + w by the converter: used as stored); sliding-window layers (attention.sliding_window,
+     * period 6 unless the pattern key says otherwise: layers 5, 11, 17, ... are global) with their own
+     * RoPE base (rope.freq_base_swa, default 10000) and no linear scaling; the final logit softcap only
+     * when the key exists; attention scale 1/sqrt(key_length), 1/sqrt(d/H) at 62 layers (27B)
+     * (../shared/docs/architectures.md section 4). */
+    {
+        .name = "gemma3",
+        .keys = K(CONTEXT_LENGTH) | K(EMBEDDING_LENGTH) | K(BLOCK_COUNT) | K(FEED_FORWARD_LENGTH) | K(VOCAB_SIZE) |
+                K(HEAD_COUNT) | K(HEAD_COUNT_KV) | K(KEY_LENGTH) | K(VALUE_LENGTH) | K(RMS_EPS) |
+                K(SLIDING_WINDOW) | K(SLIDING_WINDOW_PATTERN) | K(ROPE_DIMENSION_COUNT) | K(ROPE_FREQ_BASE) |
+                K(ROPE_FREQ_BASE_SWA) | K(ROPE_SCALING_TYPE) | K(ROPE_SCALING_FACTOR) | K(ROPE_SCALE_LINEAR) |
+                K(FINAL_LOGIT_SOFTCAP),
+        .keys_required = K(EMBEDDING_LENGTH) | K(BLOCK_COUNT) | K(FEED_FORWARD_LENGTH) | K(HEAD_COUNT) | K(RMS_EPS),
+        .rms_eps_default = 1e-6,
+        .rope_base_default = 10000.0,
+        .rope = RK_ROPE_NEOX,
+        .act = RK_ACT_GEGLU_TANH,
+        .attn_scale = RK_ATTN_SCALE_GEMMA3,
+        .embd_scale_sqrt = 1,
+        .norm_w_offset = 0.0f,
+        .tensors_required = RK_TENSOR_ATTN_Q_NORM | RK_TENSOR_ATTN_K_NORM | RK_TENSOR_POST_ATTN_NORM |
+                            RK_TENSOR_POST_FFN_NORM,
+        .swa_period_default = 6,
+        .swa_rope_base_default = 10000.0,
+        .swa_rope_scaled = 0,
+    },
 };
 
 #undef K

@@ -159,6 +159,7 @@ static rk_status derive_layer_hparams(rk_model *m, const arch_keys *kp, int32_t 
         return rk_fail(RK_ERR_FORMAT, "%s: rope.freq_base_swa %g is out of range", g->path, base_swa);
     if (!(m->layers = calloc((size_t)m->n_layers, sizeof *m->layers))) return rk_fail(RK_ERR_OOM, "out of memory");
     m->embd_scale = a->embd_scale_sqrt ? sqrtf((float)m->n_embd) : 1.0f;
+    m->rope_neox = a->rope == RK_ROPE_NEOX;
     for (int il = 0; il < m->n_layers; il++) {
         rk_layer_hparams *hp = &m->layers[il].hp;
         /* llama.cpp's set_swa_pattern: P == 0 makes every layer local, else the last of each P is global */
@@ -168,6 +169,7 @@ static rk_status derive_layer_hparams(rk_model *m, const arch_keys *kp, int32_t 
         hp->rope_base = local ? (float)base_swa : m->rope_base;
         hp->rope_freq_scale = local && !a->swa_rope_scaled ? 1.0f : m->rope_freq_scale;
         hp->n_rot = m->n_rot;
+        hp->rope_neox = m->rope_neox;
         hp->head_dim_k = key_len;
         hp->head_dim_v = val_len;
         const int wide = a->attn_scale == RK_ATTN_SCALE_GEMMA3 && m->n_layers == 62;
@@ -180,17 +182,10 @@ static rk_status derive_layer_hparams(rk_model *m, const arch_keys *kp, int32_t 
  * an architecture adds its op and removes its line (docs/architecture.md, "Architectures"). */
 static rk_status check_implemented(const rk_model *m) {
     const rk_arch *a = m->arch;
-    const char *missing = a->rope != RK_ROPE_NORM                ? "NEOX RoPE"
-                          : a->act != RK_ACT_SWIGLU              ? "the GELU-tanh gated FFN"
-                          : a->norm_w_offset != 0.0f             ? "norm weights stored without their offset"
-                          : (a->keys & RK_KEYBIT(RK_KEY_FINAL_LOGIT_SOFTCAP)) ? "the final logit softcap"
-                                                                              : NULL;
+    const char *missing = a->norm_w_offset != 0.0f ? "norm weights stored without their offset" : NULL;
     for (int il = 0; !missing && il < m->n_layers; il++) {
         const rk_layer_hparams *hp = &m->layers[il].hp;
-        if (hp->n_swa) missing = "sliding-window attention";
-        /* attention.c scales by 1/sqrt(head_dim) itself */
-        else if (hp->attn_scale != 1.0f / sqrtf((float)m->head_dim)) missing = "this attention scale";
-        else if (hp->head_dim_k != m->head_dim || hp->head_dim_v != m->head_dim || hp->n_rot != m->n_rot)
+        if (hp->head_dim_k != m->head_dim || hp->head_dim_v != m->head_dim || hp->n_rot != m->n_rot)
             missing = "per-layer head sizes";
     }
     if (missing)
@@ -229,20 +224,21 @@ static rk_status read_hparams(rk_model *m) {
     if ((st = get_dim(g, KEY(HEAD_COUNT_KV), &m->n_kv_heads, REQ(HEAD_COUNT_KV), 1024)) ||
         (st = get_dim(g, KEY(CONTEXT_LENGTH), &m->n_ctx_train, REQ(CONTEXT_LENGTH), 1 << 24)))
         return st;
-    if (m->n_embd % m->n_heads)
-        return rk_fail(RK_ERR_FORMAT, "%s: embedding_length %d is not a multiple of head_count %d", g->path,
-                       m->n_embd, m->n_heads);
     if (m->n_heads % m->n_kv_heads)
         return rk_fail(RK_ERR_FORMAT, "%s: head_count %d is not a multiple of head_count_kv %d", g->path,
                        m->n_heads, m->n_kv_heads);
-    m->head_dim = m->n_embd / m->n_heads;
-    int32_t key_len = m->head_dim, val_len = m->head_dim;
-    if ((st = get_dim(g, KEY(KEY_LENGTH), &key_len, REQ(KEY_LENGTH), 1 << 16)) ||
-        (st = get_dim(g, KEY(VALUE_LENGTH), &val_len, REQ(VALUE_LENGTH), 1 << 16)))
-        return st;
-    if (key_len != m->head_dim || val_len != m->head_dim)
-        return rk_fail(RK_ERR_UNSUPPORTED, "%s: head sizes %d/%d differ from embedding_length/head_count = %d",
-                       g->path, key_len, val_len, m->head_dim);
+    /* the head dim is key_length when the file has it (qwen3, gemma3, Mistral-Nemo: H * hd may differ
+     * from n_embd), else n_embd / H */
+    int32_t key_len = m->n_embd % m->n_heads ? 0 : m->n_embd / m->n_heads, val_len = -1;
+    if ((st = get_dim(g, KEY(KEY_LENGTH), &key_len, REQ(KEY_LENGTH), 1 << 16))) return st;
+    if (key_len < 1)
+        return rk_fail(RK_ERR_FORMAT, "%s: embedding_length %d is not a multiple of head_count %d and no "
+                       "attention.key_length says the head size", g->path, m->n_embd, m->n_heads);
+    val_len = key_len;
+    if ((st = get_dim(g, KEY(VALUE_LENGTH), &val_len, REQ(VALUE_LENGTH), 1 << 16))) return st;
+    if (val_len != key_len)
+        return rk_fail(RK_ERR_UNSUPPORTED, "%s: key and value head sizes differ (%d, %d)", g->path, key_len, val_len);
+    m->head_dim = key_len;
     m->n_rot = m->head_dim;
     if ((st = get_dim(g, KEY(ROPE_DIMENSION_COUNT), &m->n_rot, REQ(ROPE_DIMENSION_COUNT), m->head_dim))) return st;
     if (m->n_rot % 2) return rk_fail(RK_ERR_FORMAT, "%s: rope.dimension_count %d is odd", g->path, m->n_rot);
@@ -266,6 +262,11 @@ static rk_status read_hparams(rk_model *m) {
         if ((st = get_f64(g, KEY(ROPE_SCALE_LINEAR), &scale, 0))) return st;
     }
     if (!(scale > 0 && scale < 1e6)) return rk_fail(RK_ERR_FORMAT, "%s: rope scaling factor %g is out of range", g->path, scale);
+    double softcap = 0.0; /* absent = none (never Gemma 2's default of 30) */
+    if ((st = get_f64(g, KEY(FINAL_LOGIT_SOFTCAP), &softcap, REQ(FINAL_LOGIT_SOFTCAP)))) return st;
+    if (!(softcap >= 0 && softcap < 1e6))
+        return rk_fail(RK_ERR_FORMAT, "%s: final_logit_softcapping %g is out of range", g->path, softcap);
+    m->final_softcap = (float)softcap;
     m->rms_eps = (float)eps;
     m->rope_base = (float)base;
     m->rope_freq_scale = (float)(1.0 / scale);
@@ -430,4 +431,7 @@ int32_t rk_model_n_ctx_train(const rk_model *m) { return m ? m->n_ctx_train : 0;
 int64_t rk_model_n_params(const rk_model *m) { return m ? m->n_params : 0; }
 size_t rk_model_weight_bytes(const rk_model *m) { return m ? m->weight_bytes : 0; }
 size_t rk_model_repacked_bytes(const rk_model *m) { return m ? m->packed_bytes : 0; }
+int32_t rk_model_layer_window(const rk_model *m, int32_t il) {
+    return m && il >= 0 && il < m->n_layers ? m->layers[il].hp.n_swa : -1;
+}
 const char *rk_model_desc(const rk_model *m) { return m ? m->desc : ""; }

@@ -32,6 +32,7 @@ typedef struct {
     float   rope_base;       /* rope.freq_base, or rope.freq_base_swa on a sliding-window layer */
     float   rope_freq_scale; /* 1 / linear scaling factor (1 where the row leaves local layers unscaled) */
     int32_t n_rot;           /* rotated dims per head (<= head_dim_k) */
+    int32_t rope_neox;       /* 1: NEOX pairing (x[i], x[i + n_rot/2]); 0: adjacent pairs (arch.h rk_rope_kind) */
     int32_t n_swa;           /* attention window in positions, the query's own included; 0 = global */
     int32_t head_dim_k, head_dim_v;
     float   attn_scale;      /* score scale by the row's rule (attention.c computes 1/sqrt(head_dim) itself today) */
@@ -58,7 +59,9 @@ struct rk_model {
     /* the file's (global layers') RoPE values; forward.c reads each layer's hp instead, evict.c these */
     float     rope_base;
     float     rope_freq_scale;    /* 1 / linear scaling factor */
+    int32_t   rope_neox;          /* the architecture's RoPE pairing (1 = NEOX) */
     float     embd_scale;         /* multiplies each looked-up embedding row (1 = none) */
+    float     final_softcap;      /* > 0: logits = c * tanh(logits / c) */
     const float *rope_freqs;      /* [n_rot/2] llama3-style divisors, or NULL */
     rk_weight tok_embd;           /* [n_vocab][n_embd] */
     rk_weight output;             /* [n_vocab][n_embd]; tok_embd when tied */

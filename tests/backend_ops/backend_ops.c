@@ -184,17 +184,19 @@ static void test_embed(int32_t type, int64_t n_embd, int64_t n_vocab) {
 static void test_elementwise(void) {
     const int n = 5, width = 96, n_heads = 3, head_dim = 32;
     float *x = malloc(n * width * sizeof(float)), *y = malloc(n * width * sizeof(float)),
-          *w = malloc(width * sizeof(float)), *out[2][4];
+          *w = malloc(width * sizeof(float)), *out[2][7];
     fill(x, (size_t)n * width, -2, 2), fill(y, (size_t)n * width, -2, 2), fill(w, width, 0.5f, 1.5f);
     rk_model shape = {0};
-    const rk_layer_hparams hp = {10000.0f, 0.5f, 24, 0, head_dim, head_dim, 0};
+    const rk_layer_hparams hp = {10000.0f, 0.5f, 24, 0, 0, head_dim, head_dim, 0};
+    rk_layer_hparams neox = hp;
+    neox.rope_neox = 1;
     float freq[12];
     fill(freq, 12, 1, 4);
     const rk_backend_i *bes[2] = {B, R};
     for (int k = 0; k < 2; k++) {
         rk_backend_ctx *c = ctx_of(bes[k], n_heads, head_dim, 8, &shape);
         use(bes[k]);
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < 7; i++) {
             out[k][i] = malloc(n * width * sizeof(float));
             memcpy(out[k][i], x, n * width * sizeof(float));
         }
@@ -203,18 +205,24 @@ static void test_elementwise(void) {
         bes[k]->add(c, out[k][1], w, n, 1, width);
         bes[k]->swiglu(c, out[k][2], y, (size_t)n * width);
         bes[k]->rope(c, out[k][3], n, n_heads, head_dim, 1000, &hp, freq);
+        bes[k]->rope(c, out[k][4], n, n_heads, head_dim, 77, &neox, NULL);
+        for (int i = 0; i < n * width; i++) out[k][5][i] *= 6.0f; /* past ggml's +-10 GELU cut-offs too */
+        bes[k]->geglu(c, out[k][5], y, (size_t)n * width);
+        bes[k]->softcap(c, out[k][6], (size_t)n * width, 1.5f);
         if (k == 0)
-            for (int i = 0; i < 4; i++) maybe_perturb(out[0][i], (size_t)n * width);
+            for (int i = 0; i < 7; i++) maybe_perturb(out[0][i], (size_t)n * width);
         bes[k]->free(c);
     }
-    const char *names[4] = {"rmsnorm", "add", "swiglu", "rope"};
-    const char *params[4] = {"rows=5,width=96", "rows=5,width=96 (residual, then bias)", "n=480",
-                             "heads=3,head_dim=32,n_rot=24,pos0=1000,scale=0.5,freq_factors"};
-    for (int i = 0; i < 4; i++)
+    const char *names[7] = {"rmsnorm", "add", "swiglu", "rope", "rope", "geglu", "softcap"};
+    const char *params[7] = {"rows=5,width=96", "rows=5,width=96 (residual, then bias)", "n=480",
+                             "heads=3,head_dim=32,n_rot=24,pos0=1000,scale=0.5,freq_factors",
+                             "neox,heads=3,head_dim=32,n_rot=24,pos0=77,scale=0.5", "n=480,x in [-12,12]",
+                             "n=480,cap=1.5"};
+    for (int i = 0; i < 7; i++)
         if (selected(names[i])) report(names[i], params[i], nmse(out[0][i], out[1][i], (size_t)n * width), 1e-7);
     free(x), free(y), free(w);
     for (int k = 0; k < 2; k++)
-        for (int i = 0; i < 4; i++) free(out[k][i]);
+        for (int i = 0; i < 7; i++) free(out[k][i]);
 }
 
 /* ---- the KV cache and attention ---- */
@@ -226,7 +234,7 @@ typedef struct {
 /* a cache filled with `n_fill` tokens (positions 0..), a few slots dropped so positions are not slot indices */
 static void fill_cache(const rk_backend_i *be, rk_backend_ctx *c, rk_kv *kv, const att_shape *sh, int n_fill,
                        const float *k, const float *v) {
-    if (rk_kv_init(kv, be, c, 2, sh->n_kv, sh->head_dim, sh->cap, sh->kv_type)) exit(1);
+    if (rk_kv_init(kv, be, c, 2, sh->n_kv, sh->head_dim, sh->cap, sh->kv_type, NULL, 64)) exit(1);
     for (int il = 0; il < 2; il++) be->kv_append(c, kv, il, k, v, n_fill, 0);
     uint8_t keep[4096];
     for (int g = 0; g < sh->n_kv; g++) {
@@ -235,11 +243,13 @@ static void fill_cache(const rk_backend_i *be, rk_backend_ctx *c, rk_kv *kv, con
     }
 }
 
-static void test_attention(const att_shape *sh, int n_fill, int n, int stats, int32_t topk, float topk_frac) {
+/* swa > 0: layer 0 has a sliding window of swa positions (a ring of swa - 1 + 16 slots, filled by
+ * batches of at most 16 tokens, as eval does) and attention runs there */
+static void test_attention(const att_shape *sh, int n_fill, int n, int stats, int32_t topk, float topk_frac, int swa) {
     char params[128];
-    snprintf(params, sizeof params, "heads=%d/%d,hd=%d,kv=%s,cached=%d,n=%d%s%s", sh->n_heads, sh->n_kv, sh->head_dim,
+    snprintf(params, sizeof params, "heads=%d/%d,hd=%d,kv=%s,cached=%d,n=%d%s%s%s", sh->n_heads, sh->n_kv, sh->head_dim,
              sh->kv_type == RK_TYPE_F16 ? "f16" : "f32", n_fill, n, stats ? ",stats" : "",
-             topk ? ",topk" : topk_frac > 0 ? ",topk_frac" : "");
+             topk ? ",topk" : topk_frac > 0 ? ",topk_frac" : "", swa ? ",window" : "");
     const size_t dkv = (size_t)sh->n_kv * sh->head_dim, dq = (size_t)sh->n_heads * sh->head_dim;
     const int total = n_fill + n;
     float *k = malloc(total * dkv * sizeof(float)), *v = malloc(total * dkv * sizeof(float)),
@@ -253,13 +263,22 @@ static void test_attention(const att_shape *sh, int n_fill, int n, int stats, in
         rk_backend_ctx *c = ctx_of(bes[j], sh->n_heads, sh->head_dim, sh->cap, &shape);
         use(bes[j]);
         rk_kv kv;
-        fill_cache(bes[j], c, &kv, sh, n_fill, k, v);
-        bes[j]->kv_append(c, &kv, 1, k + (size_t)n_fill * dkv, v + (size_t)n_fill * dkv, n, n_fill);
+        int il = 1;
+        if (swa) {
+            const int32_t layer_swa[2] = {swa, 0};
+            if (rk_kv_init(&kv, bes[j], c, 2, sh->n_kv, sh->head_dim, sh->cap, sh->kv_type, layer_swa, 16)) exit(1);
+            for (int t = 0; t < n_fill; t += 16)
+                bes[j]->kv_append(c, &kv, 0, k + (size_t)t * dkv, v + (size_t)t * dkv, n_fill - t < 16 ? n_fill - t : 16, t);
+            il = 0;
+        } else {
+            fill_cache(bes[j], c, &kv, sh, n_fill, k, v);
+        }
+        bes[j]->kv_append(c, &kv, il, k + (size_t)n_fill * dkv, v + (size_t)n_fill * dkv, n, n_fill);
         out[j] = calloc((size_t)n * dq, sizeof(float));
         acc[j] = calloc(n_acc, sizeof(float));
         cnt[j] = calloc(n_cnt, sizeof(float));
-        const rk_attn_args a = {&kv, 1, n, n_fill, sh->n_heads, q, out[j], topk, topk_frac,
-                                {stats ? acc[j] : NULL, stats ? cnt[j] : NULL}};
+        const rk_attn_args a = {&kv, il, n, n_fill, sh->n_heads, 1.0f / sqrtf((float)sh->head_dim), swa, q, out[j],
+                                topk, topk_frac, {stats ? acc[j] : NULL, stats ? cnt[j] : NULL}};
         bes[j]->attention(c, &a);
         if (j == 0) maybe_perturb(out[0], (size_t)n * dq), maybe_perturb(acc[0], n_acc);
         rk_kv_free(&kv);
@@ -288,7 +307,7 @@ static void test_kv(const att_shape *sh, int n_fill) {
         use(bes[j]);
         rk_kv kv, kv2;
         fill_cache(bes[j], c, &kv, sh, n_fill, k, v);
-        if (rk_kv_init(&kv2, bes[j], c, 2, sh->n_kv, sh->head_dim, sh->cap, sh->kv_type)) exit(1);
+        if (rk_kv_init(&kv2, bes[j], c, 2, sh->n_kv, sh->head_dim, sh->cap, sh->kv_type, NULL, 64)) exit(1);
         bes[j]->kv_copy(c, &kv2, &kv);
         for (int step = 0; step < 2; step++) { /* 0: gathered and copied; 1: then repositioned */
             if (step) bes[j]->kv_reposition(c, &kv2, &m);
@@ -384,13 +403,15 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const att_shape *sh = &shapes[i];
         const int n_fill = sh->cap / 2;
-        test_attention(sh, n_fill, 1, 0, 0, 0);       /* decode */
-        test_attention(sh, n_fill, 1, 1, 0, 0);
-        test_attention(sh, n_fill, 2, 0, 0, 0);       /* a short batch: one row a job */
-        test_attention(sh, n_fill, 13, 0, 0, 0);      /* prefill over a cache */
-        test_attention(sh, 0, 37, 1, 0, 0);           /* prefill of an empty cache, statistics */
-        test_attention(sh, n_fill, 5, 0, 17, 0);      /* top-k mask */
-        test_attention(sh, n_fill, 1, 0, 0, 0.25f);
+        test_attention(sh, n_fill, 1, 0, 0, 0, 0);       /* decode */
+        test_attention(sh, n_fill, 1, 1, 0, 0, 0);
+        test_attention(sh, n_fill, 2, 0, 0, 0, 0);       /* a short batch: one row a job */
+        test_attention(sh, n_fill, 13, 0, 0, 0, 0);      /* prefill over a cache */
+        test_attention(sh, 0, 37, 1, 0, 0, 0);           /* prefill of an empty cache, statistics */
+        test_attention(sh, n_fill, 5, 0, 17, 0, 0);      /* top-k mask */
+        test_attention(sh, n_fill, 1, 0, 0, 0.25f, 0);
+        test_attention(sh, n_fill, 1, 0, 0, 0, 24);      /* a sliding-window ring that has wrapped: decode */
+        test_attention(sh, n_fill, 13, 0, 0, 0, 24);     /*   and a batch */
         test_kv(sh, n_fill);
     }
     test_window_attention(6, 2, 64, 160, 8);

@@ -57,7 +57,8 @@
  *      ring's queries and win_pos are re-numbered together (evict.c), so the un-rotation stays right.
  *   3. RoPE layout: GGUF rotates adjacent pairs (2i, 2i+1) where HF rotates (i, i + d/2); the converter
  *      permutes the Q/K rows, so kvpress's Rbar in HF layout is our Rbar up to that permutation and
- *      every dot product above is unchanged.
+ *      every dot product above is unchanged. NEOX architectures (qwen2, qwen3, gemma3) keep HF's
+ *      (i, i + n_rot/2) pairs, and so does the rotation here for them.
  *   4. Future positions start after the newest evaluated token (= q_len at a prefill compression,
  *      the next position under the streaming schedule, where kvpress has no equivalent: each
  *      streaming eviction re-estimates from the current ring).
@@ -101,9 +102,10 @@ typedef struct {
 
 /* y = R x for the pair rotation (c_i, s_i) of the first n_rot dims (identity after), in place;
  * x[k * stride] is element k. sign = -1 applies R^T. */
-static void rotate_pairs(double *x, size_t stride, int32_t n_rot, const double *c, const double *s, double sign) {
-    for (int32_t i = 0; i < n_rot / 2; i++) {
-        double *a = x + (size_t)(2 * i) * stride, *b = x + (size_t)(2 * i + 1) * stride;
+static void rotate_pairs(double *x, size_t stride, int32_t n_rot, int neox, const double *c, const double *s,
+                         double sign) {
+    for (int32_t i = 0; i < n_rot / 2; i++) { /* pair i: (2i, 2i+1), or NEOX (i, i + n_rot/2) */
+        double *a = x + (size_t)(neox ? i : 2 * i) * stride, *b = x + (size_t)(neox ? i + n_rot / 2 : 2 * i + 1) * stride;
         const double x0 = *a, x1 = *b, si = sign * s[i];
         *a = c[i] * x0 - si * x1;
         *b = si * x0 + c[i] * x1;
@@ -135,7 +137,7 @@ static void query_stats(const rk_policy_view *v, const rk_model *m, const ea_par
         for (int32_t k = 0; k < D; k++) q[k] = qp[k];
         const float *cs = w->cs + (size_t)i * m->n_rot;
         for (int32_t k = 0; k < np; k++) c[k] = cs[2 * k], s[k] = cs[2 * k + 1];
-        rotate_pairs(q, 1, m->n_rot, c, s, -1.0); /* un-rotate: q_pre = R(pos)^T q_post */
+        rotate_pairs(q, 1, m->n_rot, m->rope_neox, c, s, -1.0); /* un-rotate: q_pre = R(pos)^T q_post */
         for (int32_t k = 0; k < D; k++) w->mu[k] += q[k];
     }
     for (int32_t k = 0; k < D; k++) w->mu[k] /= n_q;
@@ -150,12 +152,12 @@ static void query_stats(const rk_policy_view *v, const rk_model *m, const ea_par
         for (size_t k = 0; k < (size_t)D * D; k++) w->cov[k] /= n_q;
     }
     /* averaged rotation: mu' = Rbar mu; cov' = Rbar cov Rbar^T (columns, then rows) */
-    rotate_pairs(w->mu, 1, m->n_rot, w->cbar, w->sbar, 1.0);
+    rotate_pairs(w->mu, 1, m->n_rot, m->rope_neox, w->cbar, w->sbar, 1.0);
     if (ep->use_covariance) {
         for (int32_t col = 0; col < D; col++)
-            rotate_pairs(w->cov + col, (size_t)D, m->n_rot, w->cbar, w->sbar, 1.0);
+            rotate_pairs(w->cov + col, (size_t)D, m->n_rot, m->rope_neox, w->cbar, w->sbar, 1.0);
         for (int32_t row = 0; row < D; row++)
-            rotate_pairs(w->cov + (size_t)row * D, 1, m->n_rot, w->cbar, w->sbar, 1.0);
+            rotate_pairs(w->cov + (size_t)row * D, 1, m->n_rot, m->rope_neox, w->cbar, w->sbar, 1.0);
     }
 }
 

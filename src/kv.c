@@ -33,9 +33,10 @@ rk_status rk_kv_init(rk_kv *kv, const rk_backend_i *be, rk_backend_ctx *bctx, in
     size_t slots = 0;
     for (int il = 0; il < n_layers; il++) {
         const int32_t w = layer_swa ? layer_swa[il] : 0;
-        const int64_t ring = (int64_t)w - 1 + n_batch;
         kv->swa[il] = w;
-        kv->cap[il] = w > 0 && ring < capacity ? (int32_t)ring : capacity;
+        /* not capped at capacity: once a policy evicts from the global layers, positions run past
+         * n_ctx while a window layer must still hold its whole window */
+        kv->cap[il] = w > 0 ? rk_kv_window_slots(w, n_batch) : capacity;
         kv->off[il] = slots;
         slots += (size_t)n_kv_heads * (size_t)kv->cap[il];
     }

@@ -9,7 +9,7 @@
  * Slots [0, n_used) are live; eviction compacts live slots to the front.
  *
  * A sliding-window layer (swa[il] = n_swa > 0) holds only what a batch can still see, as
- * llama.cpp's iSWA cache does: cap[il] = min(capacity, n_swa - 1 + n_batch) slots used as a
+ * llama.cpp's iSWA cache does: cap[il] = n_swa - 1 + n_batch slots used as a
  * ring (once full, a new token overwrites the oldest slot, ring[] says which); such layers
  * are never evicted from and never counted in budgets.
  *
@@ -43,8 +43,11 @@ typedef struct {
     int32_t *ring;       /* [n_layers][n_kv_heads] next slot a full sliding-window buffer overwrites */
 } rk_kv;
 
+/* slots of a sliding-window layer's ring: what the first query of a batch of n_batch tokens still
+ * sees (n_swa - 1 earlier positions) plus the batch */
+static inline int32_t rk_kv_window_slots(int32_t n_swa, int32_t n_batch) { return n_swa - 1 + n_batch; }
 /* layer_swa: [n_layers] each layer's window (0 = global), or NULL for none; a windowed layer
- * gets min(capacity, n_swa - 1 + n_batch) slots */
+ * gets rk_kv_window_slots(n_swa, n_batch) slots, whatever the capacity */
 rk_status rk_kv_init(rk_kv *kv, const struct rk_backend_i *be, rk_backend_ctx *bctx, int32_t n_layers,
                      int32_t n_kv_heads, int32_t head_dim, int32_t capacity, int32_t type, const int32_t *layer_swa,
                      int32_t n_batch);

@@ -64,7 +64,13 @@ rk_status rk_session_init(rk_session **out, rk_model *model, const rk_session_pa
     s->n_batch = p.n_batch ? p.n_batch : 512;
     if (s->n_batch > s->n_ctx) s->n_batch = s->n_ctx;
     s->n_threads = p.n_threads ? p.n_threads : model->n_threads;
-    rk_status st = s->be->init(&s->bctx, model, s->n_threads, s->n_batch, s->n_ctx);
+    /* attention's workspaces cover the largest buffer: n_ctx, or a window layer's ring */
+    int32_t n_slots = s->n_ctx;
+    for (int il = 0; il < model->n_layers; il++) {
+        const int32_t w = model->layers[il].hp.n_swa;
+        if (w > 0 && rk_kv_window_slots(w, s->n_batch) > n_slots) n_slots = rk_kv_window_slots(w, s->n_batch);
+    }
+    rk_status st = s->be->init(&s->bctx, model, s->n_threads, s->n_batch, n_slots);
     int32_t *swa = st ? NULL : malloc((size_t)model->n_layers * sizeof(int32_t));
     if (!st && !swa) st = rk_fail(RK_ERR_OOM, "out of memory");
     if (!st) {

@@ -79,6 +79,11 @@ def test_sweep_writes_results_and_resumes(tiny_gguf, data, tmp_path, monkeypatch
     assert float(by[("lambada", "topk", 0.5)]["ppl"]) == lam.ppl
     w = by[("wikitext", "streaming", 0.25)]
     assert int(w["n_scored"]) == 2 * (N_CTX // 2 - 1) and float(w["kv_bytes_mean"]) < float(w["kv_bytes_full"])
+    # the KV figures per layer type: a llama model has global layers only
+    for x in rows:
+        for f in ("peak", "mean", "alloc"):
+            assert float(x[f"kv_bytes_{f}_window"]) == 0, (x, f)
+            assert float(x[f"kv_bytes_{f}_global"]) == float(x[f"kv_bytes_{f}"]) > 0, (x, f)
     # the markdown table: rows = policies, columns = budgets, budget 1 = the full cache in every row
     md = r["tables"]
     assert md == (out / "sweep.md").read_text()

@@ -70,3 +70,14 @@ def test_copy_state_carries_the_rings(gemma):
         b.copy_state_from(a)
         x, y = a.eval(ids(9, 5), logits="all"), b.eval(ids(9, 5), logits="all")
         assert np.array_equal(x, y)
+
+
+def test_window_layers_keep_their_window_in_a_small_session(gemma):
+    """a streaming session whose global buffers are smaller than the window (6 slots, window 8):
+    the window layers still hold n_swa - 1 + n_batch positions, so they see what the model sees"""
+    with engine.Model(gemma) as m, m.session(n_ctx=6, n_batch=6) as s:
+        s.set_eviction(policy="streaming", budget=4, schedule="streaming", slack=1)
+        s.eval(ids(100), logits=None)
+        assert s.kv_count(0, 0) == 8 - 1 + 6
+        assert sorted(s.kv_positions(0, 0)) == list(range(100 - 13, 100))
+        assert s.kv_count(5, 0) <= 6

@@ -19,6 +19,9 @@ Protocol, per passage:
 Accuracy: the greedy (argmax) prediction equals every target token. Perplexity: exp of the mean
 over passages of the target word's total negative log-likelihood (nats), summed exactly (math.fsum);
 inf when that mean passes ~709 (targets of many unlikely tokens), never an overflow error.
+KV figures (LambadaResult.kv_bytes_*): all layers, and per layer type as in engine.eval.protocols
+(kv_bytes_*_global: the global layers, evicted from; kv_bytes_*_window: the sliding-window rings, never
+evicted from, 0 for models without them); the budget applies to the global layers only.
 """
 
 from __future__ import annotations
@@ -69,12 +72,22 @@ class LambadaResult:
     budget: float = 1.0
     protocol: str = "prefix"
     eviction: dict = field(default_factory=dict)
-    budget_tokens_mean: float = 0.0  # entries kept per buffer, mean over passages
+    budget_tokens_mean: float = 0.0  # entries kept per buffer (of a global layer), mean over passages
     n_ctx: int = 0                   # KV slots of the session (the longest passage)
     kv_bytes_peak: int = 0           # includes the uncompressed prefill
     kv_bytes_mean: float = 0.0       # after each compression
     kv_bytes_alloc: int = 0
     kv_bytes_full: float = 0.0       # the uncompressed prefill, mean (what the full cache holds there)
+    # the same KV figures per layer type: the global layers (evicted from) and the sliding-window layers
+    # (rings, never evicted from; 0 without such layers). all = global + window for the means and the
+    # allocations; each peak is the maximum over the same points as kv_bytes_peak, so
+    # kv_bytes_peak <= kv_bytes_peak_global + kv_bytes_peak_window (equal when both peak together)
+    kv_bytes_peak_global: int = 0
+    kv_bytes_peak_window: int = 0
+    kv_bytes_mean_global: float = 0.0
+    kv_bytes_mean_window: float = 0.0
+    kv_bytes_alloc_global: int = 0
+    kv_bytes_alloc_window: int = 0
     n_tokens_evaluated: int = 0
     partial: bool = False            # True: interrupted, the figures cover the passages completed (n_scored)
 
@@ -158,7 +171,8 @@ class _Tally:
         self.cases = {c: 0 for c in CASES}
         self.n_correct = self.n_target = self.n_eval = 0
         self.nlls, self.running, self.kept_tokens, self.kv_pre, self.kv_kept = [], [], [], [], []
-        self.kv_peak = 0
+        self.kv_kept_g, self.kv_kept_w = [], []  # kv_kept of the global and the sliding-window layers
+        self.kv_peak = self.kv_peak_g = self.kv_peak_w = 0
         self.seconds = 0.0
 
     def ppl(self) -> float:
@@ -188,6 +202,7 @@ def lambada_many(model, items: Sequence[LambadaItem] | Sequence[str], evictions:
     every = max(1, len(items) // 10)
     bar = report.bar(progress, len(items), "passage", "lambada", bar_position)
     alloc = 0
+    alloc_gw = (0, 0)  # kv_bytes_alloc of the global and the sliding-window layers (every session alike)
     try:
         with SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx)) as sp:
             alloc = sp.kv_bytes_alloc
@@ -196,13 +211,21 @@ def lambada_many(model, items: Sequence[LambadaItem] | Sequence[str], evictions:
                 results = [None] * len(evs)
                 for j, s, pf in sp.prefill(ctx[:-1]):
                     t = tallies[j]
+                    alloc_gw = (s.kv_bytes_alloc_global, s.kv_bytes_alloc_window)
+                    # compression leaves the sliding-window rings alone: their bytes before it are those after
+                    kept_g, kept_w = s.kv_bytes_used_global, s.kv_bytes_used_window
                     t0 = time.perf_counter()
                     lp, am = s.logprobs([ctx[-1]] + list(target), return_argmax=True)
                     # a passage counts in a tally only once scored (an interruption leaves whole passages)
                     t.kv_pre.append(pf.kv_bytes_full)
                     t.kv_kept.append(pf.kv_bytes_kept)
-                    t.kept_tokens.append(t.kv_kept[-1] * n_ctx / alloc)  # entries per (layer, kv-head) buffer
+                    t.kv_kept_g.append(kept_g)
+                    t.kv_kept_w.append(kept_w)
+                    # entries per (global layer, kv-head) buffer: n_ctx slots each
+                    t.kept_tokens.append(kept_g * n_ctx / alloc_gw[0] if alloc_gw[0] else t.kv_kept[-1] * n_ctx / alloc)
                     t.kv_peak = max(t.kv_peak, t.kv_pre[-1], s.kv_bytes_used)
+                    t.kv_peak_g = max(t.kv_peak_g, t.kv_pre[-1] - kept_w, s.kv_bytes_used_global)
+                    t.kv_peak_w = max(t.kv_peak_w, kept_w, s.kv_bytes_used_window)
                     correct = bool(np.array_equal(am, np.asarray(target, dtype=np.int32)))
                     nll = float(-lp.astype(np.float64).sum())
                     t.nlls.append(nll)
@@ -222,15 +245,15 @@ def lambada_many(model, items: Sequence[LambadaItem] | Sequence[str], evictions:
                     on_passage(i, results)
     except KeyboardInterrupt:
         done = min(len(t.nlls) for t in tallies)
-        partial = _results(tallies, evs, skipped, n_ctx, alloc, partial=True) if done else None
+        partial = _results(tallies, evs, skipped, n_ctx, alloc, alloc_gw, partial=True) if done else None
         raise cli.Interrupted(partial, done, len(items), "passages") from None
     finally:
         if bar is not None:
             bar.close()
-    return _results(tallies, evs, skipped, n_ctx, alloc)
+    return _results(tallies, evs, skipped, n_ctx, alloc, alloc_gw)
 
 
-def _results(tallies, evs, skipped, n_ctx, alloc, partial=False) -> list[LambadaResult]:
+def _results(tallies, evs, skipped, n_ctx, alloc, alloc_gw, partial=False) -> list[LambadaResult]:
     out = []
     for t, ev in zip(tallies, evs):
         n = len(t.nlls)  # passages scored
@@ -243,7 +266,10 @@ def _results(tallies, evs, skipped, n_ctx, alloc, partial=False) -> list[Lambada
                             budget_tokens_mean=float(np.mean(t.kept_tokens)), kv_bytes_peak=t.kv_peak,
                             kv_bytes_mean=float(np.mean(t.kv_kept)), kv_bytes_alloc=alloc,
                             kv_bytes_full=float(np.mean(t.kv_pre)), n_tokens_evaluated=t.n_eval,
-                            partial=partial)
+                            partial=partial, kv_bytes_peak_global=t.kv_peak_g, kv_bytes_peak_window=t.kv_peak_w,
+                            kv_bytes_mean_global=float(np.mean(t.kv_kept_g)),
+                            kv_bytes_mean_window=float(np.mean(t.kv_kept_w)),
+                            kv_bytes_alloc_global=alloc_gw[0], kv_bytes_alloc_window=alloc_gw[1])
         if ev is not None:
             res.policy, res.budget, res.eviction = ev.policy, float(ev.budget), ev.as_dict()
         out.append(res)

@@ -20,6 +20,12 @@ one cache held at budget x n_ctx tokens (budget >= 2: that many tokens) by the p
 schedule: a session of budget + slack + 1 KV slots, so memory really is bounded; a buffer is cut
 back to the budget whenever it would exceed budget + slack (--slack 0: every token). The first
 n_ctx tokens warm the cache up; every token after them is scored: len(tokens) - n_ctx predictions.
+
+KV figures (PerplexityResult.kv_bytes_*): bytes of K, V and positions of all layers; those of models
+with sliding-window layers (gemma3) also split into the global layers (the only ones evicted from, what
+the budget acts on) and the sliding-window layers (rings of n_swa - 1 + n_batch slots per kv-head,
+never evicted from): kv_bytes_*_global and kv_bytes_*_window, 0 for the window layers of models without
+any (llama, qwen).
 """
 
 from __future__ import annotations
@@ -67,6 +73,16 @@ class PerplexityResult:
     kv_bytes_alloc: int = 0        # KV storage the session allocated
     kv_bytes_full: float = 0.0     # what the full cache holds at the same points (prefix: the prefill;
                                    # streaming: n_ctx tokens)
+    # the same KV figures per layer type: the global layers (evicted from) and the sliding-window layers
+    # (rings, never evicted from; 0 without such layers). all = global + window for the means and the
+    # allocations; each peak is the maximum over the same points as kv_bytes_peak, so
+    # kv_bytes_peak <= kv_bytes_peak_global + kv_bytes_peak_window (equal when both peak together)
+    kv_bytes_peak_global: int = 0
+    kv_bytes_peak_window: int = 0
+    kv_bytes_mean_global: float = 0.0
+    kv_bytes_mean_window: float = 0.0
+    kv_bytes_alloc_global: int = 0
+    kv_bytes_alloc_window: int = 0
     n_tokens_evaluated: int = 0
     partial: bool = False          # True: interrupted, the figures cover the chunks completed (n_chunks)
 
@@ -166,7 +182,8 @@ class _Tally:
         self.nll_sum = self.nll2_sum = 0.0
         self.count = 0
         self.running, self.kv_kept, self.kv_pre = [], [], []
-        self.kv_peak = 0
+        self.kv_kept_g, self.kv_kept_w = [], []  # kv_kept of the global and the sliding-window layers
+        self.kv_peak = self.kv_peak_g = self.kv_peak_w = 0
         self.seconds = 0.0
 
     def add(self, lp: np.ndarray) -> float:
@@ -193,6 +210,7 @@ def _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_c
     tallies = [_Tally() for _ in evs]
     bar = report.bar(progress, n, "chunk", "perplexity", bar_position)
     alloc = 0
+    alloc_gw = (0, 0)  # kv_bytes_alloc of the global and the sliding-window layers (every session alike)
     try:
         with SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx)) as sp:
             alloc = sp.kv_bytes_alloc
@@ -202,12 +220,19 @@ def _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_c
                     chunk[0] = bos_id
                 for j, s, pf in sp.prefill(chunk[:first]):
                     t = tallies[j]
+                    alloc_gw = (s.kv_bytes_alloc_global, s.kv_bytes_alloc_window)
+                    # compression leaves the sliding-window rings alone: their bytes before it are those after
+                    kept_g, kept_w = s.kv_bytes_used_global, s.kv_bytes_used_window
                     t0 = time.perf_counter()
                     lp = s.logprobs(chunk[first:]).astype(np.float64)
                     # a chunk counts in a tally only once scored (an interruption leaves whole chunks)
                     t.kv_pre.append(pf.kv_bytes_full)
                     t.kv_kept.append(pf.kv_bytes_kept)
+                    t.kv_kept_g.append(kept_g)
+                    t.kv_kept_w.append(kept_w)
                     t.kv_peak = max(t.kv_peak, s.kv_bytes_used, t.kv_pre[-1])
+                    t.kv_peak_g = max(t.kv_peak_g, s.kv_bytes_used_global, t.kv_pre[-1] - kept_w)
+                    t.kv_peak_w = max(t.kv_peak_w, s.kv_bytes_used_window, kept_w)
                     t.add(lp)
                     # what this configuration alone would have taken: its prefill, compression and scoring
                     t.seconds += pf.seconds + time.perf_counter() - t0
@@ -219,15 +244,15 @@ def _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_c
                     on_chunk(i, [t.running[-1] for t in tallies])
     except KeyboardInterrupt:
         done = min(len(t.running) for t in tallies)
-        partial = _prefix_results(tallies, evs, n_ctx, len(tokens), alloc, partial=True) if done else None
+        partial = _prefix_results(tallies, evs, n_ctx, len(tokens), alloc, alloc_gw, partial=True) if done else None
         raise cli.Interrupted(partial, done, n, "chunks") from None
     finally:
         if bar is not None:
             bar.close()
-    return _prefix_results(tallies, evs, n_ctx, len(tokens), alloc)
+    return _prefix_results(tallies, evs, n_ctx, len(tokens), alloc, alloc_gw)
 
 
-def _prefix_results(tallies, evs, n_ctx, n_file, alloc, partial=False) -> list[PerplexityResult]:
+def _prefix_results(tallies, evs, n_ctx, n_file, alloc, alloc_gw, partial=False) -> list[PerplexityResult]:
     first = n_ctx // 2
     out = []
     for t, ev in zip(tallies, evs):
@@ -239,8 +264,29 @@ def _prefix_results(tallies, evs, n_ctx, n_file, alloc, partial=False) -> list[P
             tokens_per_second=n * n_ctx / t.seconds if t.seconds > 0 else 0.0, kv_bytes_peak=t.kv_peak,
             budget_tokens=budget_tokens(ev.budget, first) if ev is not None else first,
             kv_bytes_mean=float(np.mean(t.kv_kept)) if n else 0.0, kv_bytes_alloc=alloc,
-            kv_bytes_full=float(np.mean(t.kv_pre)) if n else 0.0, n_tokens_evaluated=n * n_ctx, partial=partial))
+            kv_bytes_full=float(np.mean(t.kv_pre)) if n else 0.0, n_tokens_evaluated=n * n_ctx, partial=partial,
+            kv_bytes_peak_global=t.kv_peak_g, kv_bytes_peak_window=t.kv_peak_w,
+            kv_bytes_mean_global=float(np.mean(t.kv_kept_g)) if n else 0.0,
+            kv_bytes_mean_window=float(np.mean(t.kv_kept_w)) if n else 0.0,
+            kv_bytes_alloc_global=alloc_gw[0], kv_bytes_alloc_window=alloc_gw[1]))
     return out
+
+
+def _ring_slots(windows, capacity: int, n_batch: int) -> int:
+    """Slots per kv-head of the sliding-window layers of a session of `capacity` slots and `n_batch`, summed
+    over those layers: n_swa - 1 + n_batch each, as the C core allocates them (src/kv.h
+    rk_kv_window_slots; not capped at the capacity: positions run past n_ctx once a policy evicts)."""
+    return sum(w - 1 + n_batch for w in windows if w > 0)
+
+
+def _window_bytes_full(model, alloc_w: int, s_ctx: int, n_ctx: int) -> int:
+    """KV bytes of the sliding-window layers of the full cache (a session of n_ctx slots, n_batch
+    min(512, n_ctx)) once it holds n_ctx tokens, from alloc_w, those of the streaming session (s_ctx
+    slots, n_batch min(512, s_ctx)); 0 without such layers."""
+    if not alloc_w:
+        return 0
+    windows = model.layer_windows
+    return alloc_w * _ring_slots(windows, n_ctx, min(512, n_ctx)) // _ring_slots(windows, s_ctx, min(512, s_ctx))
 
 
 def _streaming(model, tokens, n_ctx, ev, n_threads, progress, on_chunk, piece, on_piece,
@@ -253,9 +299,9 @@ def _streaming(model, tokens, n_ctx, ev, n_threads, progress, on_chunk, piece, o
     nll_sum = nll2_sum = 0.0
     count = 0
     running = []
-    samples = []
-    kv_peak = alloc = 0
-    per_token = 0.0
+    samples, samples_g, samples_w = [], [], []  # all layers, the global ones, the sliding-window ones
+    kv_peak = kv_peak_g = kv_peak_w = alloc = alloc_g = alloc_w = 0
+    full = 0.0
     next_report = n_ctx  # running estimate after every n_ctx scored tokens
     t0 = time.perf_counter()
 
@@ -267,20 +313,31 @@ def _streaming(model, tokens, n_ctx, ev, n_threads, progress, on_chunk, piece, o
                                 n_tokens_file=n_tok, chunk_ppl=running, seconds=secs,
                                 tokens_per_second=n_eval / secs if secs > 0 else 0.0, kv_bytes_peak=kv_peak,
                                 budget_tokens=kept, kv_bytes_mean=float(np.mean(samples)), kv_bytes_alloc=alloc,
-                                kv_bytes_full=per_token * n_ctx, n_tokens_evaluated=n_eval, partial=partial)
+                                kv_bytes_full=full, n_tokens_evaluated=n_eval, partial=partial,
+                                kv_bytes_peak_global=kv_peak_g, kv_bytes_peak_window=kv_peak_w,
+                                kv_bytes_mean_global=float(np.mean(samples_g)),
+                                kv_bytes_mean_window=float(np.mean(samples_w)),
+                                kv_bytes_alloc_global=alloc_g, kv_bytes_alloc_window=alloc_w)
+
+    def sample(s) -> None:
+        nonlocal kv_peak, kv_peak_g, kv_peak_w
+        used, used_g, used_w = s.kv_bytes_used, s.kv_bytes_used_global, s.kv_bytes_used_window
+        samples.append(used)
+        samples_g.append(used_g)
+        samples_w.append(used_w)
+        kv_peak, kv_peak_g, kv_peak_w = max(kv_peak, used), max(kv_peak_g, used_g), max(kv_peak_w, used_w)
 
     try:
         with model.session(n_ctx=s_ctx, n_threads=n_threads, n_batch=min(512, s_ctx)) as s:
             s.set_eviction(evs)
-            alloc = s.kv_bytes_alloc
-            per_token = alloc / s_ctx
+            alloc, alloc_g, alloc_w = s.kv_bytes_alloc, s.kv_bytes_alloc_global, s.kv_bytes_alloc_window
+            # the full cache of n_ctx tokens: n_ctx slots per global buffer, its rings on the window layers
+            full = alloc_g / s_ctx * n_ctx + _window_bytes_full(model, alloc_w, s_ctx, n_ctx)
             # warm-up: tokens[0 .. n_ctx) only fill the cache
             for a in range(0, n_ctx, piece):
                 b = min(a + piece, n_ctx)
                 s.eval(tokens[a:b], logits=None)
-                used = s.kv_bytes_used
-                samples.append(used)
-                kv_peak = max(kv_peak, used)
+                sample(s)
                 if on_piece is not None:
                     on_piece(s)
                 if bar is not None:
@@ -293,9 +350,7 @@ def _streaming(model, tokens, n_ctx, ev, n_threads, progress, on_chunk, piece, o
                 # pieces end on the chunk boundaries (every n_ctx scored), where the running estimate is taken
                 b = min(a + piece, n_tok, n_ctx + next_report)
                 lp = s.logprobs(tokens[a:b], score_first=True).astype(np.float64)
-                used = s.kv_bytes_used
-                samples.append(used)
-                kv_peak = max(kv_peak, used)
+                sample(s)
                 if on_piece is not None:
                     on_piece(s)
                 nll_sum += float(-lp.sum())

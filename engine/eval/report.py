@@ -1,6 +1,8 @@
 """What an evaluation reports: its statistics (exp_mean, the running perplexity and its error), the
 progress bar, and the printed summary (markdown tables, KV memory rows) of python -m engine.perplexity
 and engine.lambada. The JSON files are the results' dataclasses as dicts (engine.cli.write_json).
+The KV rows are of all layers; a model with sliding-window layers (gemma3) also gets rows of its global
+and its window layers (kv_rows), a model without them (llama, qwen) the all-layer rows only.
 """
 
 from __future__ import annotations
@@ -67,11 +69,22 @@ def budget_label(res) -> str:
 
 
 def kv_rows(res) -> list[tuple[str, str]]:
-    return [("KV bytes peak", mib(res.kv_bytes_peak)),
+    """The KV memory rows of a perplexity or LAMBADA result: all layers; for a model with sliding-window
+    layers (kv_bytes_alloc_window > 0) also the peak, mean and allocation of the global layers (evicted
+    from) and of the window layers (rings, never evicted from), each after its all-layer row."""
+    split = getattr(res, "kv_bytes_alloc_window", 0) > 0
+
+    def by_type(label: str, name: str) -> list[tuple[str, str]]:
+        if not split:
+            return []
+        return [(f"{label}, global layers", mib(getattr(res, f"{name}_global"))),
+                (f"{label}, window layers", mib(getattr(res, f"{name}_window")))]
+
+    return [("KV bytes peak", mib(res.kv_bytes_peak)), *by_type("KV bytes peak", "kv_bytes_peak"),
             ("KV bytes mean", f"{mib(res.kv_bytes_mean)} ({res.kv_bytes_mean / res.kv_bytes_full:.1%} of full)"
-             if res.kv_bytes_full else mib(res.kv_bytes_mean)),
+             if res.kv_bytes_full else mib(res.kv_bytes_mean)), *by_type("KV bytes mean", "kv_bytes_mean"),
             ("KV bytes full cache, same point", mib(res.kv_bytes_full)),
-            ("KV bytes allocated", mib(res.kv_bytes_alloc))]
+            ("KV bytes allocated", mib(res.kv_bytes_alloc)), *by_type("KV bytes allocated", "kv_bytes_alloc")]
 
 
 def print_perplexity(res, dataset: str, path: str, gguf: str) -> None:

@@ -14,7 +14,7 @@ SmolLM2-135M, 37 configurations took a third less time on WikiText and four fift
 Writes, after every batch of runs sharing prefills (an interrupted sweep loses the batch in
 progress; pass fewer --policies/--budgets per call to checkpoint more often):
   DIR/sweep.json   {"runs": [...], "errors": [...]}: every figure of every run and its settings
-  DIR/sweep.csv    one row per run
+  DIR/sweep.csv    one row per run (KV bytes of all layers, and of the global and the sliding-window layers)
   DIR/sweep.md     the markdown tables printed at the end (rows = policies, columns = budgets)
   DIR/ppl_vs_budget.png, DIR/lambada_vs_budget.png   when matplotlib is installed
 Resumable: a combination already in DIR/sweep.json with the same settings (model, ctx, chunks,
@@ -48,12 +48,16 @@ from .protocols import perplexity, perplexity_many
 
 DATASETS = ("wikitext", "lambada")  # the kinds of evaluation; --datasets also takes engine.data's names
 DEFAULT_BUDGETS = (1.0, 0.5, 0.25, 0.1, 0.05)
+# the KV figures per layer type (engine.eval.protocols.PerplexityResult, engine.eval.lambada.LambadaResult)
+KV_SPLIT = [f"kv_bytes_{f}_{kind}" for kind in ("global", "window") for f in ("peak", "mean", "alloc")]
 
-# the run's figures, then every eviction setting (the C core's tables: the shared settings other than budget and
-# schedule, then each policy parameter), then when it finished
+# the run's figures (the KV ones of all layers, then of the global and of the sliding-window layers: 0 for
+# models without such layers, empty for runs recorded before these figures existed), then every eviction
+# setting (the C core's tables: the shared settings other than budget and schedule, then each policy
+# parameter), then when it finished
 CSV_FIELDS = (["dataset", "policy", "budget", "protocol", "ppl", "ppl_stderr", "accuracy", "accuracy_stderr",
                "n_scored", "n_ctx", "chunks", "lambada_n", "kv_bytes_peak", "kv_bytes_mean", "kv_bytes_alloc",
-               "kv_bytes_full", "tokens_per_second", "seconds", "model", "data"]
+               "kv_bytes_full"] + KV_SPLIT + ["tokens_per_second", "seconds", "model", "data"]
               + [f.name for f in fields(Eviction) if f.name not in ("policy", "budget", "schedule")] + ["finished"])
 
 
@@ -125,7 +129,8 @@ def _row(run: dict) -> dict:
            "accuracy_stderr": r.get("accuracy_stderr"), "n_scored": r.get("n_scored"), "n_ctx": r.get("n_ctx"),
            "chunks": st.get("chunks"), "lambada_n": st.get("lambada_n"), "model": st["model"], "data": st["data"],
            "finished": run.get("finished")}
-    for k in ("kv_bytes_peak", "kv_bytes_mean", "kv_bytes_alloc", "kv_bytes_full", "tokens_per_second", "seconds"):
+    for k in ("kv_bytes_peak", "kv_bytes_mean", "kv_bytes_alloc", "kv_bytes_full", *KV_SPLIT, "tokens_per_second",
+              "seconds"):
         row[k] = r.get(k)
     row.update(st["eviction"])
     return row

@@ -141,7 +141,7 @@ static float softmax_row(const att_job *j, int g, int h, int32_t p, float *sc, i
 static void attend_rows(const att_job *j, const att_scratch *ws, int g, int h0, int nh, int t0, int t1) {
     const rk_kv *kv = j->kv;
     const int hd = kv->head_dim, dq = j->a->n_heads * hd;
-    const size_t C = (size_t)kv->capacity;
+    const size_t C = (size_t)j->c->n_ctx; /* the workspace's row stride: the largest buffer of any layer */
     const rk_type_traits *kt = rk_get_type_traits(kv->type);
     const size_t row = (size_t)hd * kv->elt_size;
     const float scale = j->a->scale;

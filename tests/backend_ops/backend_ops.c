@@ -259,8 +259,10 @@ static void test_attention(const att_shape *sh, int n_fill, int n, int stats, in
     float *out[2], *acc[2], *cnt[2];
     rk_model shape = {0};
     const rk_backend_i *bes[2] = {B, R};
+    /* the workspaces cover the largest buffer, a ring may exceed the global capacity (as in session.c) */
+    const int slots = swa && swa - 1 + 16 > sh->cap ? swa - 1 + 16 : sh->cap;
     for (int j = 0; j < 2; j++) {
-        rk_backend_ctx *c = ctx_of(bes[j], sh->n_heads, sh->head_dim, sh->cap, &shape);
+        rk_backend_ctx *c = ctx_of(bes[j], sh->n_heads, sh->head_dim, slots, &shape);
         use(bes[j]);
         rk_kv kv;
         int il = 1;
@@ -414,6 +416,10 @@ int main(int argc, char **argv) {
         test_attention(sh, n_fill, 13, 0, 0, 0, 24);     /*   and a batch */
         test_kv(sh, n_fill);
     }
+    /* a ring (24 - 1 + 16 = 39 slots) larger than the global layers' capacity (20) */
+    const att_shape small = {6, 2, 64, 20, RK_TYPE_F16};
+    test_attention(&small, 30, 1, 0, 0, 0, 24);
+    test_attention(&small, 30, 13, 0, 0, 0, 24);
     test_window_attention(6, 2, 64, 160, 8);
     test_window_attention(9, 3, 20, 77, 32);
     rk_quant_force_scalar(0);

@@ -471,3 +471,184 @@ def test_live_spm_vocab_with_cross_word_pieces(tmp_path):
             assert tok.encode(p) == ref.tokenize(p, True, False)
     for text in tp.GOLDEN_TEXTS:
         assert tok.decode(tok.encode(text, add_special=False)) == text
+
+
+# ------------------------------------------------------------------------------------------
+# read_gguf_metadata_fast (what from_gguf reads paths with) against the gguf package
+# ------------------------------------------------------------------------------------------
+
+def _assert_same_meta(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, np.ndarray):
+            assert isinstance(y, np.ndarray), k
+            assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), k
+        else:
+            assert type(x) is type(y) and x == y, (k, x, y)
+
+
+def _gguf_bytes(kvs, version=3, n_tensors=0) -> bytes:
+    """A GGUF header and key/value section (no tensors) from (key, type, value) triples;
+    type 9 values are (element type, [values]), nested to any depth."""
+    import struct
+
+    fmts = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+    def val(t, v):
+        if t == 8:
+            b = v.encode("utf-8") if isinstance(v, str) else v
+            return struct.pack("<Q", len(b)) + b
+        if t == 9:
+            et, items = v
+            return struct.pack("<IQ", et, len(items)) + b"".join(val(et, x) for x in items)
+        return struct.pack(fmts[t], v)
+
+    out = b"GGUF" + struct.pack("<IQQ", version, n_tensors, len(kvs))
+    for key, t, v in kvs:
+        out += val(8, key) + struct.pack("<I", t) + val(t, v)
+    return out
+
+
+_ALL_TYPES_KVS = [
+    ("general.architecture", 8, "llama"), ("general.u8", 0, 200), ("general.i8", 1, -100),
+    ("general.u16", 2, 60000), ("general.i16", 3, -30000), ("general.u32", 4, 4000000000),
+    ("general.i32", 5, -2000000000), ("general.f32", 6, 0.1), ("general.bool", 7, True),
+    ("general.u64", 10, 2 ** 63 + 5), ("general.i64", 11, -2 ** 62), ("general.f64", 12, 0.1),
+    ("general.bytes", 8, b"\xff\xfe not utf-8"), ("general.empty_str", 8, ""),
+    ("tokenizer.ggml.tokens", 9, (8, ["a", "", "\u2581b", b"\x80\xff"])),
+    ("tokenizer.ggml.scores", 9, (6, [0.5, -1.25, 3.0, 1e-30])),
+    ("tokenizer.ggml.token_type", 9, (5, [1, 2, 3, 6])),
+    ("tokenizer.u8s", 9, (0, [1, 255])), ("tokenizer.bools", 9, (7, [True, False, True])),
+    ("tokenizer.f64s", 9, (12, [1.5, -2.5])), ("tokenizer.u64s", 9, (10, [1, 2 ** 64 - 1])),
+    ("tokenizer.empty_i32", 9, (5, [])), ("tokenizer.empty_str", 9, (8, [])), ("tokenizer.empty_nested", 9, (9, [])),
+    ("tokenizer.nested", 9, (9, [(5, [1, 2]), (8, ["x"]), (9, [(0, [7])])])),
+    ("llama.block_count", 4, 1), ("other.strings", 9, (8, ["skipped"] * 3)),
+]
+
+
+@pytest.mark.parametrize("prefixes", [("tokenizer.", "general."), ("",), ("tokenizer.ggml.",)])
+def test_fast_gguf_reader_equals_gguf_package_on_every_value_type(tmp_path, prefixes):
+    from engine.tokenizer import read_gguf_metadata_fast
+
+    path = tmp_path / "kv.gguf"
+    path.write_bytes(_gguf_bytes(_ALL_TYPES_KVS))
+    fast = read_gguf_metadata_fast(path, prefixes)
+    _assert_same_meta(fast, read_gguf_metadata(str(path), prefixes))
+    if prefixes == ("",):
+        assert "GGUF.version" not in fast and fast["general.u64"] == 2 ** 63 + 5
+        assert fast["tokenizer.ggml.tokens"] == [b"a", b"", "\u2581b".encode(), b"\x80\xff"]
+        assert "tokenizer.nested" not in fast  # nested arrays are skipped, as by read_gguf_metadata
+
+
+def test_fast_gguf_reader_equals_gguf_package_on_smollm2(smol_meta):
+    from engine.tokenizer import read_gguf_metadata_fast
+
+    t0 = time.perf_counter()
+    fast = read_gguf_metadata_fast(smollm2_path())
+    dt = time.perf_counter() - t0
+    _assert_same_meta(fast, smol_meta)
+    assert dt < 5, dt  # ~0.1 s; the gguf package takes seconds
+
+
+def test_fast_gguf_reader_errors(tmp_path):
+    from engine.tokenizer import read_gguf_metadata_fast
+
+    with pytest.raises(EngineError, match="no such GGUF file"):
+        read_gguf_metadata_fast(tmp_path / "missing.gguf")
+    with pytest.raises(EngineError, match="no such GGUF file"):
+        Tokenizer.from_gguf(str(tmp_path / "missing.gguf"))
+    data = _gguf_bytes(_ALL_TYPES_KVS)
+    bad = tmp_path / "bad.gguf"
+    for blob, what in ((b"", "empty"), (b"GGUX" + data[4:], "magic"), (data[:24] + b"\x00" * 3, "short")):
+        bad.write_bytes(blob)
+        with pytest.raises(EngineError, match="cannot read GGUF"):
+            read_gguf_metadata_fast(bad)
+    # every truncation of the key/value section: a clean EngineError, never another exception
+    for n in range(4, len(data), 3):
+        bad.write_bytes(data[:n])
+        with pytest.raises(EngineError):
+            read_gguf_metadata_fast(bad, ("",))
+    # a huge string length or count
+    bad.write_bytes(_gguf_bytes([("general.a", 8, "x")])[:-9] + (2 ** 62).to_bytes(8, "little") + b"x")
+    with pytest.raises(EngineError, match="truncated"):
+        read_gguf_metadata_fast(bad)
+    # duplicate keys (GGUFReader refuses them too), unknown value types
+    bad.write_bytes(_gguf_bytes([("general.a", 4, 1), ("general.a", 4, 2)]))
+    with pytest.raises(EngineError, match="duplicate key general.a"):
+        read_gguf_metadata_fast(bad)
+    with pytest.raises(EngineError):
+        read_gguf_metadata(str(bad))
+    bad.write_bytes(_gguf_bytes([("general.a", 4, 1)]).replace(b"\x04\x00\x00\x00\x01", b"\x0d\x00\x00\x00\x01"))
+    with pytest.raises(EngineError, match="unknown value type 13"):
+        read_gguf_metadata_fast(bad)
+    # GGUF v1 (32-bit lengths) is left to the gguf package, which refuses it
+    bad.write_bytes(_gguf_bytes([("general.a", 4, 1)], version=1))
+    with pytest.raises(EngineError, match="cannot read GGUF"):
+        read_gguf_metadata_fast(bad)
+
+
+# ------------------------------------------------------------------------------------------
+# special-token partition: the prefilter (_present_specials) changes nothing
+# ------------------------------------------------------------------------------------------
+
+def _partition_full_scan(tok, text, parse_special):
+    """tokenizer_st_partition trying every cached special token (the engine skips those whose
+    text does not occur in `text`)."""
+    from engine import tokenizer as T
+
+    frags = [text] if text else []
+    for tid in tok._special_cache:
+        a = tok._attrs[tid]
+        if not parse_special and a & (T.ATTR_CONTROL | T.ATTR_UNKNOWN):
+            continue
+        st = tok._id2tok[tid]
+        new = []
+        for f in frags:
+            if not isinstance(f, str):
+                new.append(f)
+                continue
+            pos = 0
+            while True:
+                m = f.find(st, pos)
+                if m < 0:
+                    if pos < len(f):
+                        new.append(f[pos:])
+                    break
+                left = f[pos:m]
+                if a & T.ATTR_LSTRIP:
+                    left = left.rstrip(T._C_ISSPACE)
+                if left:
+                    new.append(left)
+                new.append(tid)
+                pos = m + len(st)
+                if a & T.ATTR_RSTRIP:
+                    while pos < len(f) and f[pos] in T._C_ISSPACE:
+                        pos += 1
+        frags = new
+    return frags
+
+
+def test_special_partition_prefilter_equals_full_scan():
+    from engine import tokenizer as T
+
+    specials = ["<a>", "<a><b>", "<b>", "<", "\n", "\n\n", "\n\n\n", "  ", "   ", "\t", "ab", "b<a",
+                "<unused1>", "<unused12>", "<u", "é", "🙂x", "x"]
+    types = [4, 3, 4, 4, 4, 4, 4, 4, 4, 4, 3, 4, 3, 3, 2, 4, 4, 4]
+    toks = ["<unk>", "<s>", "</s>"] + specials + ["<0x%02X>" % b for b in range(256)] + ["\u2581", "a", "b"]
+    ttypes = [2, 3, 3] + types + [6] * 256 + [1, 1, 1]
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": toks,
+            "tokenizer.ggml.scores": np.zeros(len(toks), dtype=np.float32),
+            "tokenizer.ggml.token_type": np.array(ttypes, dtype=np.int32)}
+    tok = Tokenizer.from_metadata(meta)
+    tok._attrs[tok.token_to_id("<b>")] |= T.ATTR_LSTRIP
+    tok._attrs[tok.token_to_id("\t")] |= T.ATTR_RSTRIP | T.ATTR_LSTRIP
+    rng = random.Random(3)
+    pool = specials + ["a", "b", " ", "u", "n", "s", "e", "d", "1", "2", ">", "🙂", "\r"]
+    texts = ["", "x", "<a><b>", "\n\n\n\n\n"] + ["".join(rng.choice(pool) for _ in range(rng.randint(1, 30)))
+                                                 for _ in range(3000)]
+    texts.append("".join(rng.choice(pool) for _ in range(20000)))  # long: per-character slice lookups
+    for text in texts:
+        for parse_special in (False, True):
+            assert tok._partition(text, parse_special) == _partition_full_scan(tok, text, parse_special), \
+                (text, parse_special)

@@ -4,11 +4,14 @@
     python tests/tokenizer_parity.py --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf
     python tests/tokenizer_parity.py --gguf M --pre llama3        # same vocabulary, other pre-tokenizer
     python tests/tokenizer_parity.py --spm                        # a SentencePiece vocabulary trained here
+    python tests/tokenizer_parity.py --model gemma3-270m --model qwen2.5-coder-0.5b   # engine.models names
 
 Checks, each against llama.cpp's llama_tokenize:
   * wikitext-2 test, the whole file at once with add_special=True, parse_special=False
     (what llama-perplexity does);
   * every LAMBADA development passage (one per line, newline excluded), each separately;
+    and what engine.eval.lambada tokenizes: the context (the passage up to its last space,
+    add_special=True) and " " + last word (add_special=False);
   * llama_detokenize of those ids (remove_special=False, unparse_special=True).
 Prints one summary line per check and exits 1 if any id differs.
 
@@ -255,6 +258,17 @@ def lambada_passages(path: Path = LAMBADA) -> List[str]:
     return lines
 
 
+def lambada_pieces(passage: str) -> List[tuple]:
+    """The (text, add_special) pairs the LAMBADA protocol tokenizes for one passage
+    (engine.eval.lambada.prepare): the passage, its context (up to the last space) and
+    " " + its last word; just the passage when it has no space."""
+    text = passage.strip()
+    i = text.rfind(" ")
+    if i <= 0:
+        return [(passage, True)]
+    return [(passage, True), (text[:i], True), (" " + text[i + 1:], False)]
+
+
 def make_golden(gguf_path: str) -> Dict[str, Any]:
     """Golden data from llama.cpp: ids of GOLDEN_TEXTS, digests of the wikitext-2 test and LAMBADA dev ids."""
     import llama_cpp
@@ -320,7 +334,7 @@ def compare(tok, ref: LlamaVocab, wikitext: Optional[Path] = WIKITEXT, lambada: 
               f"{', equals the input text' if back_ours == text.encode('utf-8') else ''}", file=out)
     if lambada is not None and Path(lambada).exists():
         lines = lambada_passages(Path(lambada))
-        n_bad, n_tok, first_bad, n_detok_bad = 0, 0, None, 0
+        n_bad, n_tok, first_bad, n_detok_bad, n_parts_bad = 0, 0, None, 0, 0
         t0 = time.perf_counter()
         for i, line in enumerate(lines):
             ours = tok.encode(line, add_special=True, parse_special=False)
@@ -332,19 +346,25 @@ def compare(tok, ref: LlamaVocab, wikitext: Optional[Path] = WIKITEXT, lambada: 
                     first_bad = (i, first_difference(ours, theirs))
             if tok.detokenize(ours, False, True) != ref.detokenize(theirs, False, True):
                 n_detok_bad += 1
-        ok &= n_bad == 0 and n_detok_bad == 0
+            for piece, add_special in lambada_pieces(line)[1:]:
+                if tok.encode(piece, add_special, False) != ref.tokenize(piece, add_special, False):
+                    n_parts_bad += 1
+        ok &= n_bad == 0 and n_detok_bad == 0 and n_parts_bad == 0
         msg = (f"LAMBADA dev ({len(lines):,} passages, each separately, {n_tok:,} tokens): "
                f"{len(lines) - n_bad:,}/{len(lines):,} identical")
         if first_bad is not None:
             msg += f"; first difference: line {first_bad[0] + 1}, token {first_bad[1]}"
-        msg += f"; detokenize differs on {n_detok_bad} ({time.perf_counter() - t0:.1f} s)"
+        msg += (f"; contexts and targets differ on {n_parts_bad}; detokenize differs on {n_detok_bad} "
+                f"({time.perf_counter() - t0:.1f} s)")
         print(msg, file=out)
     return ok
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--gguf", help="GGUF whose vocabulary to check")
+    ap.add_argument("--gguf", action="append", default=[], help="GGUF whose vocabulary to check (repeatable)")
+    ap.add_argument("--model", action="append", default=[],
+                    help="a model known to engine.models (smollm2, qwen2.5-coder-0.5b, gemma3-270m, ...), repeatable")
     ap.add_argument("--pre", help="rewrite the vocabulary with this tokenizer.ggml.pre first (BPE only)")
     ap.add_argument("--spm", action="store_true", help="check a SentencePiece vocabulary trained on the spot")
     ap.add_argument("--spm-vocab-size", type=int, default=4000)
@@ -358,9 +378,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.write_golden:
         import json
 
-        if not args.gguf:
-            ap.error("--write-golden needs --gguf")
-        data = make_golden(args.gguf)
+        if len(args.gguf) != 1:
+            ap.error("--write-golden needs one --gguf")
+        data = make_golden(args.gguf[0])
         Path(args.write_golden).parent.mkdir(parents=True, exist_ok=True)
         lines = []
         for key, value in data.items():  # one case per line, for readable diffs
@@ -376,17 +396,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import tempfile
 
-    from engine.tokenizer import Tokenizer, read_gguf_metadata
+    from engine.tokenizer import Tokenizer, read_gguf_metadata_fast
 
+    if args.model:
+        from engine import models
+
+        for name in args.model:
+            found = models.find(name)
+            if found is None:
+                ap.error(f"model {name!r} not found (python -m engine.models fetch {name})")
+            args.gguf.append(str(found))
     if not args.gguf and not args.spm:
-        ap.error("give --gguf PATH and/or --spm")
+        ap.error("give --gguf PATH, --model NAME and/or --spm")
     work = args.workdir or tempfile.mkdtemp(prefix="tokparity_")
     targets = []
-    if args.gguf:
-        path = args.gguf
+    for path in args.gguf:
         if args.pre:
-            meta = read_gguf_metadata(path)
-            path = write_vocab_gguf(os.path.join(work, f"vocab_{args.pre}.gguf"), meta, pre=args.pre)
+            meta = read_gguf_metadata_fast(path)
+            path = write_vocab_gguf(os.path.join(work, f"vocab_{args.pre}_{Path(path).stem}.gguf"), meta, pre=args.pre)
         targets.append(path)
     if args.spm:
         meta = train_spm_vocab(work, spm_training_text(), vocab_size=args.spm_vocab_size,

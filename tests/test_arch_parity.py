@@ -31,6 +31,8 @@ CASES = {
     "qwen2-untied-gqa3": dict(arch="qwen2", tied=False, n_heads=6, n_kv_heads=2, n_embd=96, rope_freq_base=1e6),
     "qwen3": dict(arch="qwen3", head_dim=48, rope_freq_base=1e6, rms_eps=1e-6),
     "qwen3-gqa4": dict(arch="qwen3", head_dim=32, n_heads=4, n_kv_heads=1, tied=False),
+    # Mistral-Nemo-like llama: attention.key_length != n_embd / n_heads (rope.dimension_count = key_length)
+    "llama-key-length": dict(arch="llama", head_dim=48, rope_freq_base=1e6),
 }
 
 

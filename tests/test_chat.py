@@ -244,7 +244,7 @@ def test_cli_ctrl_c_stops_the_reply_not_the_program(tiny_gguf, tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "engine.chat", "--gguf", tiny_gguf(), "--budget", "64",
                           "--policy", "streaming", "--max-tokens", "1000000", "--temp", "0", "--json"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         cwd=tmp_path, env=env)
+                         cwd=tmp_path, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         p.stdin.write("tell me everything\n")
         p.stdin.flush()

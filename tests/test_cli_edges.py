@@ -311,13 +311,21 @@ def test_dataset_names_with_a_file(tiny_gguf, text_file, lambada_file, tmp_path)
 
 # ---------------------------------------------------------------- Ctrl-C
 
+def sigint_as_a_terminal_gives_it():
+    """(preexec_fn) SIGINT back to its default in the child: when the test run itself was started in the
+    background of a non-interactive shell (`cmd &`, nohup), SIGINT is ignored and inherited as ignored,
+    and Python then installs no KeyboardInterrupt handler; a user's Ctrl-C reaches a foreground process"""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Child:
     """A tool in a child process whose stderr is read as it comes, to interrupt it at the right moment."""
 
     def __init__(self, name, *args, cwd):
         env = dict(os.environ, PYTHONPATH=subproc.pythonpath())
         self.p = subprocess.Popen([sys.executable, "-m", f"engine.{name}", *args], cwd=cwd, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  preexec_fn=sigint_as_a_terminal_gives_it)
         self.err = b""
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

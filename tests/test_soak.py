@@ -76,3 +76,24 @@ def test_two_sessions_in_two_threads_equal_sequential(model):
         for got, want in zip(out, sequential):
             np.testing.assert_array_equal(got, want)
     assert not np.array_equal(sequential[0][:100], sequential[1][:100])
+
+
+def test_gemma_soak_is_flat_per_layer_type(tiny_gguf):
+    """A model with sliding-window layers: the window layers' rings and the global layers' buffers
+    each stay at their size while the stream runs far past both."""
+    path = tiny_gguf(arch="gemma3", n_embd=128, n_heads=4, n_kv_heads=1, n_layers=6, sliding_window=16,
+                     head_dim=32, swa_pattern=3, weight_type="Q4_0")
+    with engine.Model(path) as m:
+        toks = np.random.default_rng(3).integers(0, m.n_vocab, 4096).astype(np.int32)
+        res = soak_mod.soak(m, toks, 6_000, budget=48, policy="snapkv", slack=16, piece=128, progress=False)
+    rows = res["rows"]
+    assert soak_mod.verdict(res) == []
+    assert rows[0]["kv_bytes_alloc_window"] > 0 and rows[0]["kv_bytes_alloc_global"] > 0
+    for key in ("kv_bytes_alloc_window", "kv_bytes_alloc_global", "kv_bytes_used_window"):
+        assert {r[key] for r in rows} == {rows[0][key]}, key
+    # the global layers never hold more than budget + slack entries
+    assert max(r["kv_bytes_used_global"] for r in rows) <= rows[0]["kv_bytes_alloc_global"]
+    # a grown window ring is caught
+    grown = [dict(r) for r in rows]
+    grown[-1]["kv_bytes_alloc_window"] *= 2
+    assert "kv_bytes_alloc_window grew" in soak_mod.verdict({**res, "rows": grown})[0]

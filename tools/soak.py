@@ -58,11 +58,19 @@ def soak(model, stream_tokens: np.ndarray, n_tokens: int, budget: int, policy: s
         if seg_tokens >= tenth or done >= n_tokens:
             now = time.perf_counter()
             rows.append({"tokens": done, "kv_bytes_used": s.kv_bytes_used, "kv_bytes_alloc": s.kv_bytes_alloc,
+                         # per layer type: the global layers (evicted to the budget) and the
+                         # sliding-window layers (rings of a fixed size; 0 for models without them)
+                         "kv_bytes_used_global": s.kv_bytes_used_global,
+                         "kv_bytes_alloc_global": s.kv_bytes_alloc_global,
+                         "kv_bytes_used_window": s.kv_bytes_used_window,
+                         "kv_bytes_alloc_window": s.kv_bytes_alloc_window,
                          "rss_bytes": rss_bytes(), "tokens_per_second": seg_tokens / (now - t_seg),
                          "ppl_so_far": float(np.exp(nll / (done - 1))), "n_past": s.n_past})
             if progress:
                 r = rows[-1]
-                print(f"soak: {done:>9} tokens  KV {r['kv_bytes_used'] / 2**20:7.2f} MiB used / "
+                win = (f" (window layers {r['kv_bytes_used_window'] / 2**20:.2f})"
+                       if r["kv_bytes_alloc_window"] else "")
+                print(f"soak: {done:>9} tokens  KV {r['kv_bytes_used'] / 2**20:7.2f} MiB used{win} / "
                       f"{r['kv_bytes_alloc'] / 2**20:7.2f} MiB  RSS {r['rss_bytes'] / 2**20:8.1f} MiB  "
                       f"{r['tokens_per_second']:9.1f} tok/s  ppl {r['ppl_so_far']:.3f}", file=log, flush=True)
             t_seg, seg_tokens = now, 0
@@ -79,7 +87,9 @@ def verdict(res: dict, tolerance: float = 0.05) -> list[str]:
         problems.append(f"{res['non_finite']} log-probabilities were not finite")
     if len(rows) >= 3:
         base = rows[0]
-        for key in ("kv_bytes_alloc", "rss_bytes"):
+        keys = ["kv_bytes_alloc", "rss_bytes"] + [k for k in ("kv_bytes_alloc_global", "kv_bytes_alloc_window",
+                                                              "kv_bytes_used_window") if k in base]
+        for key in keys:
             hi = max(r[key] for r in rows[1:])
             if hi > base[key] * (1 + tolerance):
                 problems.append(f"{key} grew from {base[key]} to {hi} (> {tolerance:.0%})")

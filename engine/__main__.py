@@ -13,7 +13,7 @@ from typing import Optional
 
 # the command-line tools, in the order a new user meets them; each one's line is its module's docstring's
 # first line, so it cannot drift from the tool
-TOOLS = ("models", "data", "perplexity", "lambada", "sweep", "bench", "chat")
+TOOLS = ("models", "data", "perplexity", "lambada", "sweep", "ruler", "bench", "chat")
 
 
 def summary(tool: str) -> Optional[str]:

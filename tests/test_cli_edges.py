@@ -24,7 +24,7 @@ import subproc
 from engine import cli
 from engine.eviction import POLICY_INFO, Eviction, policies
 
-TOOLS = ("perplexity", "lambada", "sweep", "bench", "chat")
+TOOLS = ("perplexity", "lambada", "sweep", "ruler", "bench", "chat")
 N_CTX = 64
 
 
@@ -63,7 +63,7 @@ def lambada_file(tmp_path_factory):
 def test_python_m_engine_lists_the_tools_and_the_version(tmp_path):
     r = tool("", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    for name in ("models", "perplexity", "lambada", "sweep", "bench", "chat"):
+    for name in ("models", "perplexity", "lambada", "sweep", "ruler", "bench", "chat"):
         assert re.search(rf"python -m engine\.{name} +\S", r.stdout), name
     assert "--help" in r.stdout
     v = tool("", "--version", cwd=tmp_path)
@@ -86,7 +86,7 @@ def test_help_lists_policies_with_parameters(name, tmp_path):
         assert re.search(rf"^  {p} +\S", r.stdout, re.M), p
     # parameters with their defaults: as options where the tool has them, else as fields
     d = Eviction()
-    assert (f"--kernel {d.kernel}" in r.stdout) if name in ("perplexity", "lambada", "sweep") else \
+    assert (f"--kernel {d.kernel}" in r.stdout) if name in ("perplexity", "lambada", "sweep", "ruler") else \
         (f"kernel={d.kernel}" in r.stdout)
     assert "exit status" in r.stdout.lower()
 
@@ -99,6 +99,7 @@ def test_help_lists_policies_with_parameters(name, tmp_path):
     ("lambada", ["--limit", "0"], "--limit"),
     ("sweep", ["--chunks", "0"], "--chunks"),
     ("sweep", ["--lambada-n", "-1"], "--lambada-n"),
+    ("ruler", ["--samples", "0"], "--samples"),
     ("bench", ["--reps", "0"], "--reps"),
     ("bench", ["--gen", "0"], "--gen"),
     ("chat", ["--max-tokens", "0"], "--max-tokens"),
@@ -112,6 +113,7 @@ def test_zero_or_negative_counts_are_refused(tiny_gguf, tmp_path, name, args, fr
     ("perplexity", ["--budget", "inf", "--policy", "snapkv"]),
     ("perplexity", ["--budget", "nan", "--policy", "snapkv"]),
     ("sweep", ["--budgets", "1,inf"]),
+    ("ruler", ["--budgets", "0.5,inf"]),
     ("bench", ["--budget", "inf"]),
     ("chat", ["--budget", "inf"]),
 ])
@@ -126,6 +128,7 @@ def test_infinite_budget_gets_the_right_reason(tiny_gguf, text_file, tmp_path, n
     ("perplexity", ["--json", "/nonexistent/dir/x.json"]),
     ("lambada", ["--json", "/nonexistent/dir/x.json"]),
     ("sweep", ["--out", "{file}/sub"]),
+    ("ruler", ["--out", "{file}/sub"]),
     ("bench", ["--json", "/nonexistent/dir/x.json"]),
     ("chat", ["--gguf", "/nonexistent.gguf"]),
 ])

@@ -9,6 +9,14 @@ the accumulated attention), and each configuration then takes a copy of that sta
 separate runs (tests/test_shared_prefill.py). A policy that masks attention (`topk`) changes the
 prefill itself (sparse attention from the first query on), so it gets a prefill of its own, as does a
 lone configuration.
+
+prefill_stages extends this to prompts compressed at different points (engine.longctx's protocols:
+context only, context + question, the whole prompt): the source evaluates the segments one after
+the other and each configuration is copied out at its own stage. The forward pass gives the same
+bits whether a text is evaluated in one call or in pieces (tests/test_ruler_protocols.py checks
+it), so a configuration compressed at stage k sees exactly the state of a prefill of the first k+1
+segments in one call. With logits=True each configuration also gets the logits of the last
+prefilled position, computed on the full cache before its compression.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Sequence
+
+import numpy as np
 
 from ..eviction import POLICIES, Eviction, source_for
 
@@ -25,6 +35,12 @@ class Prefilled:
     kv_bytes_full: int   # KV bytes of the uncompressed prefill
     kv_bytes_kept: int   # after the compression
     seconds: float       # what this configuration alone would have spent: its prefill and compression
+    # (added for prefill_stages; defaults keep the older callers' constructor calls working)
+    prefill_seconds: float = 0.0           # the prefill this state came from (shared: counted for each member)
+    compress_seconds: float = 0.0          # the copy (if shared) and the compression
+    shared: bool = False                   # copied from a shared source (else: its own prefill)
+    stage: int = 0                         # prefill_stages: the stage the configuration was compressed at
+    logits: Optional[np.ndarray] = None    # logits=True: of the last prefilled position, before compression
 
 
 def _own_prefill(ev: Optional[Eviction]) -> bool:
@@ -73,23 +89,56 @@ class SharedPrefill:
         self._sessions.append(s)
         return s
 
-    def prefill(self, ids) -> Iterator[tuple[int, object, "Prefilled"]]:
+    def prefill(self, ids, logits: bool = False) -> Iterator[tuple[int, object, "Prefilled"]]:
+        return self.prefill_stages([ids], logits=logits)
+
+    def prefill_stages(self, segments: Sequence, stage_of: Optional[Sequence[int]] = None,
+                       logits: bool = False) -> Iterator[tuple[int, object, "Prefilled"]]:
+        """Like prefill(concatenation of segments), configuration i being compressed once the first
+        stage_of[i] + 1 segments are evaluated (default: all of them). A source session evaluates the
+        segments in turn; configurations of its group are copied out at their stage. Those with a
+        prefill of their own evaluate their stage's whole span in one call."""
+        segs = list(segments)
+        if not segs:
+            raise ValueError("prefill_stages needs at least one segment")
+        last = len(segs) - 1
+        stage_of = [last] * len(self.evs) if stage_of is None else [int(k) for k in stage_of]
+        if len(stage_of) != len(self.evs) or any(not 0 <= k <= last for k in stage_of):
+            raise ValueError(f"stage_of must give a stage in 0..{last} for each of the {len(self.evs)} configurations")
+        mode = "last" if logits else None
         for key, members in self.groups.items():
             src = self.sources[key]
-            t0 = time.perf_counter()
             src.reset()
-            src.eval(ids, logits=None)
-            secs = time.perf_counter() - t0
-            for i in members:
-                t0 = time.perf_counter()
-                self.dst.set_eviction(self.evs[i] if self.evs[i] is not None else Eviction())
-                self.dst.copy_state_from(src)
-                yield i, self.dst, self._compress(self.dst, i, secs + time.perf_counter() - t0)
+            secs, out = 0.0, None
+            for k in range(max(stage_of[i] for i in members) + 1):
+                if len(segs[k]):
+                    t0 = time.perf_counter()
+                    out = src.eval(segs[k], logits=mode)
+                    secs += time.perf_counter() - t0
+                at = [i for i in members if stage_of[i] == k]
+                if at and not src.n_past:
+                    raise ValueError("prefill_stages: nothing to prefill before a compression (empty segments)")
+                for i in at:
+                    t0 = time.perf_counter()
+                    self.dst.set_eviction(self.evs[i] if self.evs[i] is not None else Eviction())
+                    self.dst.copy_state_from(src)
+                    p = self._compress(self.dst, i, secs + time.perf_counter() - t0)
+                    p.prefill_seconds, p.compress_seconds = secs, p.seconds - secs
+                    p.shared, p.stage, p.logits = True, k, out
+                    yield i, self.dst, p
         for i, s in self.own.items():
+            k = stage_of[i]
+            span = segs[0] if k == 0 else np.concatenate([np.asarray(x, dtype=np.int64) for x in segs[:k + 1]])
+            if not len(span):
+                raise ValueError("prefill_stages: nothing to prefill before a compression (empty segments)")
             t0 = time.perf_counter()
             s.reset()
-            s.eval(ids, logits=None)
-            yield i, s, self._compress(s, i, time.perf_counter() - t0)
+            out = s.eval(span, logits=mode)
+            secs = time.perf_counter() - t0
+            p = self._compress(s, i, secs)
+            p.prefill_seconds, p.compress_seconds = secs, p.seconds - secs
+            p.stage, p.logits = k, out
+            yield i, s, p
 
     def _compress(self, s, i: int, secs: float) -> "Prefilled":
         pre = s.kv_bytes_used

@@ -1,0 +1,139 @@
+"""The long-context evaluation's figures (matplotlib, optional: none without it).
+
+  acc_vs_budget_<len>_<protocol>.png   mean score vs the budget as a fraction of the compressed span (a token
+                                       budget B at B / mean span, so both kinds share one axis), one panel
+                                       per task and one for the average, a line per policy, the full cache
+                                       dashed
+  needle_<policy>_<budget>_<protocol>.png   the needle test's heat map, depth (%) x length, ReST-KV's style
+                                       (mean ROUGE-1 x 10 per cell, 0 red .. 10 green)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from .. import cli
+from ..eviction import FULL
+
+# run_needle_in_haystack.py's colour map (red, yellow, green)
+NEEDLE_COLOURS = ["#F0496E", "#EBB839", "#0CD79F"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _save(plt, fig, path: str) -> str:
+    with cli.atomic_write(path, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_plots(out: str, obj: dict) -> list[str]:
+    plt = _pyplot()
+    if plt is None:
+        return []
+    return _acc_vs_budget(plt, out, obj) + _needle_maps(plt, out, obj)
+
+
+def _fname(x) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(x))
+
+
+def _acc_vs_budget(plt, out: str, obj: dict) -> list[str]:
+    meta, rows = obj["meta"], obj["summary"]["rows"]
+    tasks = list(meta["tasks"])
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    written = []
+    for ctx in meta["lengths"]:
+        for proto in meta["protocols"]:
+            rs = [r for r in rows if r["ctx"] == ctx and r["protocol"] == proto]
+            if not rs:
+                continue
+            panels = tasks + (["avg"] if len(tasks) > 1 else [])
+            ncol = min(4, len(panels))
+            nrow = math.ceil(len(panels) / ncol)
+            fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
+            full = next((r for r in rs if r["policy"] == FULL), None)
+            policies = list(dict.fromkeys(r["policy"] for r in rs if r["policy"] != FULL))
+            for k, name in enumerate(panels):
+                ax = axes[k // ncol][k % ncol]
+
+                def value(r):
+                    s = r["avg"] if name == "avg" else r["tasks"].get(name)
+                    return None if s is None else 100 * s["mean"]
+
+                for p in policies:
+                    pts = sorted((r["budget_fraction"], value(r)) for r in rs
+                                 if r["policy"] == p and value(r) is not None and r["budget_fraction"])
+                    if pts:
+                        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=p)
+                if full is not None and value(full) is not None:
+                    ax.axhline(value(full), color="k", linestyle="--", linewidth=0.8, label="full cache")
+                ax.set_xscale("log")
+                xs = sorted({round(r["budget_fraction"], 3) for r in rs if r["budget_fraction"]})
+                ax.xaxis.set_major_locator(FixedLocator(xs))
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
+                ax.xaxis.set_minor_locator(NullLocator())
+                ax.tick_params(axis="x", labelsize=7, rotation=45)
+                ax.set_ylim(-3, 103)
+                ax.set_title("average" if name == "avg" else name, fontsize=10)
+                ax.set_xlabel("budget (fraction of the compressed span)", fontsize=8)
+                ax.set_ylabel("score x 100", fontsize=8)
+                ax.grid(True, which="both", alpha=0.3)
+            for k in range(len(panels), nrow * ncol):
+                axes[k // ncol][k % ncol].axis("off")
+            handles, labels = axes[0][0].get_legend_handles_labels()
+            if handles:
+                fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8)
+            fig.suptitle(f"{os.path.basename(meta['model'])}: {ctx} tokens, protocol {proto}", fontsize=11)
+            fig.tight_layout(rect=(0, 0.1 if nrow == 1 else 0.05, 1, 1))
+            written.append(_save(plt, fig, os.path.join(out, f"acc_vs_budget_{ctx}_{_fname(proto)}.png")))
+    return written
+
+
+def _needle_maps(plt, out: str, obj: dict) -> list[str]:
+    cells = [c for c in obj["summary"].get("needle") or [] if c["task"] == "needle"]
+    if not cells:
+        return []
+    from matplotlib.colors import LinearSegmentedColormap
+
+    cmap = LinearSegmentedColormap.from_list("restkv_needle", NEEDLE_COLOURS)
+    written = []
+    keys = list(dict.fromkeys((c["protocol"], c["policy"], c["budget"], c["task"]) for c in cells))
+    for proto, pol, b, task in keys:
+        cs = [c for c in cells if (c["protocol"], c["policy"], c["budget"], c["task"]) == (proto, pol, b, task)]
+        lengths = sorted({c["ctx"] for c in cs})
+        depths = sorted({c["depth"] for c in cs})
+        grid = [[float("nan")] * len(lengths) for _ in depths]
+        for c in cs:
+            grid[depths.index(c["depth"])][lengths.index(c["ctx"])] = 10 * c["mean"]
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(lengths) + 2.5), 0.45 * len(depths) + 1.8))
+        im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=10, aspect="auto", origin="upper")
+        ax.set_xticks(range(len(lengths)))
+        ax.set_xticklabels([str(n) for n in lengths], rotation=45 if len(lengths) > 6 else 0)
+        ax.set_yticks(range(len(depths)))
+        ax.set_yticklabels([f"{d:g}" for d in depths])
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("needle depth (%)")
+        for i in range(len(depths)):
+            for j in range(len(lengths)):
+                if not math.isnan(grid[i][j]):
+                    ax.text(j, i, f"{grid[i][j]:.1f}", ha="center", va="center", fontsize=7)
+        fig.colorbar(im, ax=ax, label="score (ROUGE-1 x 10)")
+        lab = FULL if pol == FULL else f"{pol}@{b:g}"
+        ax.set_title(f"{task}: {lab}, {proto}", fontsize=10)
+        fig.tight_layout()
+        name = f"needle_{_fname(pol)}_{b:g}_{_fname(proto)}.png"
+        written.append(_save(plt, fig, os.path.join(out, name)))
+    return written

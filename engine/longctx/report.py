@@ -1,0 +1,176 @@
+"""What the long-context evaluation reports: per (length, protocol, policy@budget) the mean score of each
+task and of all, with 95% intervals; the markdown tables; the CSV of the runs; the files of DIR.
+
+Intervals: the Wilson score interval on a mean score of n samples (exact for 0/1 scores: niah, passkey
+and most RULER tasks at one answer; an approximation for partial-credit scores: string_match_all over
+several answers, ROUGE-1). The average over tasks weighs the tasks equally (RULER's and kvpress's
+benchmark score) and gets the Wilson interval of its mean over all its samples (each task having the
+same number of samples, that is the pooled mean).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from typing import Optional
+
+from .. import cli
+from ..eviction import FULL, MASKING
+
+Z95 = 1.959963984540054
+
+# RULER's short column names (spec §5.4); other tasks keep their names
+SHORT = {"niah_single_1": "s1", "niah_single_2": "s2", "niah_single_3": "s3", "niah_multikey_1": "mk1",
+         "niah_multikey_2": "mk2", "niah_multikey_3": "mk3", "niah_multivalue": "mv", "niah_multiquery": "mq"}
+
+CSV_FIELDS = ["task", "ctx", "index", "protocol", "policy", "budget", "label", "budget_kind", "score", "prediction",
+              "answers", "metric", "depth", "n_prompt", "n_span", "n_rest", "kept_mean", "kept_min", "kept_max",
+              "kept_fraction", "evicted", "same_as_full", "n_generated", "stop_reason", "max_new_tokens",
+              "first_token_from", "sample_seed", "prefill_seconds", "prefill_shared", "compress_seconds",
+              "append_seconds", "decode_seconds", "decode_tokens_per_second", "seconds", "finished"]
+
+
+def wilson(mean: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """(low, high) of the Wilson score interval of a proportion `mean` observed over n trials."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = min(max(mean, 0.0), 1.0)
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if p == 0.0 else min(lo, p)), (1.0 if p == 1.0 else max(hi, p))  # exact ends, no rounding residue
+
+
+def stats(scores: list) -> dict:
+    n = len(scores)
+    mean = sum(scores) / n if n else float("nan")
+    lo, hi = wilson(mean, n)
+    return {"n": n, "mean": mean, "ci95_low": lo, "ci95_high": hi, "ci95_half": (hi - lo) / 2}
+
+
+def _order(configs) -> list[tuple]:
+    """(protocol, policy, budget) in the plan's order."""
+    return [(c.protocol, c.policy, c.budget) for c in configs]
+
+
+def summarize(runs: list[dict], meta: dict, configs) -> dict:
+    """{"rows": one per (ctx, protocol, policy@budget) with its tasks' and average stats, the KV kept and
+    the mean times; "needle": per (ctx, protocol, policy@budget, depth) the needle test's mean score}."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault((r["ctx"], r["protocol"], r["policy"], r["budget"]), []).append(r)
+    rows = []
+    tasks = list(meta["tasks"])
+    for ctx in meta["lengths"]:
+        for proto, pol, b in _order(configs):
+            rs = groups.get((ctx, proto, pol, b))
+            if not rs:
+                continue
+            per = {}
+            for t in tasks:
+                sc = [r["score"] for r in rs if r["task"] == t]
+                if sc:
+                    per[t] = stats(sc)
+            means = [s["mean"] for s in per.values()]
+            n_all = sum(s["n"] for s in per.values())
+            avg = sum(means) / len(means)
+            lo, hi = wilson(avg, n_all)
+            rows.append({
+                "ctx": ctx, "protocol": proto, "policy": pol, "budget": b, "label": rs[0]["label"],
+                "tasks": per, "avg": {"n_tasks": len(per), "n": n_all, "mean": avg, "ci95_low": lo, "ci95_high": hi,
+                                      "ci95_half": (hi - lo) / 2},
+                "complete": len(per) == len(tasks) and all(s["n"] == meta["samples"] for s in per.values()),
+                "n_span_mean": _mean(r["n_span"] for r in rs),
+                "kept_fraction_mean": _mean(r["kept_fraction"] for r in rs),
+                # the budget as a fraction of the span (a token budget: B / the mean span, at most 1)
+                "budget_fraction": 1.0 if pol == FULL or b == 1.0 else b if b < 1 else
+                min(1.0, b / _mean(r["n_span"] for r in rs)),
+                "kept_mean": _mean(r["kept_mean"] for r in rs),
+                "n_generated_mean": _mean(r["n_generated"] for r in rs),
+                "prefill_seconds_mean": _mean(r["prefill_seconds"] for r in rs),
+                "seconds_mean": _mean(r["seconds"] for r in rs),
+                "decode_tokens_per_second_mean": _mean(r["decode_tokens_per_second"] for r in rs),
+            })
+    needle = []
+    nd: dict = {}
+    for r in runs:
+        if r.get("depth") is not None:
+            key = (r["ctx"], r["protocol"], r["policy"], r["budget"], r["task"], r["depth"])
+            nd.setdefault(key, []).append(r["score"])
+    for (ctx, proto, pol, b, task, depth), sc in sorted(nd.items(), key=lambda kv: (kv[0][:2], str(kv[0][2:]))):
+        needle.append({"ctx": ctx, "protocol": proto, "policy": pol, "budget": b, "label": _label(pol, b),
+                       "task": task, "depth": depth, "n": len(sc), "mean": sum(sc) / len(sc)})
+    return {"rows": rows, "needle": needle, "interval": "Wilson score interval, 95%, on the mean score; avg: over "
+                                                        "the tasks, weighed equally"}
+
+
+def _label(policy: str, budget: float) -> str:
+    return FULL if policy == FULL else f"{policy}@{budget:g}"
+
+
+def _mean(xs) -> Optional[float]:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _pct(x: Optional[float]) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def tables(obj: dict, configs=None) -> str:
+    """One markdown table per (length, protocol): rows policy@budget, columns the tasks (mean score x 100),
+    their average with its 95% interval, the KV kept (mean fraction of the compressed span)."""
+    meta, rows = obj["meta"], obj["summary"]["rows"]
+    tasks = list(meta["tasks"])
+    model = os.path.basename(meta["model"])
+    out = []
+    for ctx in meta["lengths"]:
+        for proto in meta["protocols"]:
+            rs = [r for r in rows if r["ctx"] == ctx and r["protocol"] == proto]
+            if not rs:
+                continue
+            ns = sorted({s["n"] for r in rs for s in r["tasks"].values()})
+            nsamp = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+            out.append(f"**{ctx} tokens, protocol {proto}**: {model}, template {meta['template']['mode']}, seed "
+                       f"{meta['seed']}, {nsamp} sample(s) per task{' (partial)' if obj.get('partial') else ''}; "
+                       f"scores x 100; avg over {len(tasks)} task(s) +/- 95% interval (Wilson)\n")
+            cols = [SHORT.get(t, t) for t in tasks]
+            avg_name = f"avg{len(tasks)}" if len(tasks) > 1 else "avg"
+            out.append("| policy@budget | " + " | ".join(cols) + f" | {avg_name} | KV kept |")
+            out.append("|---|" + "---:|" * (len(cols) + 2))
+            for r in rs:
+                cells = [_pct(r["tasks"][t]["mean"]) if t in r["tasks"] else "–" for t in tasks]
+                a = r["avg"]
+                avg = f"{_pct(a['mean'])} ± {100 * a['ci95_half']:.1f}" + ("" if r["complete"] else "*")
+                kept = "100%" if r["policy"] == FULL else f"{100 * r['kept_fraction_mean']:.1f}%"
+                if r["policy"] in MASKING:
+                    kept += " (top-k attention)"
+                out.append(f"| {r['label']} | " + " | ".join(cells) + f" | {avg} | {kept} |")
+            if any(not r["complete"] for r in rs):
+                out.append("\n\\* not every task has all its samples yet")
+            out.append("")
+    return "\n".join(out)
+
+
+def _csv_value(k: str, v):
+    if k == "answers" and isinstance(v, list):
+        return " | ".join(str(x) for x in v)
+    return v
+
+
+def write_outputs(out: str, obj: dict, configs) -> list[str]:
+    """DIR/ruler.json, ruler.csv, ruler.md and the plots, each written whole or not at all."""
+    from . import plots
+
+    files = [os.path.join(out, "ruler.json"), os.path.join(out, "ruler.csv"), os.path.join(out, "ruler.md")]
+    cli.write_json(files[0], obj, indent=1)
+    with cli.atomic_write(files[1], newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in obj["runs"]:
+            w.writerow({k: _csv_value(k, r.get(k)) for k in CSV_FIELDS})
+    with cli.atomic_write(files[2]) as f:
+        f.write(tables(obj, configs))
+    return files + plots.write_plots(out, obj)

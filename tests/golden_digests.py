@@ -50,7 +50,7 @@ FORMAT = 1
 # --------------------------------------------------------------------------------------------
 
 TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
-REPACKABLE = ("Q4_0", "Q4_1", "Q8_0")  # src/repack.c: types with AVX2 packed kernels
+REPACKABLE = ("Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K")  # src/cpu/repack.c: types with AVX2 packed kernels
 
 TINY: dict[str, dict] = {f"t_{t}": dict(weight_type=t, seed=11) for t in TYPES}
 TINY.update({

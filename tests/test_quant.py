@@ -252,6 +252,22 @@ def test_activation_quantisation_is_ggml_exact(at):
     assert np.array_equal(probe_activations(at, x), expected_probes(at, x))
 
 
+@pytest.mark.parametrize("at", ref.ACT_TYPES, ids=ref.name)
+def test_activation_quants_stay_within_127(at):
+    """The packed kernels (quant_avx2_packed.c) sum Q5_0 and Q6_K products in i16 with no room
+    for an activation of -128 (eight |q - 16| <= 16 pairs: 32512; two 6-bit pairs: 32004): every
+    quantiser scales by amax / 127. Checked on the reference, which the C code matches bit for
+    bit (test_activation_quantisation_is_ggml_exact), with each block's extreme both signs."""
+    rng = np.random.default_rng(9)
+    x = np.concatenate([rounding_x(), random_x(4096, rng)])
+    x[rng.integers(0, x.size, 64)] *= -1  # outliers of both signs
+    blck, size = ref.FORMATS[at][1:]
+    b = np.frombuffer(ref.quantize(at, x), np.uint8).reshape(-1, size)
+    off = {ref.Q8_0: 2, ref.Q8_1: 4, ref.Q8_K: 4}[at]
+    q = np.ascontiguousarray(b[:, off:off + blck]).view(np.int8)
+    assert q.min() >= -127 and q.max() <= 127 and q.min() == -127  # the bound is reached, not passed
+
+
 def test_q8_0_reference_matches_gguf():
     # gguf-py's Q8_0 quantiser is documented bit-exact with GGML's reference
     x = rounding_x()

@@ -1,9 +1,10 @@
-"""Weights re-laid out at load (src/cpu/repack.c): with AVX2, Q4_0/Q4_1/Q8_0 matrices of a
-height divisible by 8 are stored as interleaved 8-row blocks and multiplied by the
-kernels of quant_avx2_packed.c. The bytes are the file's, moved; only the order of
-the float sums changes, so logits stay close to the row layout's (RK_REPACK=0, in a
-child process) without being equal. A tied embedding is looked up in the packed
-matrix (its rows moved back, then the type's own dequantisation)."""
+"""Weights re-laid out at load (src/cpu/repack.c): with AVX2, Q4_0/Q4_1/Q5_0/Q8_0 and
+Q4_K/Q5_K/Q6_K matrices of a height divisible by 8 are stored as interleaved 8-row blocks
+and multiplied by the kernels of quant_avx2_packed.c. The bytes are the file's, moved; only
+the order of the float sums changes, so logits stay close to the row layout's (RK_REPACK=0,
+in a child process) without being equal, and within float rounding of the exact (float64)
+dot products of tests/quant_ref.py. A tied embedding is looked up in the packed matrix (its
+rows moved back, then the type's own dequantisation)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,11 @@ import numpy as np
 import pytest
 
 import engine
+import quant_ref as ref
 from subproc import run_python_json
+from test_quant import accumulation_tol, random_row
+
+PACKED_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
 
 TOKENS = [1, 17, 250, 3, 99, 42, 42, 7, 300, 5, 12, 200, 64, 65, 66, 383, 0, 2, 150]
 
@@ -40,7 +45,7 @@ def logits(path: str, tokens, repack: bool) -> tuple[np.ndarray, int]:
     return np.array(out["logits"], np.float32), out["repacked"]
 
 
-@pytest.mark.parametrize("wtype", ["Q4_0", "Q4_1", "Q8_0"])
+@pytest.mark.parametrize("wtype", PACKED_TYPES)
 def test_repacked_close_to_row_layout(tiny_gguf, wtype):
     path = tiny_gguf(weight_type=wtype)  # tied: the embedding lookup reads the repacked rows
     packed, n_packed = logits(path, TOKENS, True)
@@ -68,7 +73,7 @@ def test_only_supported_shapes_and_types_are_repacked(tiny_gguf):
     sizes = matrix_bytes(path)
     with engine.Model(path) as m:
         assert m.repacked_bytes == sum(v for k, v in sizes.items() if k != "token_embd.weight")
-    with engine.Model(tiny_gguf(weight_type="Q4_K")) as m:
+    with engine.Model(tiny_gguf(weight_type="Q5_1")) as m:  # no packed kernels for Q5_1
         assert m.repacked_bytes == 0
 
 
@@ -85,3 +90,75 @@ def test_smollm2_repacked(smollm2, monkeypatch):
     assert n_packed == sum(matrix_bytes(smollm2).values()) and n_scalar == 0
     assert np.abs(packed - rows).max() <= 5e-2 * np.abs(rows).max()
     assert np.abs(packed - rows).mean() <= 1.5 * np.abs(scalar - rows).mean()
+
+
+def rmsnorm(x: np.ndarray) -> np.ndarray:
+    """rk_rmsnorm with unit weights, bit for bit: squares summed in double in order, then float32"""
+    total = 0.0
+    for v in x.astype(np.float64):
+        total += v * v
+    scale = np.float32(1) / np.sqrt(np.float32(total / x.size) + np.float32(1e-5))
+    return x.astype(np.float32) * scale
+
+
+def dot_probe(tmp_path, wtype: str, n_vocab: int, n_embd: int, tied: bool, seed: int):
+    """A 1-layer model whose logits are a matrix W of random wtype blocks (every bit pattern of
+    the quants, scales of both signs over three decades) times rmsnorm(token_embd[tok]): all
+    layer matrices are zero, norm weights one. Untied: W is output.weight, and the F32 embedding
+    has integers in -127..127 with +-127 first in every 32 (so each block's largest): the 8-bit
+    quantisation of the normalised row gives back those integers. Tied: W is token_embd as well,
+    so each token's row is looked up in the packed copy. Returns (path, W's rows, activations)."""
+    from gguf import GGUFReader
+    from test_quant import dequant
+    from tiny_gguf import write_tiny_llama
+
+    rng = np.random.default_rng(seed)
+    emb = rng.integers(-127, 128, (n_vocab, n_embd)).astype(np.float32)
+    emb[:, ::32] = rng.choice([-127.0, 127.0], (n_vocab, n_embd // 32))
+
+    def transform(name: str, arr: np.ndarray) -> np.ndarray:
+        if name.endswith("norm.weight"):
+            return np.ones_like(arr)
+        if name == "token_embd.weight" and not tied:
+            return emb
+        return np.zeros_like(arr)  # the layer's matrices; W is replaced below
+
+    path = tmp_path / f"probe_{wtype}_{tied}.gguf"
+    write_tiny_llama(path, weight_type="F32", n_vocab=n_vocab, n_embd=n_embd, n_ff=n_embd, n_layers=1,
+                     n_heads=4, n_kv_heads=4, tied=tied, embd_type=wtype if tied else "F32", output_type=wtype,
+                     seed=seed, _transform=transform)
+    t = getattr(ref, wtype)
+    rows = [random_row(t, n_embd, rng) for _ in range(n_vocab)]
+    name = "token_embd.weight" if tied else "output.weight"
+    w = next(x for x in GGUFReader(str(path)).tensors if x.name == name)
+    assert w.n_bytes == sum(map(len, rows))
+    with open(path, "r+b") as f:
+        f.seek(w.data_offset)
+        f.write(b"".join(rows))
+    # the looked-up rows as the engine's own dequantisation gives them (test_quant.py checks it)
+    x = np.stack([dequant(t, row) for row in rows]) if tied else emb
+    return str(path), rows, np.stack([rmsnorm(v) for v in x])
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["output", "tied"])
+@pytest.mark.parametrize("wtype", PACKED_TYPES)
+def test_packed_kernels_match_exact_dot_products(tmp_path, wtype, tied):
+    """Every logit of a probe model is one packed dot product: it must be the exact (float64)
+    value on the engine's own 8-bit activations up to float rounding (test_quant.py's bound for
+    the row kernels), and a token's logits the same bits whether it went through the kernels 4
+    tokens at a time (a prefill batch) or alone (a decode step)."""
+    t = getattr(ref, wtype)
+    n_embd = 768 if ref.FORMATS[t][1] == 256 else 160  # 3 super-blocks / 5 blocks per row
+    path, rows, act = dot_probe(tmp_path, wtype, n_vocab=392, n_embd=n_embd, tied=tied, seed=500 + t)
+    toks = list(range(3, 26))  # 5 groups of 4 tokens and 3 alone
+    with engine.Model(path, n_threads=2) as m:
+        assert m.repacked_bytes == len(rows) * len(rows[0])  # W, the only quantised matrix
+        with m.session(n_ctx=64) as s:
+            batch = s.eval(toks, logits="all")
+        with m.session(n_ctx=64) as s:
+            single = np.stack([s.eval([tok]) for tok in toks])
+    np.testing.assert_array_equal(batch, single)
+    for i, tok in enumerate(toks):
+        for r in range(0, len(rows), 7):  # a spread of rows: every lane of the 8-row groups
+            want, mag = ref.vec_dot(t, rows[r], act[tok])
+            assert abs(batch[i, r] - want) <= accumulation_tol(n_embd, mag), (wtype, tok, r, batch[i, r], want)

@@ -704,7 +704,11 @@ static void init_kernels(void) {
         t[RK_TYPE_Q8_K].from_float = rk_avx2_from_float_q8_K;
         t[RK_TYPE_Q4_0].vec_dot_packed = rk_avx2_vec_dot_packed_q4_0;
         t[RK_TYPE_Q4_1].vec_dot_packed = rk_avx2_vec_dot_packed_q4_1;
+        t[RK_TYPE_Q5_0].vec_dot_packed = rk_avx2_vec_dot_packed_q5_0;
         t[RK_TYPE_Q8_0].vec_dot_packed = rk_avx2_vec_dot_packed_q8_0;
+        t[RK_TYPE_Q4_K].vec_dot_packed = rk_avx2_vec_dot_packed_q4_K;
+        t[RK_TYPE_Q5_K].vec_dot_packed = rk_avx2_vec_dot_packed_q5_K;
+        t[RK_TYPE_Q6_K].vec_dot_packed = rk_avx2_vec_dot_packed_q6_K;
 #endif
     }
     const char *env = getenv("RK_CPU"); /* "scalar": test the portable fallback */

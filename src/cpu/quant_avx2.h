@@ -99,7 +99,11 @@ void rk_avx2_vec_dot_tile_q6_K(int64_t n, int nr, float *s, size_t bs, const voi
 /* 8 repacked rows x nt tokens (rk_vec_dot_packed_fn, quant_avx2_packed.c) */
 void rk_avx2_vec_dot_packed_q4_0(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
 void rk_avx2_vec_dot_packed_q4_1(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
+void rk_avx2_vec_dot_packed_q5_0(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
 void rk_avx2_vec_dot_packed_q8_0(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
+void rk_avx2_vec_dot_packed_q4_K(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
+void rk_avx2_vec_dot_packed_q5_K(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
+void rk_avx2_vec_dot_packed_q6_K(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
 
 /* attention blocks (att_kernels in attention.c, attention_avx2.c) */
 void rk_avx2_dot_block(int n, int nk, const float *k, const float *q, float *out);

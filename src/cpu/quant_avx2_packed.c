@@ -3,9 +3,11 @@
  * repack.h. Lane r of every vector belongs to weight row r of the group: the
  * quants of a 4-byte chunk meet a broadcast of the matching 4 activation
  * bytes (maddubs, then madd: exact integer sums, as in quant_avx2.c), and each
- * block ends with one f32 multiply-add per lane. One token and RK_DOT_ROWS
- * tokens run the same per-lane operations in the same order, so a token's
- * outputs do not depend on how a batch is split.
+ * block ends with one f32 multiply-add per lane (K-quants: two, with the mins).
+ * One token and RK_DOT_ROWS tokens run the same per-lane operations in the same
+ * order, so a token's outputs do not depend on how a batch is split. Zen 1 runs
+ * one 256-bit maddubs/madd per two cycles: the K-quant kernels sum as many
+ * chunks in i16 as the bounds allow before the madd that applies the scale.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -21,6 +23,19 @@
 #include "repack.h"
 
 #define INLINE static inline __attribute__((always_inline))
+
+/* Unroll counts for the K-quant chunk loops (GCC 12). Fully unrolled, GCC reassociates their
+ * integer sums into trees and computes all products first, spilling them to the stack; not
+ * unrolled, it copies each accumulator once per step (a loop-exit artefact). The counts below
+ * avoid both (measured: callgrind instructions per block and time on one core, the packed Q4_K
+ * kernel 8% faster for 4 tokens, Q6_K 8% for 4 tokens and 20% for one). Q5_0's four chunks run
+ * fastest fully unrolled. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define PRAGMA(x) _Pragma(#x)
+#define UNROLL(n) PRAGMA(GCC unroll n)
+#else
+#define UNROLL(n)
+#endif
 
 INLINE __m256i load256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 /* 4 activation bytes at p, in every lane */
@@ -108,6 +123,78 @@ INLINE void q4_0x8(int64_t n, const int nt, float *s, size_t ss, const blk_q4_0x
     for (int t = 0; t < nt; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
 }
 
+/* pshufb controls CTL(k0, k1, k2, k3): in every 32-bit lane, byte i of the result is byte
+ * k_i of the same lane, or 0 where k_i < 0 */
+#define SEL(r, k) ((k) < 0 ? 0x80 : 4 * (r) + (k))
+#define LANE(r, k0, k1, k2, k3) SEL(r, k0), SEL(r, k1), SEL(r, k2), SEL(r, k3)
+#define CTL(k0, k1, k2, k3)                                                                                 \
+    {LANE(0, k0, k1, k2, k3), LANE(1, k0, k1, k2, k3), LANE(2, k0, k1, k2, k3), LANE(3, k0, k1, k2, k3),   \
+     LANE(0, k0, k1, k2, k3), LANE(1, k0, k1, k2, k3), LANE(2, k0, k1, k2, k3), LANE(3, k0, k1, k2, k3)}
+/* byte k repeated in the whole lane */
+static _Alignas(32) const uint8_t ctl_rep[4][32] = {CTL(0, 0, 0, 0), CTL(1, 1, 1, 1), CTL(2, 2, 2, 2), CTL(3, 3, 3, 3)};
+/* i16 pair (byte k, byte k), zero-extended: a 6-bit scale for madd against two i16 sums */
+static _Alignas(32) const uint8_t ctl_same[4][32] = {CTL(0, -1, 0, -1), CTL(1, -1, 1, -1), CTL(2, -1, 2, -1),
+                                                     CTL(3, -1, 3, -1)};
+/* i16 pair (byte 2k, byte 2k + 1), zero-extended */
+static _Alignas(32) const uint8_t ctl_next[2][32] = {CTL(0, -1, 1, -1), CTL(2, -1, 3, -1)};
+/* as ctl_same / ctl_next with the bytes in the high half of each i16, for sign extension */
+static _Alignas(32) const uint8_t ctl_same_hi[4][32] = {CTL(-1, 0, -1, 0), CTL(-1, 1, -1, 1), CTL(-1, 2, -1, 2),
+                                                        CTL(-1, 3, -1, 3)};
+static _Alignas(32) const uint8_t ctl_next_hi[2][32] = {CTL(-1, 0, -1, 1), CTL(-1, 2, -1, 3)};
+#undef CTL
+#undef LANE
+#undef SEL
+
+INLINE __m256i shuffle(__m256i v, const uint8_t ctl[32]) { return _mm256_shuffle_epi8(v, load256(ctl)); }
+/* the int8 bytes picked by a *_hi control, sign-extended to i16 */
+INLINE __m256i shuffle_s8(__m256i v, const uint8_t ctl[32]) { return _mm256_srai_epi16(shuffle(v, ctl), 8); }
+
+/* Q5_0's fifth bits for the 4 elements of lane r in a chunk: byte i = 0xFF where bit
+ * 4 nib + i of byte k of qh's lane r is set (elements 4c..4c+3 are bits 4c..4c+3 of the
+ * u32: byte c / 2, nibble c % 2; elements 16 + 4c.. two bytes further on) */
+INLINE __m256i fifth_bits(__m256i qh, int k, int nib) {
+    const __m256i bit = _mm256_set1_epi32(nib ? (int)0x80402010 : 0x08040201);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(shuffle(qh, ctl_rep[k]), bit), bit);
+}
+
+/* y[t][r] = sum_b d_w[r] d_a[t] sum((q - 16) a)  (Q5_0 x Q8_0) */
+INLINE void q5_0x8(int64_t n, const int nt, float *s, size_t ss, const blk_q5_0x8 *w, const uint8_t *a,
+                   size_t as) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), hi4 = _mm256_set1_epi8((char)0xF0), ones = _mm256_set1_epi16(1);
+    __m256 acc[RK_DOT_ROWS];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK; b++) {
+        __m256i sum[RK_DOT_ROWS];
+        prefetch_ahead(w + b, sizeof w[b]);
+        for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_si256();
+        const __m256i qh = load256(w[b].qh);
+        for (int c = 0; c < 4; c++) {
+            const __m256i q = load256(w[b].qs + 32 * c);
+            /* a clear fifth bit means q - 16 < 0: OR-ing 0xF0 into the nibble gives that value as int8 */
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4),
+                                               _mm256_andnot_si256(fifth_bits(qh, c / 2, c % 2), hi4));
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                                               _mm256_andnot_si256(fifth_bits(qh, 2 + c / 2, c % 2), hi4));
+            const __m256i alo = _mm256_sign_epi8(lo, lo), ahi = _mm256_sign_epi8(hi, hi);
+            for (int t = 0; t < nt; t++) {
+                const blk_q8_0 *x = (const blk_q8_0 *)(a + (size_t)t * as) + b;
+                /* |q - 16| <= 16 and |a| <= 127 (Q8_0 scales by amax / 127): pairs <= 4064,
+                 * eight of them (4 chunks, low and high) still inside i16 */
+                const __m256i pl = _mm256_maddubs_epi16(alo, _mm256_sign_epi8(bcast4(x->qs + 4 * c), lo));
+                const __m256i ph = _mm256_maddubs_epi16(ahi, _mm256_sign_epi8(bcast4(x->qs + 16 + 4 * c), hi));
+                sum[t] = _mm256_add_epi16(sum[t], _mm256_add_epi16(pl, ph));
+            }
+        }
+        const __m256 dw = cvt8h(w[b].d);
+        for (int t = 0; t < nt; t++) {
+            const __m128 ds = halves2((const blk_q8_0 *)(a + (size_t)t * as) + b);
+            const __m256 isum = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum[t], ones));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcastss_ps(ds)), isum, acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
+}
+
 /* y[t][r] = sum_b d_w[r] d_a[t] sum(q a)  (Q8_0 x Q8_0) */
 INLINE void q8_0x8(int64_t n, const int nt, float *s, size_t ss, const blk_q8_0x8 *w, const uint8_t *a,
                    size_t as) {
@@ -137,6 +224,168 @@ INLINE void q8_0x8(int64_t n, const int nt, float *s, size_t ss, const blk_q8_0x
     for (int t = 0; t < nt; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
 }
 
+/* ---- K-quants against Q8_K: 256-element super-blocks, f32 activation scale, and bsums
+ * (sums of 16 activations) for the terms that do not depend on the weight's quants ---- */
+
+#define Q8K(t) ((const blk_q8_K *)(a + (size_t)(t) * as) + b)
+
+/* The 8 rows' 6-bit (scale, min) pairs of a q4_K/q5_K block, k_scale_min on 8 lanes at once:
+ * lane r of sc[0] holds row r's scales 0-3 (one byte each), sc[1] scales 4-7, mn the mins.
+ * Scales/mins 0-3 are the low 6 bits of bytes 0-3/4-7 (chunks 0 and 1); 4-7 keep their low 4
+ * bits in the nibbles of bytes 8-11 (chunk 2) and their top 2 in the top bits of 0-3/4-7. */
+INLINE void k_scales8(const uint8_t *p, __m256i sc[2], __m256i mn[2]) {
+    const __m256i c0 = load256(p), c1 = load256(p + 32), c2 = load256(p + 64);
+    const __m256i m6 = _mm256_set1_epi8(63), m4 = _mm256_set1_epi8(0x0F), top = _mm256_set1_epi8(0x30);
+    sc[0] = _mm256_and_si256(c0, m6);
+    mn[0] = _mm256_and_si256(c1, m6);
+    sc[1] = _mm256_or_si256(_mm256_and_si256(c2, m4), _mm256_and_si256(_mm256_srli_epi16(c0, 2), top));
+    mn[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(c2, 4), m4),
+                            _mm256_and_si256(_mm256_srli_epi16(c1, 2), top));
+}
+
+/* lane r: sum_j mn_j[r] (bsums[2j] + bsums[2j+1]) (the activations' sum over sub-block j) */
+INLINE __m256i k_mins8(const __m256i mn[2], const blk_q8_K *x) {
+    const __m256i bs = load256(x->bsums);
+    const __m128i sub = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1)); /* 8 sums */
+    __m256i m = _mm256_setzero_si256();
+    for (int k = 0; k < 4; k++) { /* sub-blocks 2k and 2k + 1: one madd */
+        const __m256i pair = _mm256_broadcastd_epi32(_mm_shuffle_epi32(sub, k * 0x55));
+        m = _mm256_add_epi32(m, _mm256_madd_epi16(shuffle(mn[k / 2], ctl_next[k % 2]), pair));
+    }
+    return m;
+}
+
+/* bit `bit` of each byte of h moved to bit 4, the rest cleared (q5_K's fifth bit) */
+INLINE __m256i bit_to_4(__m256i h, int bit) {
+    const __m256i v = bit < 4 ? _mm256_slli_epi16(h, 4 - bit) : bit > 4 ? _mm256_srli_epi16(h, bit - 4) : h;
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
+/* y[t][r] = sum_b d_a[t] (d_w[r] sum_j sc_j[r] sum(q a) - dmin_w[r] sum_j mn_j[r] sum(a))
+ * (Q4_K or, with the fifth bits of qh, Q5_K x Q8_K). Group g of 64 elements is chunks
+ * 8g..8g+7: low nibbles sub-block 2g, high nibbles 2g + 1. */
+INLINE void q45_Kx8(int64_t n, const int nt, const int five, float *s, size_t ss, const void *vw,
+                    const uint8_t *a, size_t as) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const size_t bytes = five ? sizeof(blk_q5_Kx8) : sizeof(blk_q4_Kx8);
+    __m256 acc[RK_DOT_ROWS];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        /* the layouts agree up to the scales; q5_K then has qh before qs */
+        const uint8_t *blk = (const uint8_t *)vw + (size_t)b * bytes;
+        const blk_q4_Kx8 *w4 = (const blk_q4_Kx8 *)blk;
+        const blk_q5_Kx8 *w5 = (const blk_q5_Kx8 *)blk;
+        const uint8_t *qs = five ? w5->qs : w4->qs;
+        prefetch_ahead(blk, bytes);
+        __m256i sc[2], mn[2];
+        k_scales8(w4->scales, sc, mn);
+        const __m256 dw = cvt8h(w4->d), mw = cvt8h(w4->dmin);
+        /* the mins first: mn is then free before the main loop */
+        for (int t = 0; t < nt; t++) {
+            const __m256 da = _mm256_set1_ps(Q8K(t)->d);
+            acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(mw, da), _mm256_cvtepi32_ps(k_mins8(mn, Q8K(t))), acc[t]);
+        }
+        __m256i isum[RK_DOT_ROWS];
+        for (int t = 0; t < nt; t++) isum[t] = _mm256_setzero_si256();
+        for (int g = 0; g < 4; g++) {
+            const __m256i sc_lo = shuffle(sc[g / 2], ctl_same[(2 * g) % 4]);
+            const __m256i sc_hi = shuffle(sc[g / 2], ctl_same[(2 * g + 1) % 4]);
+            /* u4 x s8 pairs <= 3810: the 8 chunks' sums fit i16; u5 pairs <= 7874: 4 chunks. The low
+             * and the high nibbles in passes of their own: 4 accumulators live, not 8 (with 8, GCC
+             * spills one and copies the others each step) */
+            const int run = five ? 4 : 8;
+            for (int nib = 0; nib < 2; nib++)
+                for (int c0 = 0; c0 < 8; c0 += run) {
+                    __m256i sum[RK_DOT_ROWS];
+                    for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_si256();
+                    UNROLL(4)
+                    for (int c = c0; c < c0 + run; c++) {
+                        const __m256i q = load256(qs + 256 * g + 32 * c);
+                        __m256i v = _mm256_and_si256(nib ? _mm256_srli_epi16(q, 4) : q, m4);
+                        if (five) v = _mm256_or_si256(v, bit_to_4(load256(w5->qh + 32 * c), 2 * g + nib));
+                        for (int t = 0; t < nt; t++) {
+                            const int8_t *x = Q8K(t)->qs + 64 * g + 32 * nib + 4 * c;
+                            sum[t] = _mm256_add_epi16(sum[t], _mm256_maddubs_epi16(v, bcast4(x)));
+                        }
+                    }
+                    const __m256i scale = nib ? sc_hi : sc_lo;
+                    for (int t = 0; t < nt; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(sum[t], scale));
+                }
+        }
+        for (int t = 0; t < nt; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(Q8K(t)->d)), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+    }
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
+}
+
+INLINE void q4_Kx8(int64_t n, const int nt, float *s, size_t ss, const void *w, const uint8_t *a, size_t as) {
+    q45_Kx8(n, nt, 0, s, ss, w, a, as);
+}
+INLINE void q5_Kx8(int64_t n, const int nt, float *s, size_t ss, const void *w, const uint8_t *a, size_t as) {
+    q45_Kx8(n, nt, 1, s, ss, w, a, as);
+}
+
+/* lane r: 32 sum_j sc_j[r] bsums[j] over the 16 sub-blocks: q6_K's quants are stored as
+ * q + 32 in 0..63, which maddubs takes unsigned; this is the offset to take back out */
+INLINE __m256i q6_offset8(const __m256i sc[4], const blk_q8_K *x) {
+    __m256i m = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j++) { /* sub-blocks 2j and 2j + 1: one madd */
+        int32_t pair;
+        memcpy(&pair, x->bsums + 2 * j, 4);
+        m = _mm256_add_epi32(m, _mm256_madd_epi16(shuffle_s8(sc[j / 2], ctl_next_hi[j % 2]), _mm256_set1_epi32(pair)));
+    }
+    return _mm256_slli_epi32(m, 5);
+}
+
+/* the 6-bit quants (q + 32) of chunk k (elements 4k..4k+3 of the 32) of group m in half h, 8 rows */
+INLINE __m256i q6_chunk(const blk_q6_Kx8 *w, int h, int m, int k) {
+    const __m256i l = load256(w->ql + 32 * (16 * h + 8 * (m % 2) + k)), qh = load256(w->qh + 32 * (8 * h + k));
+    const __m256i nib = _mm256_and_si256(m < 2 ? l : _mm256_srli_epi16(l, 4), _mm256_set1_epi8(0x0F));
+    /* bits 2m, 2m+1 of each qh byte to bits 4, 5 */
+    const __m256i top = m < 2 ? _mm256_slli_epi16(qh, 4 - 2 * m) : m > 2 ? _mm256_srli_epi16(qh, 2) : qh;
+    return _mm256_or_si256(nib, _mm256_and_si256(top, _mm256_set1_epi8(0x30)));
+}
+
+/* y[t][r] = sum_b d_w[r] d_a[t] sum_j sc_j[r] sum((q - 32) a)  (Q6_K x Q8_K). In each half h
+ * of 128 elements, element 32m + l (m = 0..3, l = 0..31) takes nibble m / 2 of ql byte
+ * 64h + 32(m % 2) + l and bits 2m, 2m+1 of qh byte 32h + l; sub-block j = 8h + 2m + l / 16. */
+INLINE void q6_Kx8(int64_t n, const int nt, float *s, size_t ss, const void *vw, const uint8_t *a, size_t as) {
+    const blk_q6_Kx8 *w = vw;
+    __m256 acc[RK_DOT_ROWS];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        prefetch_ahead(w + b, sizeof w[b]);
+        __m256i sc[4], isum[RK_DOT_ROWS];
+        for (int k = 0; k < 4; k++) sc[k] = load256(w[b].scales + 32 * k); /* lane r: row r's scales 4k..4k+3 */
+        for (int t = 0; t < nt; t++) isum[t] = _mm256_sub_epi32(_mm256_setzero_si256(), q6_offset8(sc, Q8K(t)));
+        for (int h = 0; h < 2; h++)
+            UNROLL(4)
+            for (int m = 0; m < 4; m++)
+                UNROLL(2)
+                for (int half = 0; half < 2; half++) {
+                    /* lane r: row r's scale of sub-block 8h + 2m + half, in both i16 */
+                    const __m256i scj = shuffle_s8(sc[2 * h + m / 2], ctl_same_hi[2 * (m % 2) + half]);
+                    UNROLL(1)
+                    for (int k = 4 * half; k < 4 * half + 4; k += 2) { /* chunks k, k + 1 of the 8 in 32 bytes */
+                        const __m256i q0 = q6_chunk(&w[b], h, m, k), q1 = q6_chunk(&w[b], h, m, k + 1);
+                        for (int t = 0; t < nt; t++) {
+                            const int8_t *x = Q8K(t)->qs + 128 * h + 32 * m + 4 * k;
+                            /* u6 x s8 pairs <= 16002: two of them inside i16 */
+                            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(q0, bcast4(x)),
+                                                               _mm256_maddubs_epi16(q1, bcast4(x + 4)));
+                            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, scj));
+                        }
+                    }
+                }
+        const __m256 dw = cvt8h(w[b].d);
+        for (int t = 0; t < nt; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(Q8K(t)->d)), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+    }
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
+}
+
+#undef Q8K
+
 /* nt = RK_DOT_ROWS in one pass; any other count token by token (the same bits) */
 #define PACKED_ENTRY(name, kernel, blk)                                                                   \
     void name(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as) {          \
@@ -149,6 +398,10 @@ INLINE void q8_0x8(int64_t n, const int nt, float *s, size_t ss, const blk_q8_0x
 
 PACKED_ENTRY(rk_avx2_vec_dot_packed_q4_0, q4_0x8, blk_q4_0x8)
 PACKED_ENTRY(rk_avx2_vec_dot_packed_q4_1, q4_1x8, blk_q4_1x8)
+PACKED_ENTRY(rk_avx2_vec_dot_packed_q5_0, q5_0x8, blk_q5_0x8)
 PACKED_ENTRY(rk_avx2_vec_dot_packed_q8_0, q8_0x8, blk_q8_0x8)
+PACKED_ENTRY(rk_avx2_vec_dot_packed_q4_K, q4_Kx8, void)
+PACKED_ENTRY(rk_avx2_vec_dot_packed_q5_K, q5_Kx8, void)
+PACKED_ENTRY(rk_avx2_vec_dot_packed_q6_K, q6_Kx8, void)
 
 #endif

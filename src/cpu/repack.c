@@ -15,37 +15,48 @@ static int repack_enabled(void) {
     return !(env && strcmp(env, "0") == 0);
 }
 
-int rk_repack_supported(const rk_weight *w) {
-    const rk_type_traits *tr = rk_get_type_traits(w->type);
-    return tr && tr->vec_dot_packed && w->n_out % RK_PACK_ROWS == 0 && w->n_in % QK == 0 && repack_enabled();
-}
-
-/* The three layouts are one pattern: a file block is H halves (d, or d and m) then Q bytes
- * of quants; its packed form puts half k of row r at halves[8 k + r] and quant bytes 4c..4c+3
- * of row r at qs[32 c + 4 r]. */
-typedef struct { int halves, qs; } block_shape;
+/* The layouts are one pattern: a file block is a run of `halves` f16 fields at byte
+ * `h_off` and `qs` other bytes at `q_off` (Q6_K: its quants first, d last); its packed
+ * form puts half k of row r at halves[8 k + r], then byte run bytes 4c..4c+3 of row r
+ * at [32 c + 4 r]. */
+typedef struct { int h_off, halves, q_off, qs; } block_shape;
 
 static block_shape shape_of(int32_t type) {
-    return type == RK_TYPE_Q4_1 ? (block_shape){2, QK / 2} : type == RK_TYPE_Q4_0 ? (block_shape){1, QK / 2}
-                                                                                    : (block_shape){1, QK};
+    switch (type) {
+    case RK_TYPE_Q4_0: return (block_shape){0, 1, 2, QK / 2};
+    case RK_TYPE_Q4_1: return (block_shape){0, 2, 4, QK / 2};
+    case RK_TYPE_Q5_0: return (block_shape){0, 1, 2, 4 + QK / 2};
+    case RK_TYPE_Q4_K: return (block_shape){0, 2, 4, 12 + QK_K / 2};
+    case RK_TYPE_Q5_K: return (block_shape){0, 2, 4, 12 + QK_K / 8 + QK_K / 2};
+    case RK_TYPE_Q6_K: return (block_shape){QK_K / 2 + QK_K / 4 + QK_K / 16, 1, 0, QK_K / 2 + QK_K / 4 + QK_K / 16};
+    default: return (block_shape){0, 1, 2, QK}; /* Q8_0 */
+    }
 }
 
 /* row r's block: from the file layout into a packed block (to_packed), or back */
 static void move_block(block_shape sh, uint8_t *dst, const uint8_t *src, int r, int to_packed) {
-    const size_t ph = 2 * RK_PACK_ROWS * (size_t)sh.halves, fh = 2 * (size_t)sh.halves; /* where the quants start */
+    const size_t ph = 2 * RK_PACK_ROWS * (size_t)sh.halves; /* where the packed chunks start */
     for (int k = 0; k < sh.halves; k++) {
-        const size_t p = 2 * ((size_t)RK_PACK_ROWS * k + r), f = 2 * (size_t)k;
+        const size_t p = 2 * ((size_t)RK_PACK_ROWS * k + r), f = (size_t)sh.h_off + 2 * (size_t)k;
         memcpy(dst + (to_packed ? p : f), src + (to_packed ? f : p), 2);
     }
     for (int c = 0; c < sh.qs / 4; c++) {
-        const size_t p = ph + 32 * (size_t)c + 4 * (size_t)r, f = fh + 4 * (size_t)c;
+        const size_t p = ph + 32 * (size_t)c + 4 * (size_t)r, f = (size_t)sh.q_off + 4 * (size_t)c;
         memcpy(dst + (to_packed ? p : f), src + (to_packed ? f : p), 4);
     }
 }
 
+int rk_repack_supported(const rk_weight *w) {
+    const rk_type_traits *tr = rk_get_type_traits(w->type);
+    if (!tr || !tr->vec_dot_packed || w->n_out % RK_PACK_ROWS || w->n_in % tr->blck || !repack_enabled()) return 0;
+    const block_shape sh = shape_of(w->type);
+    return 2 * sh.halves + sh.qs == tr->type_size; /* a kernel without its shape here stays unpacked */
+}
+
 void rk_repack(const rk_weight *w, void *dst) {
     const block_shape sh = shape_of(w->type);
-    const size_t bs = (size_t)rk_get_type_traits(w->type)->type_size, nb = (size_t)(w->n_in / QK);
+    const rk_type_traits *tr = rk_get_type_traits(w->type);
+    const size_t bs = (size_t)tr->type_size, nb = (size_t)(w->n_in / tr->blck);
     for (int64_t row = 0; row < w->n_out; row++) {
         const uint8_t *src = (const uint8_t *)w->data + (size_t)row * w->row_bytes;
         uint8_t *group = (uint8_t *)dst + (size_t)(row / RK_PACK_ROWS) * RK_PACK_ROWS * w->row_bytes;
@@ -57,12 +68,13 @@ void rk_repack(const rk_weight *w, void *dst) {
 void rk_packed_row_to_float(const rk_weight *w, int64_t row, float *dst) {
     const rk_type_traits *tr = rk_get_type_traits(w->type);
     const block_shape sh = shape_of(w->type);
-    const size_t bs = (size_t)tr->type_size, nb = (size_t)(w->n_in / QK);
+    const size_t bs = (size_t)tr->type_size, nb = (size_t)(w->n_in / tr->blck);
     const uint8_t *group = (const uint8_t *)w->packed + (size_t)(row / RK_PACK_ROWS) * RK_PACK_ROWS * w->row_bytes;
-    _Alignas(8) uint8_t blk[64]; /* one block in the file layout (at most 34 bytes), then the type's own dequantisation */
+    /* one block in the file layout (at most 210 bytes), then the type's own dequantisation */
+    _Alignas(8) uint8_t blk[256];
     for (size_t b = 0; b < nb; b++) {
         move_block(sh, blk, group + b * RK_PACK_ROWS * bs, (int)(row % RK_PACK_ROWS), 0);
-        tr->to_float(blk, dst + b * QK, QK);
+        tr->to_float(blk, dst + b * (size_t)tr->blck, tr->blck);
     }
 }
 

@@ -399,6 +399,10 @@ int main(int argc, char **argv) {
     test_embed(RK_TYPE_Q4_1, 128, 64);
     test_embed(RK_TYPE_Q8_0, 128, 64);
     test_embed(RK_TYPE_Q6_K, 256, 24);
+    /* the other packed layouts: a tied matrix is looked up in its packed rows */
+    test_embed(RK_TYPE_Q5_0, 128, 64);
+    test_embed(RK_TYPE_Q4_K, 256, 24);
+    test_embed(RK_TYPE_Q5_K, 256, 16);
     test_elementwise();
     const att_shape shapes[] = {{6, 2, 64, 160, RK_TYPE_F16}, {6, 2, 64, 160, RK_TYPE_F32}, {4, 4, 20, 96, RK_TYPE_F16},
                                 {9, 3, 64, 600, RK_TYPE_F16}};

@@ -249,7 +249,9 @@ INLINE __m256i k_mins8(const __m256i mn[2], const blk_q8_K *x) {
     const __m128i sub = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1)); /* 8 sums */
     __m256i m = _mm256_setzero_si256();
     for (int k = 0; k < 4; k++) { /* sub-blocks 2k and 2k + 1: one madd */
-        const __m256i pair = _mm256_broadcastd_epi32(_mm_shuffle_epi32(sub, k * 0x55));
+        /* lane k of sub in every lane (vpermd takes k from a register: _mm_shuffle_epi32 needs an
+         * immediate, which only an unrolled loop gives, and -O0/-O2 builds do not unroll it) */
+        const __m256i pair = _mm256_permutevar8x32_epi32(_mm256_castsi128_si256(sub), _mm256_set1_epi32(k));
         m = _mm256_add_epi32(m, _mm256_madd_epi16(shuffle(mn[k / 2], ctl_next[k % 2]), pair));
     }
     return m;

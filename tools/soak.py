@@ -79,8 +79,10 @@ def soak(model, stream_tokens: np.ndarray, n_tokens: int, budget: int, policy: s
             "budget": budget, "slack": slack, "policy": policy, "piece": piece}
 
 
-def verdict(res: dict, tolerance: float = 0.05) -> list[str]:
-    """What failed: growth of KV or RSS after the warm-up tenth, a slowdown, non-finite values."""
+def verdict(res: dict, tolerance: float = 0.05, speed: bool = True) -> list[str]:
+    """What failed: growth of KV or RSS after the warm-up tenth, a slowdown (speed=False leaves it
+    out: a short soak's tenths last milliseconds, and their rates say more about the machine's
+    load than about the engine), non-finite values."""
     rows = res["rows"]
     problems = []
     if res["non_finite"]:
@@ -98,7 +100,7 @@ def verdict(res: dict, tolerance: float = 0.05) -> list[str]:
         hi = max(r["kv_bytes_used"] for r in rows)
         if hi > base["kv_bytes_alloc"]:
             problems.append(f"kv_bytes_used reached {hi}, above the {base['kv_bytes_alloc']} allocated")
-        if rows[-1]["tokens_per_second"] < 0.5 * rows[1]["tokens_per_second"]:
+        if speed and rows[-1]["tokens_per_second"] < 0.5 * rows[1]["tokens_per_second"]:
             problems.append(f"tokens/s fell from {rows[1]['tokens_per_second']:.0f} to "
                             f"{rows[-1]['tokens_per_second']:.0f}")
     return problems

@@ -142,6 +142,34 @@ def check_budget(budget) -> float:
     return b
 
 
+# ---------------------------------------------------------------- comma lists
+
+def parse_list(text: str, what: str) -> list[str]:
+    """--what a,b,c: the stripped, non-empty items."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise UsageError(f"--{what}: empty list")
+    return items
+
+
+def distinct(values, check: Callable, what: str) -> list:
+    """Each value through check (which returns it normalised or raises), the repeats dropped, in order;
+    nothing left is an error (the lists of tools: --budgets, --policies, --lengths, --protocol)."""
+    out = []
+    for v in values:
+        v = check(v)
+        if v not in out:
+            out.append(v)
+    if not out:
+        raise UsageError(f"{what}: none given")
+    return out
+
+
+def parse_budgets(text: str) -> list[float]:
+    """--budgets 1,0.5,256: each checked as --budget is, the repeats dropped."""
+    return distinct(parse_list(text, "budgets"), check_budget, "--budgets")
+
+
 # ---------------------------------------------------------------- input files
 
 def check_input(path: str, what: str = "file") -> str:

@@ -13,6 +13,7 @@ from dataclasses import fields, replace
 from typing import Optional
 
 from ..cli import check_budget  # noqa: F401  (re-exported: the budget check of the library and the tools)
+from ..cli import distinct, parse_budgets, parse_list  # noqa: F401  (parse_budgets re-exported for the tools)
 from ..errors import EngineError
 from ..eviction import FULL, NON_EVICTING, cli_options
 
@@ -30,6 +31,16 @@ def check_policy(policy: str) -> str:
     if policy not in known:
         raise EngineError(f"unknown policy {policy!r} (known: {', '.join(known)})")
     return policy
+
+
+def parse_policies(text: str, include_full: bool = False) -> list[str]:
+    """--policies: a comma list of the C registry's names (repeats dropped), or 'all' (every policy; the
+    full cache only with include_full: a sweep runs it once as its budget-1 run)."""
+    from ..eviction import policies
+
+    if text.strip() == "all":
+        return [p for p in policies() if include_full or p != FULL]
+    return distinct(parse_list(text, "policies"), check_policy, "--policies")
 
 
 def budget_tokens(budget: float, n: int) -> int:

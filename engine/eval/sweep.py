@@ -42,8 +42,8 @@ from .. import cli
 from ..errors import EngineError
 from ..eviction import FULL, NON_EVICTING, Eviction
 from . import lambada as lam
-from .options import (EXIT_HELP, PROTOCOLS, add_eviction_args, check_budget, check_policy, eviction_params,
-                      make_eviction)
+from .options import (EXIT_HELP, PROTOCOLS, add_eviction_args, eviction_params, make_eviction, parse_budgets,
+                      parse_list, parse_policies)
 from .protocols import perplexity, perplexity_many
 
 DATASETS = ("wikitext", "lambada")  # the kinds of evaluation; --datasets also takes engine.data's names
@@ -59,39 +59,6 @@ CSV_FIELDS = (["dataset", "policy", "budget", "protocol", "ppl", "ppl_stderr", "
                "n_scored", "n_ctx", "chunks", "lambada_n", "kv_bytes_peak", "kv_bytes_mean", "kv_bytes_alloc",
                "kv_bytes_full"] + KV_SPLIT + ["tokens_per_second", "seconds", "model", "data"]
               + [f.name for f in fields(Eviction) if f.name not in ("policy", "budget", "schedule")] + ["finished"])
-
-
-def parse_list(text: str, what: str) -> list[str]:
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise EngineError(f"--{what}: empty list")
-    return items
-
-
-def parse_policies(text: str) -> list[str]:
-    from ..eviction import policies
-
-    if text.strip() == "all":
-        return [p for p in policies() if p != FULL]
-    out = []
-    for p in parse_list(text, "policies"):
-        check_policy(p)
-        if p not in out:
-            out.append(p)
-    return out
-
-
-def parse_budgets(text: str) -> list[float]:
-    out = []
-    for b in parse_list(text, "budgets"):
-        try:
-            v = float(b)
-        except ValueError:
-            raise EngineError(f"--budgets: {b!r} is not a number") from None
-        v = check_budget(v)
-        if v not in out:
-            out.append(v)
-    return out
 
 
 def plan(policies: list[str], budgets: list[float], datasets: list[str], protocol: str = "prefix") -> list[tuple]:

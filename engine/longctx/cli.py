@@ -9,7 +9,7 @@ from typing import Optional
 
 from .. import cli
 from ..errors import EngineError
-from ..eval.options import _CHOICES, EVICTION_OPTIONS, EXIT_HELP, check_budget, check_policy
+from ..eval.options import _CHOICES, EVICTION_OPTIONS, EXIT_HELP, parse_budgets, parse_list, parse_policies
 from .protocols import PROTOCOLS, TEMPLATES
 
 DEFAULTS = {"tasks": "ruler11", "lengths": "4096", "samples": 10, "policies": "full,snapkv,restkv",
@@ -34,13 +34,6 @@ Kept keys keep their positions (--positions original); decoding is greedy, up to
 max_new_tokens, stopping at the model's end-of-generation ids (and at a newline for the needle test)."""
 
 
-def parse_list(text: str, what: str) -> list[str]:
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise EngineError(f"--{what}: empty list")
-    return items
-
-
 def parse_lengths(text: str) -> list[int]:
     out = []
     for x in parse_list(text, "lengths"):
@@ -51,25 +44,6 @@ def parse_lengths(text: str) -> list[int]:
             raise EngineError(f"--lengths: {x!r} is not a number of tokens (e.g. 4096 or 4k)") from None
         out.append(n)
     return out
-
-
-def parse_policies(text: str) -> list[str]:
-    from ..eviction import policies
-
-    if text.strip() == "all":
-        return policies()
-    return list(dict.fromkeys(check_policy(p) for p in parse_list(text, "policies")))
-
-
-def parse_budgets(text: str) -> list[float]:
-    out = []
-    for b in parse_list(text, "budgets"):
-        try:
-            v = float(b)
-        except ValueError:
-            raise EngineError(f"--budgets: {b!r} is not a number") from None
-        out.append(check_budget(v))
-    return list(dict.fromkeys(out))
 
 
 def _parser():
@@ -143,7 +117,7 @@ def _main(args) -> int:
     with cli.preflight():
         cli.check_threads(args.threads)
         lengths = parse_lengths(args.lengths)
-        policies = parse_policies(args.policies)
+        policies = parse_policies(args.policies, include_full=True)
         budgets = parse_budgets(args.budgets)
         protocols = parse_list(args.protocol, "protocol")
         if args.data_root is not None and not os.path.isdir(args.data_root):

@@ -15,6 +15,7 @@ import os
 
 from .. import cli
 from ..eviction import FULL
+from .report import groups
 
 # run_needle_in_haystack.py's colour map (red, yellow, green)
 NEEDLE_COLOURS = ["#F0496E", "#EBB839", "#0CD79F"]
@@ -50,55 +51,50 @@ def _fname(x) -> str:
 
 
 def _acc_vs_budget(plt, out: str, obj: dict) -> list[str]:
-    meta, rows = obj["meta"], obj["summary"]["rows"]
-    tasks = list(meta["tasks"])
+    tasks = list(obj["meta"]["tasks"])
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     written = []
-    for ctx in meta["lengths"]:
-        for proto in meta["protocols"]:
-            rs = [r for r in rows if r["ctx"] == ctx and r["protocol"] == proto]
-            if not rs:
-                continue
-            panels = tasks + (["avg"] if len(tasks) > 1 else [])
-            ncol = min(4, len(panels))
-            nrow = math.ceil(len(panels) / ncol)
-            fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
-            full = next((r for r in rs if r["policy"] == FULL), None)
-            policies = list(dict.fromkeys(r["policy"] for r in rs if r["policy"] != FULL))
-            for k, name in enumerate(panels):
-                ax = axes[k // ncol][k % ncol]
+    for ctx, proto, rs in groups(obj):
+        panels = tasks + (["avg"] if len(tasks) > 1 else [])
+        ncol = min(4, len(panels))
+        nrow = math.ceil(len(panels) / ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
+        full = next((r for r in rs if r["policy"] == FULL), None)
+        policies = list(dict.fromkeys(r["policy"] for r in rs if r["policy"] != FULL))
+        for k, name in enumerate(panels):
+            ax = axes[k // ncol][k % ncol]
 
-                def value(r):
-                    s = r["avg"] if name == "avg" else r["tasks"].get(name)
-                    return None if s is None else 100 * s["mean"]
+            def value(r):
+                s = r["avg"] if name == "avg" else r["tasks"].get(name)
+                return None if s is None else 100 * s["mean"]
 
-                for p in policies:
-                    pts = sorted((r["budget_fraction"], value(r)) for r in rs
-                                 if r["policy"] == p and value(r) is not None and r["budget_fraction"])
-                    if pts:
-                        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=p)
-                if full is not None and value(full) is not None:
-                    ax.axhline(value(full), color="k", linestyle="--", linewidth=0.8, label="full cache")
-                ax.set_xscale("log")
-                xs = sorted({round(r["budget_fraction"], 3) for r in rs if r["budget_fraction"]})
-                ax.xaxis.set_major_locator(FixedLocator(xs))
-                ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
-                ax.xaxis.set_minor_locator(NullLocator())
-                ax.tick_params(axis="x", labelsize=7, rotation=45)
-                ax.set_ylim(-3, 103)
-                ax.set_title("average" if name == "avg" else name, fontsize=10)
-                ax.set_xlabel("budget (fraction of the compressed span)", fontsize=8)
-                ax.set_ylabel("score x 100", fontsize=8)
-                ax.grid(True, which="both", alpha=0.3)
-            for k in range(len(panels), nrow * ncol):
-                axes[k // ncol][k % ncol].axis("off")
-            handles, labels = axes[0][0].get_legend_handles_labels()
-            if handles:
-                fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8)
-            fig.suptitle(f"{os.path.basename(meta['model'])}: {ctx} tokens, protocol {proto}", fontsize=11)
-            fig.tight_layout(rect=(0, 0.1 if nrow == 1 else 0.05, 1, 1))
-            written.append(_save(plt, fig, os.path.join(out, f"acc_vs_budget_{ctx}_{_fname(proto)}.png")))
+            for p in policies:
+                pts = sorted((r["budget_fraction"], value(r)) for r in rs
+                             if r["policy"] == p and value(r) is not None and r["budget_fraction"])
+                if pts:
+                    ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=p)
+            if full is not None and value(full) is not None:
+                ax.axhline(value(full), color="k", linestyle="--", linewidth=0.8, label="full cache")
+            ax.set_xscale("log")
+            xs = sorted({round(r["budget_fraction"], 3) for r in rs if r["budget_fraction"]})
+            ax.xaxis.set_major_locator(FixedLocator(xs))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.tick_params(axis="x", labelsize=7, rotation=45)
+            ax.set_ylim(-3, 103)
+            ax.set_title("average" if name == "avg" else name, fontsize=10)
+            ax.set_xlabel("budget (fraction of the compressed span)", fontsize=8)
+            ax.set_ylabel("score x 100", fontsize=8)
+            ax.grid(True, which="both", alpha=0.3)
+        for k in range(len(panels), nrow * ncol):
+            axes[k // ncol][k % ncol].axis("off")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8)
+        fig.suptitle(f"{os.path.basename(obj['meta']['model'])}: {ctx} tokens, protocol {proto}", fontsize=11)
+        fig.tight_layout(rect=(0, 0.1 if nrow == 1 else 0.05, 1, 1))
+        written.append(_save(plt, fig, os.path.join(out, f"acc_vs_budget_{ctx}_{_fname(proto)}.png")))
     return written
 
 

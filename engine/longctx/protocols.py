@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..cli import distinct
 from ..errors import EngineError
 
 PROTOCOLS = ("agnostic", "aware", "aware-full")
@@ -39,15 +40,12 @@ RAW_SUFFIX = "\n"
 
 
 def check_protocols(names: Sequence[str]) -> list[str]:
-    out = []
-    for p in names:
+    def known(p):
         if p not in PROTOCOLS:
             raise EngineError(f"unknown protocol {p!r} (expected {', '.join(PROTOCOLS)}, or a comma list of them)")
-        if p not in out:
-            out.append(p)
-    if not out:
-        raise EngineError("no protocol given")
-    return out
+        return p
+
+    return distinct(names, known, "--protocol")
 
 
 class GenTokenizer:

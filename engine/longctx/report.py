@@ -119,38 +119,44 @@ def _pct(x: Optional[float]) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
+def groups(obj: dict):
+    """(length, protocol, summary rows) of each (length, protocol) that has rows, in the run's order."""
+    rows = obj["summary"]["rows"]
+    for ctx in obj["meta"]["lengths"]:
+        for proto in obj["meta"]["protocols"]:
+            rs = [r for r in rows if r["ctx"] == ctx and r["protocol"] == proto]
+            if rs:
+                yield ctx, proto, rs
+
+
 def tables(obj: dict, configs=None) -> str:
     """One markdown table per (length, protocol): rows policy@budget, columns the tasks (mean score x 100),
     their average with its 95% interval, the KV kept (mean fraction of the compressed span)."""
-    meta, rows = obj["meta"], obj["summary"]["rows"]
+    meta = obj["meta"]
     tasks = list(meta["tasks"])
     model = os.path.basename(meta["model"])
     out = []
-    for ctx in meta["lengths"]:
-        for proto in meta["protocols"]:
-            rs = [r for r in rows if r["ctx"] == ctx and r["protocol"] == proto]
-            if not rs:
-                continue
-            ns = sorted({s["n"] for r in rs for s in r["tasks"].values()})
-            nsamp = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
-            out.append(f"**{ctx} tokens, protocol {proto}**: {model}, template {meta['template']['mode']}, seed "
-                       f"{meta['seed']}, {nsamp} sample(s) per task{' (partial)' if obj.get('partial') else ''}; "
-                       f"scores x 100; avg over {len(tasks)} task(s) +/- 95% interval (Wilson)\n")
-            cols = [SHORT.get(t, t) for t in tasks]
-            avg_name = f"avg{len(tasks)}" if len(tasks) > 1 else "avg"
-            out.append("| policy@budget | " + " | ".join(cols) + f" | {avg_name} | KV kept |")
-            out.append("|---|" + "---:|" * (len(cols) + 2))
-            for r in rs:
-                cells = [_pct(r["tasks"][t]["mean"]) if t in r["tasks"] else "–" for t in tasks]
-                a = r["avg"]
-                avg = f"{_pct(a['mean'])} ± {100 * a['ci95_half']:.1f}" + ("" if r["complete"] else "*")
-                kept = "100%" if r["policy"] == FULL else f"{100 * r['kept_fraction_mean']:.1f}%"
-                if r["policy"] in MASKING:
-                    kept += " (top-k attention)"
-                out.append(f"| {r['label']} | " + " | ".join(cells) + f" | {avg} | {kept} |")
-            if any(not r["complete"] for r in rs):
-                out.append("\n\\* not every task has all its samples yet")
-            out.append("")
+    for ctx, proto, rs in groups(obj):
+        ns = sorted({s["n"] for r in rs for s in r["tasks"].values()})
+        nsamp = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+        out.append(f"**{ctx} tokens, protocol {proto}**: {model}, template {meta['template']['mode']}, seed "
+                   f"{meta['seed']}, {nsamp} sample(s) per task{' (partial)' if obj.get('partial') else ''}; "
+                   f"scores x 100; avg over {len(tasks)} task(s) +/- 95% interval (Wilson)\n")
+        cols = [SHORT.get(t, t) for t in tasks]
+        avg_name = f"avg{len(tasks)}" if len(tasks) > 1 else "avg"
+        out.append("| policy@budget | " + " | ".join(cols) + f" | {avg_name} | KV kept |")
+        out.append("|---|" + "---:|" * (len(cols) + 2))
+        for r in rs:
+            cells = [_pct(r["tasks"][t]["mean"]) if t in r["tasks"] else "–" for t in tasks]
+            a = r["avg"]
+            avg = f"{_pct(a['mean'])} ± {100 * a['ci95_half']:.1f}" + ("" if r["complete"] else "*")
+            kept = "100%" if r["policy"] == FULL else f"{100 * r['kept_fraction_mean']:.1f}%"
+            if r["policy"] in MASKING:
+                kept += " (top-k attention)"
+            out.append(f"| {r['label']} | " + " | ".join(cells) + f" | {avg} | {kept} |")
+        if any(not r["complete"] for r in rs):
+            out.append("\n\\* not every task has all its samples yet")
+        out.append("")
     return "\n".join(out)
 
 

@@ -367,8 +367,8 @@ def expand(api, tasks) -> list[str]:
 def _lengths(lengths) -> list[int]:
     if isinstance(lengths, (int, np.integer)):
         lengths = [lengths]
-    out = []
-    for x in lengths:
+
+    def length(x):
         try:
             n = int(x)
             if n != float(x):
@@ -377,11 +377,9 @@ def _lengths(lengths) -> list[int]:
             raise EngineError(f"--lengths: {x!r} is not an integer number of tokens") from None
         if n < 64:
             raise EngineError(f"--lengths: {n} is too short (64 tokens at least)")
-        if n not in out:
-            out.append(n)
-    if not out:
-        raise EngineError("--lengths: no length given")
-    return out
+        return n
+
+    return cli.distinct(lengths, length, "--lengths")
 
 
 def eviction_params(eviction: Optional[dict]) -> dict:

@@ -90,39 +90,6 @@ INLINE void q4_1x8(int64_t n, const int nt, float *s, size_t ss, const blk_q4_1x
     for (int t = 0; t < nt; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
 }
 
-/* y[t][r] = sum_b d_w[r] d_a[t] sum((q - 8) a)  (Q4_0 x Q8_0) */
-INLINE void q4_0x8(int64_t n, const int nt, float *s, size_t ss, const blk_q4_0x8 *w, const uint8_t *a,
-                   size_t as) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
-    __m256 acc[RK_DOT_ROWS];
-    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / QK; b++) {
-        __m256i sum[RK_DOT_ROWS];
-        prefetch_ahead(w + b, sizeof w[b]);
-        for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
-            const __m256i q = load256(w[b].qs + 32 * c);
-            const __m256i lo = _mm256_sub_epi8(_mm256_and_si256(q, m4), eight);
-            const __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), eight);
-            const __m256i alo = _mm256_sign_epi8(lo, lo), ahi = _mm256_sign_epi8(hi, hi);
-            for (int t = 0; t < nt; t++) {
-                const blk_q8_0 *x = (const blk_q8_0 *)(a + (size_t)t * as) + b;
-                /* |q - 8| <= 8: pairs <= 2048, eight of them inside i16 */
-                const __m256i pl = _mm256_maddubs_epi16(alo, _mm256_sign_epi8(bcast4(x->qs + 4 * c), lo));
-                const __m256i ph = _mm256_maddubs_epi16(ahi, _mm256_sign_epi8(bcast4(x->qs + 16 + 4 * c), hi));
-                sum[t] = _mm256_add_epi16(sum[t], _mm256_add_epi16(pl, ph));
-            }
-        }
-        const __m256 dw = cvt8h(w[b].d);
-        for (int t = 0; t < nt; t++) {
-            const __m128 ds = halves2((const blk_q8_0 *)(a + (size_t)t * as) + b);
-            const __m256 isum = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum[t], ones));
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcastss_ps(ds)), isum, acc[t]);
-        }
-    }
-    for (int t = 0; t < nt; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
-}
-
 /* pshufb controls CTL(k0, k1, k2, k3): in every 32-bit lane, byte i of the result is byte
  * k_i of the same lane, or 0 where k_i < 0 */
 #define SEL(r, k) ((k) < 0 ? 0x80 : 4 * (r) + (k))
@@ -157,35 +124,49 @@ INLINE __m256i fifth_bits(__m256i qh, int k, int nib) {
     return _mm256_cmpeq_epi8(_mm256_and_si256(shuffle(qh, ctl_rep[k]), bit), bit);
 }
 
-/* y[t][r] = sum_b d_w[r] d_a[t] sum((q - 16) a)  (Q5_0 x Q8_0) */
-INLINE void q5_0x8(int64_t n, const int nt, float *s, size_t ss, const blk_q5_0x8 *w, const uint8_t *a,
-                   size_t as) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), hi4 = _mm256_set1_epi8((char)0xF0), ones = _mm256_set1_epi16(1);
+/* the signed quants of chunk c of block b, low and high nibbles: q - 8 (Q4_0), or q - 16
+ * with the fifth bits from qh (Q5_0) */
+INLINE void signed_quants(const void *vw, int five, int64_t b, __m256i qh, int c, __m256i *lo, __m256i *hi) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    if (!five) {
+        const __m256i q = load256(((const blk_q4_0x8 *)vw)[b].qs + 32 * c), eight = _mm256_set1_epi8(8);
+        *lo = _mm256_sub_epi8(_mm256_and_si256(q, m4), eight);
+        *hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), eight);
+        return;
+    }
+    const __m256i q = load256(((const blk_q5_0x8 *)vw)[b].qs + 32 * c), hi4 = _mm256_set1_epi8((char)0xF0);
+    /* a clear fifth bit means q - 16 < 0: OR-ing 0xF0 into the nibble gives that value as int8 */
+    *lo = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_andnot_si256(fifth_bits(qh, c / 2, c % 2), hi4));
+    *hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                          _mm256_andnot_si256(fifth_bits(qh, 2 + c / 2, c % 2), hi4));
+}
+
+/* y[t][r] = sum_b d_w[r] d_a[t] sum((q - z) a)  (Q4_0 or Q5_0 x Q8_0; z = 8 or 16) */
+INLINE void q45_0x8(int64_t n, const int nt, const int five, float *s, size_t ss, const void *vw, const uint8_t *a,
+                    size_t as) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const size_t bsize = five ? sizeof(blk_q5_0x8) : sizeof(blk_q4_0x8);
     __m256 acc[RK_DOT_ROWS];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / QK; b++) {
         __m256i sum[RK_DOT_ROWS];
-        prefetch_ahead(w + b, sizeof w[b]);
+        prefetch_ahead((const uint8_t *)vw + (size_t)b * bsize, bsize);
         for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_si256();
-        const __m256i qh = load256(w[b].qh);
+        const __m256i qh = five ? load256(((const blk_q5_0x8 *)vw)[b].qh) : _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
-            const __m256i q = load256(w[b].qs + 32 * c);
-            /* a clear fifth bit means q - 16 < 0: OR-ing 0xF0 into the nibble gives that value as int8 */
-            const __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4),
-                                               _mm256_andnot_si256(fifth_bits(qh, c / 2, c % 2), hi4));
-            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
-                                               _mm256_andnot_si256(fifth_bits(qh, 2 + c / 2, c % 2), hi4));
+            __m256i lo, hi;
+            signed_quants(vw, five, b, qh, c, &lo, &hi);
             const __m256i alo = _mm256_sign_epi8(lo, lo), ahi = _mm256_sign_epi8(hi, hi);
             for (int t = 0; t < nt; t++) {
                 const blk_q8_0 *x = (const blk_q8_0 *)(a + (size_t)t * as) + b;
-                /* |q - 16| <= 16 and |a| <= 127 (Q8_0 scales by amax / 127): pairs <= 4064,
+                /* |q - z| <= 16 and |a| <= 127 (Q8_0 scales by amax / 127): pairs <= 4064,
                  * eight of them (4 chunks, low and high) still inside i16 */
                 const __m256i pl = _mm256_maddubs_epi16(alo, _mm256_sign_epi8(bcast4(x->qs + 4 * c), lo));
                 const __m256i ph = _mm256_maddubs_epi16(ahi, _mm256_sign_epi8(bcast4(x->qs + 16 + 4 * c), hi));
                 sum[t] = _mm256_add_epi16(sum[t], _mm256_add_epi16(pl, ph));
             }
         }
-        const __m256 dw = cvt8h(w[b].d);
+        const __m256 dw = cvt8h(five ? ((const blk_q5_0x8 *)vw)[b].d : ((const blk_q4_0x8 *)vw)[b].d);
         for (int t = 0; t < nt; t++) {
             const __m128 ds = halves2((const blk_q8_0 *)(a + (size_t)t * as) + b);
             const __m256 isum = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum[t], ones));
@@ -193,6 +174,12 @@ INLINE void q5_0x8(int64_t n, const int nt, float *s, size_t ss, const blk_q5_0x
         }
     }
     for (int t = 0; t < nt; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
+}
+INLINE void q4_0x8(int64_t n, const int nt, float *s, size_t ss, const void *w, const uint8_t *a, size_t as) {
+    q45_0x8(n, nt, 0, s, ss, w, a, as);
+}
+INLINE void q5_0x8(int64_t n, const int nt, float *s, size_t ss, const void *w, const uint8_t *a, size_t as) {
+    q45_0x8(n, nt, 1, s, ss, w, a, as);
 }
 
 /* y[t][r] = sum_b d_w[r] d_a[t] sum(q a)  (Q8_0 x Q8_0) */
@@ -398,9 +385,9 @@ INLINE void q6_Kx8(int64_t n, const int nt, float *s, size_t ss, const void *vw,
         for (int t = 0; t < nt; t++) kernel(n, 1, s + (size_t)t * ss, ss, (const blk *)w, (const uint8_t *)a + (size_t)t * as, as); \
     }
 
-PACKED_ENTRY(rk_avx2_vec_dot_packed_q4_0, q4_0x8, blk_q4_0x8)
+PACKED_ENTRY(rk_avx2_vec_dot_packed_q4_0, q4_0x8, void)
 PACKED_ENTRY(rk_avx2_vec_dot_packed_q4_1, q4_1x8, blk_q4_1x8)
-PACKED_ENTRY(rk_avx2_vec_dot_packed_q5_0, q5_0x8, blk_q5_0x8)
+PACKED_ENTRY(rk_avx2_vec_dot_packed_q5_0, q5_0x8, void)
 PACKED_ENTRY(rk_avx2_vec_dot_packed_q8_0, q8_0x8, blk_q8_0x8)
 PACKED_ENTRY(rk_avx2_vec_dot_packed_q4_K, q4_Kx8, void)
 PACKED_ENTRY(rk_avx2_vec_dot_packed_q5_K, q5_Kx8, void)

@@ -37,6 +37,7 @@ import numpy as np
 from .. import cli
 from ..errors import EngineError
 from . import report
+from .checkpoint import restore_tallies, tallies_state
 from .options import as_eviction, resolve_policy
 from .shared_prefill import SharedPrefill
 
@@ -182,10 +183,12 @@ class _Tally:
 
 def lambada_many(model, items: Sequence[LambadaItem] | Sequence[str], evictions: list,
                  n_threads: Optional[int] = None, progress: bool = True, on_passage=None,
-                 bar_position: int = 0) -> list[LambadaResult]:
+                 bar_position: int = 0, checkpoint=None) -> list[LambadaResult]:
     """lambada() for several eviction configurations, sharing each passage's prefill
     (engine.eval.shared_prefill): the results of separate lambada() calls, bit for bit, at about the cost
-    of one. on_passage(i, [(correct, nll) per configuration])."""
+    of one. on_passage(i, [(correct, nll) per configuration]). checkpoint: an
+    engine.eval.checkpoint.Checkpoint of this call's settings (items included): the passages it holds are
+    not scored again, and the figures are saved as passages complete."""
     evs = [as_eviction(e) for e in evictions]
     if not evs:
         raise EngineError("lambada_many: no eviction configuration given")
@@ -200,13 +203,21 @@ def lambada_many(model, items: Sequence[LambadaItem] | Sequence[str], evictions:
     n_ctx = max(len(it.context_ids) + len(it.target_ids) for it in items)
     tallies = [_Tally() for _ in evs]
     every = max(1, len(items) // 10)
-    bar = report.bar(progress, len(items), "passage", "lambada", bar_position)
+    state = checkpoint.load() if checkpoint is not None else None
+    start = restore_tallies(state, tallies)
+    for t in tallies:
+        t.running = [tuple(r) for r in t.running]  # (accuracy, ppl) pairs, lists in JSON
     alloc = 0
-    alloc_gw = (0, 0)  # kv_bytes_alloc of the global and the sliding-window layers (every session alike)
+    alloc_gw = tuple(state["alloc_gw"]) if start else (0, 0)  # kv_bytes_alloc of the global and the
+    # sliding-window layers (every session alike)
+    bar = report.bar(progress, len(items), "passage", "lambada", bar_position)
+    if bar is not None and start:
+        bar.update(start)
     try:
         with SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx)) as sp:
             alloc = sp.kv_bytes_alloc
-            for i, it in enumerate(items):
+            for i in range(start, len(items)):
+                it = items[i]
                 ctx, target = it.context_ids, it.target_ids
                 results = [None] * len(evs)
                 for j, s, pf in sp.prefill(ctx[:-1]):
@@ -237,6 +248,8 @@ def lambada_many(model, items: Sequence[LambadaItem] | Sequence[str], evictions:
                         t.running.append((t.n_correct / (i + 1), t.ppl()))
                     t.seconds += pf.seconds + time.perf_counter() - t0
                     results[j] = (correct, nll)
+                if checkpoint is not None and checkpoint.due(i + 1 == len(items)):
+                    checkpoint.save(tallies_state(i + 1, tallies, alloc_gw=alloc_gw))
                 if bar is not None:
                     t = tallies[0]
                     bar.set_postfix(acc=f"{t.n_correct / (i + 1):.4f}", ppl=f"{t.ppl():.3f}")

@@ -39,6 +39,7 @@ import numpy as np
 from .. import cli
 from ..errors import EngineError
 from . import report
+from .checkpoint import restore_tallies, tallies_state
 from .options import PROTOCOLS, as_eviction, budget_tokens, resolve_policy
 from .shared_prefill import SharedPrefill
 
@@ -154,11 +155,14 @@ def perplexity(model, tokens: list[int] | np.ndarray, n_ctx: int = 512, n_chunks
 
 def perplexity_many(model, tokens: list[int] | np.ndarray, evictions: list, n_ctx: int = 512,
                     n_chunks: Optional[int] = None, n_threads: Optional[int] = None, bos_id: Optional[int] = None,
-                    progress: bool = True, on_chunk=None, bar_position: int = 0) -> list[PerplexityResult]:
+                    progress: bool = True, on_chunk=None, bar_position: int = 0,
+                    checkpoint=None) -> list[PerplexityResult]:
     """perplexity() with the prefix protocol for several eviction configurations at once: each chunk's
     first half is prefilled once and shared (engine.eval.shared_prefill), so a sweep of P configurations
     costs about P scorings plus one prefill per chunk instead of P of each. The results are those of
-    separate perplexity() calls, bit for bit. on_chunk(i, [ppl per configuration])."""
+    separate perplexity() calls, bit for bit. on_chunk(i, [ppl per configuration]). checkpoint: an
+    engine.eval.checkpoint.Checkpoint of this call's settings: the chunks it holds are not scored again,
+    and the figures are saved as chunks complete (the same results as an uninterrupted call)."""
     tokens = np.asarray(tokens, dtype=np.int32)
     evs = [as_eviction(e) for e in evictions]
     if not evs:
@@ -167,7 +171,8 @@ def perplexity_many(model, tokens: list[int] | np.ndarray, evictions: list, n_ct
     for ev in evs:
         if ev is not None:
             resolve_policy(ev.policy, ev.budget, "prefix")
-    out = _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_chunk, bar_position)
+    out = _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_chunk, bar_position,
+                       checkpoint)
     for res, ev in zip(out, evs):
         if ev is not None:
             res.budget, res.policy, res.eviction = float(ev.budget), ev.policy, ev.as_dict()
@@ -204,17 +209,23 @@ def _prefix(model, tokens, n_ctx, n, bos_id, ev, n_threads, progress, on_chunk, 
 
 
 def _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_chunk,
-                 bar_position) -> list[PerplexityResult]:
-    """The prefix protocol for several eviction configurations, sharing each chunk's prefill."""
+                 bar_position, checkpoint=None) -> list[PerplexityResult]:
+    """The prefix protocol for several eviction configurations, sharing each chunk's prefill; with a
+    checkpoint (engine.eval.checkpoint), resumed from its saved chunks and saved as it goes."""
     first = n_ctx // 2
     tallies = [_Tally() for _ in evs]
-    bar = report.bar(progress, n, "chunk", "perplexity", bar_position)
+    state = checkpoint.load() if checkpoint is not None else None
+    start = restore_tallies(state, tallies)
     alloc = 0
-    alloc_gw = (0, 0)  # kv_bytes_alloc of the global and the sliding-window layers (every session alike)
+    alloc_gw = tuple(state["alloc_gw"]) if start else (0, 0)  # kv_bytes_alloc of the global and the
+    # sliding-window layers (every session alike)
+    bar = report.bar(progress, n, "chunk", "perplexity", bar_position)
+    if bar is not None and start:
+        bar.update(start)
     try:
         with SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx)) as sp:
             alloc = sp.kv_bytes_alloc
-            for i in range(n):
+            for i in range(start, n):
                 chunk = tokens[i * n_ctx:(i + 1) * n_ctx].copy()
                 if bos_id is not None:
                     chunk[0] = bos_id
@@ -236,6 +247,8 @@ def _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_c
                     t.add(lp)
                     # what this configuration alone would have taken: its prefill, compression and scoring
                     t.seconds += pf.seconds + time.perf_counter() - t0
+                if checkpoint is not None and checkpoint.due(i + 1 == n):
+                    checkpoint.save(tallies_state(i + 1, tallies, alloc_gw=alloc_gw))
                 if bar is not None:
                     bar.set_postfix(ppl=" ".join(f"{t.running[-1]:.4f}" for t in tallies[:4])
                                     + (" ..." if len(tallies) > 4 else ""))

@@ -11,8 +11,9 @@ each chunk's (passage's) prefill is computed once and shared by every policy and
 (engine.eval.shared_prefill; the figures are those of separate runs, bit for bit): measured on
 SmolLM2-135M, 37 configurations took a third less time on WikiText and four fifths less on LAMBADA.
 
-Writes, after every batch of runs sharing prefills (an interrupted sweep loses the batch in
-progress; pass fewer --policies/--budgets per call to checkpoint more often):
+Writes, after every batch of runs sharing prefills (the batch in progress saves its running figures in
+DIR/sweep.batch.json as its chunks and passages complete, at most every 30 s, and an interrupted batch
+resumes from there, with the figures of an uninterrupted run):
   DIR/sweep.json   {"runs": [...], "errors": [...]}: every figure of every run and its settings
   DIR/sweep.csv    one row per run (KV bytes of all layers, and of the global and the sliding-window layers)
   DIR/sweep.md     the markdown tables printed at the end (rows = policies, columns = budgets)
@@ -42,10 +43,12 @@ from .. import cli
 from ..errors import EngineError
 from ..eviction import FULL, NON_EVICTING, Eviction
 from . import lambada as lam
+from .checkpoint import Checkpoint
 from .options import (EXIT_HELP, PROTOCOLS, add_eviction_args, eviction_params, make_eviction, parse_budgets,
                       parse_list, parse_policies)
 from .protocols import perplexity, perplexity_many
 
+CHECKPOINT = "sweep.batch.json"  # the running tallies of the shared batch in progress
 DATASETS = ("wikitext", "lambada")  # the kinds of evaluation; --datasets also takes engine.data's names
 DEFAULT_BUDGETS = (1.0, 0.5, 0.25, 0.1, 0.05)
 # the KV figures per layer type (engine.eval.protocols.PerplexityResult, engine.eval.lambada.LambadaResult)
@@ -313,6 +316,8 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
                 if bar is not None:
                     bar.set_postfix_str(labels[0] if len(batch) == 1 else f"{ds}: {len(batch)} runs sharing prefills")
                 t0 = time.time()
+                # a shared batch checkpoints its tallies as its chunks (passages) complete
+                ckpt = Checkpoint(os.path.join(out, CHECKPOINT), batch) if proto == "prefix" else None
                 try:
                     evs = [make_eviction(st["policy"], st["budget"], **ev_params) for st in batch]
                     if ds == "wikitext":
@@ -324,7 +329,7 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
                         if proto == "prefix":
                             results = perplexity_many(model, cache["wt"], evs, n_ctx=ctx, n_chunks=chunks,
                                                       n_threads=n_threads, bos_id=bos, progress=progress,
-                                                      bar_position=1)
+                                                      bar_position=1, checkpoint=ckpt)
                         else:
                             results = [perplexity(model, cache["wt"], n_ctx=ctx, n_chunks=chunks, n_threads=n_threads,
                                                   bos_id=bos, progress=progress, eviction=evs[0], protocol=proto,
@@ -337,7 +342,7 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
                             cache["lb"] = lam.prepare(model, lam.load_passages(files["lambada"], lambada_n))
                         items, n_skip = cache["lb"]
                         results = lam.lambada_many(model, items, evs, n_threads=n_threads, progress=progress,
-                                                   bar_position=1)
+                                                   bar_position=1, checkpoint=ckpt)
                         for res in results:
                             res.n_skipped, res.data = n_skip, cfg["lambada"]
                         figures = [f"accuracy {res.accuracy:.4f}, ppl {res.ppl:.4f}" for res in results]
@@ -365,10 +370,12 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
                     msg = f"sweep: {label}: {figure} ({res.seconds:.1f} s)"
                     (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=log))
                 save(out, data)
+                if ckpt is not None:
+                    ckpt.clear()
                 if bar is not None:
                     bar.update(len(batch))
         except KeyboardInterrupt:
-            # the batches completed are in sweep.json already; the one in progress is lost
+            # the batches completed are in sweep.json already; the one in progress resumes from its checkpoint
             raise cli.Interrupted(None, ran, len(todo), "runs") from None
         finally:
             if bar is not None:
@@ -397,7 +404,9 @@ def _parser() -> argparse.ArgumentParser:
     p = cli.Parser(
         "python -m engine.sweep",
         "Perplexity (WikiText-2) and LAMBADA accuracy per KV eviction policy and budget. Resumable: "
-        "combinations already in DIR/sweep.json are skipped, so after Ctrl-C the same command goes on. Writes "
+        "combinations already in DIR/sweep.json are skipped, and the batch in progress (the runs sharing "
+        "prefills) resumes from the chunks and passages saved in DIR/sweep.batch.json, so after Ctrl-C the same "
+        "command goes on. Writes "
         "DIR/sweep.csv, sweep.json, sweep.md and, with matplotlib, ppl_vs_budget.png and lambada_vs_budget.png; "
         "prints markdown tables (rows = policies, columns = budgets).",
         epilog=policy_help() + "\n\n" + EXIT_HELP + " A sweep with failed runs exits 1; they are retried next time.")
@@ -449,7 +458,8 @@ def _main(args) -> int:
                       progress=not args.no_progress, data_dir=args.data_dir)
     except cli.Interrupted as e:
         print(f"\ninterrupted: {e.done} of {e.total} runs done and saved in {os.path.join(args.out, 'sweep.json')}; "
-              "the same command resumes with the others", file=sys.stderr)
+              "the same command resumes with the others (the batch in progress from its last saved chunk or "
+              "passage)", file=sys.stderr)
         return cli.EXIT_INTERRUPTED
     print(r["tables"])
     out = args.out

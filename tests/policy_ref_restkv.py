@@ -2,7 +2,8 @@
 shared keep-set rule (src/evict/evict.c), plus a float64 session that evicts as the engine does.
 
 Everything is float64 and written for clarity. The definitions are those of docs/eviction-policies.md
-(b.4-b.7, b.11, b.12, b.14 for ReST-KV; c.7 for LaCache) as pinned down in the top comments of
+(b.4-b.8, b.11, b.12, b.14 for ReST-KV, with the ablation choices restkv_distance / restkv_smoothing /
+restkv_pooling / restkv_metric; c.7 for LaCache) as pinned down in the top comments of
 src/evict/policies/restkv.c and src/evict/policies/lacache.c.
 
     ref = RefSession(path, n_ctx=64, policy="restkv", budget=24, window=8, schedule="streaming", slack=8)
@@ -72,6 +73,20 @@ def ema_weights(w: int, alpha: float) -> np.ndarray:
     return np.array([(1.0 if i == 0 else alpha) * (1.0 - alpha) ** (w - 1 - i) for i in range(w)])
 
 
+def query_weights(w: int, alpha: float, smoothing: str = "ema") -> np.ndarray:
+    """b.6, oldest first: ema; inv-ema = the EMA run newest -> oldest (ema's weights reversed); mean;
+    last = the newest query alone."""
+    if smoothing == "ema":
+        return ema_weights(w, alpha)
+    if smoothing == "inv-ema":
+        return ema_weights(w, alpha)[::-1].copy()
+    if smoothing == "mean":
+        return np.full(w, 1.0 / w)
+    if smoothing == "last":
+        return np.eye(w)[w - 1]
+    raise ValueError(smoothing)
+
+
 def wo_head(wo: np.ndarray, h: int, d: int) -> np.ndarray:
     """W_o^(h): columns h*d..(h+1)*d of W_o [n_embd, n_heads*d]."""
     return wo[:, h * d:(h + 1) * d]
@@ -129,11 +144,26 @@ def aws_pool(r: np.ndarray, k: int, s: int) -> np.ndarray:
     return out
 
 
-def odds_norm(abar: float, x: np.ndarray, Wh: np.ndarray | None, G: np.ndarray | None) -> float:
-    """abar/(1-abar) ||W_o^(h) x||, the norm directly (Wh) or through the Gram matrix (G)."""
+def zero_pad_pool(r: np.ndarray, k: int, op: str) -> np.ndarray:
+    """F.avg_pool1d / F.max_pool1d(r, k, padding=k//2, stride=1) with ZERO padding (b.7's avgpool, maxpool;
+    count_include_pad: the divisor is always k)."""
+    x = np.concatenate([np.zeros(k // 2), np.asarray(r, float), np.zeros(k // 2)])
+    win = [x[j:j + k] for j in range(len(r))]
+    return np.array([w.sum() / k if op == "avgpool" else w.max() for w in win])
+
+
+def odds_norm(abar: float, x: np.ndarray, Wh: np.ndarray | None, G: np.ndarray | None,
+              distance: str = "wo") -> float:
+    """abar/(1-abar) dist(x): ||W_o^(h) x|| directly (Wh) or through the Gram matrix (G) for wo, ||x|| for
+    value, 1 for none."""
     if abar >= 1.0:
         return math.inf
-    nrm = np.linalg.norm(Wh @ x) if Wh is not None else math.sqrt(max(float(x @ G @ x), 0.0))
+    if distance == "none":
+        nrm = 1.0
+    elif distance == "value":
+        nrm = float(np.linalg.norm(x))
+    else:
+        nrm = np.linalg.norm(Wh @ x) if Wh is not None else math.sqrt(max(float(x @ G @ x), 0.0))
     return abar / (1.0 - abar) * nrm
 
 
@@ -144,29 +174,75 @@ class HeadInfo:
     s: int
     P: int
     top_r_gap: float
+    max_gap: float = math.inf    # maxpool: the smallest relative lead of a window's max over its runner-up
 
 
-def restkv_head_scores(A, win_pos, V, pos, *, Wh=None, G=None, budget, alpha, beta, k0):
-    """Scores of one query head over the slots of its kv-head (restkv.c steps 1-5, 7), and the AWS info."""
-    w, n = A.shape
-    pos = np.asarray(pos)
-    om = ema_weights(w, alpha)
-    P = int((pos < win_pos[0]).sum())
-    assert (pos[:P] < win_pos[0]).all(), "slots are in position order"
+def max_lead(r: np.ndarray, k: int) -> float:
+    """The smallest relative gap, over the maxpool windows of r (zero padded), between the max and the
+    largest other entry: above float32 noise, the engine's pool picks the same entry for every window, so
+    equal pooled scores here are equal there too (ties the keep-set rule breaks the same way)."""
+    x = np.concatenate([np.zeros(k // 2), np.asarray(r, float), np.zeros(k // 2)])
+    gap = math.inf
+    for j in range(len(r)):
+        top = np.sort(x[j:j + k])[::-1]
+        if len(top) > 1 and not math.isinf(top[0]):
+            gap = min(gap, (top[0] - top[1]) / max(abs(top[0]), 1e-300))
+    return gap
+
+
+def _scores_after(A, win_pos, V, pos, P, om, dist):
+    """Steps 2-4 and 7 as published: r over the prefix, and the window tokens' scores."""
     abar = om @ A[:, :P]                                     # 2
     obar = abar @ V[:P] if P else np.zeros(V.shape[1])       # 3: prefix only, not renormalised
-    r = np.array([odds_norm(abar[j], obar - V[j], Wh, G) for j in range(P)])  # 4
+    r = np.array([dist(abar[j], obar - V[j]) for j in range(P)])   # 4
+    win = []
+    for j in range(P, len(pos)):                             # 7: weights restricted to the queries that see j
+        sees = np.asarray(win_pos) >= pos[j]
+        wsum = om[sees].sum()
+        win.append(dist(float(om[sees] @ A[sees, j] / wsum), obar - V[j]) if wsum > 0 else math.inf)
+    return r, win
+
+
+def _scores_before(A, win_pos, V, pos, P, om, dist):
+    """b.8 'before': r_ij = A_ij/(1-A_ij) dist(o_i - v_j), o_i = A_i . V (query i's full output, window
+    included); r_j = sum_i om_i r_ij, renormalised over the queries that see j for window tokens. Terms with
+    om_i = 0 or A_ij = 0 are 0."""
+    O = A @ V
+    out = []
+    for j in range(len(pos)):
+        sees = [i for i in range(len(win_pos)) if win_pos[i] >= pos[j] and om[i] > 0]
+        wsum = sum(om[i] for i in sees)
+        s = sum(om[i] * dist(A[i, j], O[i] - V[j]) for i in sees if A[i, j] > 0)
+        out.append(s if j < P else (s / wsum if wsum > 0 else math.inf))
+    return np.array(out[:P]), out[P:]
+
+
+def restkv_head_scores(A, win_pos, V, pos, *, Wh=None, G=None, budget, alpha, beta, k0, distance="wo",
+                       smoothing="ema", pooling="adaptive", metric="after"):
+    """Scores of one query head over the slots of its kv-head (restkv.c steps 1-5, 7, with its ablation
+    choices), and the AWS info."""
+    w, n = A.shape
+    pos = np.asarray(pos)
+    om = query_weights(w, alpha, smoothing)                  # 1
+    P = int((pos < win_pos[0]).sum())
+    assert (pos[:P] < win_pos[0]).all(), "slots are in position order"
+
+    def dist(a, x):
+        return odds_norm(a, x, Wh, G, distance)
+
+    r, win = (_scores_before if metric == "before" else _scores_after)(A, win_pos, V, pos, P, om, dist)
     t, k, s, gap = aws_kernel(A, budget, k0, beta)           # 5
     out = np.empty(n)
-    out[:P] = aws_pool(r, k, s) if P else r
-    for j in range(P, n):                                    # 7: window tokens
-        sees = np.asarray(win_pos) >= pos[j]
-        if not sees.any():
-            out[j] = math.inf
-            continue
-        a = float(om[sees] @ A[sees, j] / om[sees].sum())
-        out[j] = odds_norm(a, obar - V[j], Wh, G)
-    return out, HeadInfo(t, k, s, P, gap)
+    max_gap = math.inf
+    if not P or pooling == "none":
+        out[:P] = r
+    elif pooling == "adaptive":
+        out[:P] = aws_pool(r, k, s)
+    else:
+        out[:P] = zero_pad_pool(r, k0, pooling)
+        max_gap = max_lead(r, k0) if pooling == "maxpool" else math.inf
+    out[P:] = win
+    return out, HeadInfo(t, k, s, P, gap, max_gap)
 
 
 # ---------------------------------------------------------------- LaCache
@@ -231,7 +307,8 @@ class RefSession:
 
     def __init__(self, path, *, n_ctx, policy, budget, window=32, n_sink=4, kernel=5, slack=0,
                  schedule="prefix", ema_alpha=0.3, aws_beta=2000.0, lacache_span=16, lacache_overlap=0,
-                 use_gram=False):
+                 use_gram=False, restkv_distance="wo", restkv_smoothing="ema", restkv_pooling="adaptive",
+                 restkv_metric="after"):
         self.m = GGUFModel(path)
         m = self.m
         self._w = {}
@@ -239,6 +316,8 @@ class RefSession:
         self.n_sink, self.kernel, self.slack, self.schedule = n_sink, kernel, slack, schedule
         self.alpha, self.beta, self.span, self.overlap = ema_alpha, aws_beta, lacache_span, lacache_overlap
         self.use_gram = use_gram
+        self.variant = dict(distance=restkv_distance, smoothing=restkv_smoothing, pooling=restkv_pooling,
+                            metric=restkv_metric)
         self.group = m.n_head // m.n_head_kv
         self.ff = self.w("rope_freqs.weight") if "rope_freqs.weight" in m.tensors else None
         # cache[il][g] = dict(pos=list, k=list of arrays, v=list of arrays)
@@ -349,7 +428,7 @@ class RefSession:
                 sc, info = restkv_head_scores(
                     A, win_pos, V, pos, Wh=None if self.use_gram else wo_head(wo, hq, d),
                     G=G[hq] if self.use_gram else None, budget=budget, alpha=self.alpha, beta=self.beta,
-                    k0=self.kernel)
+                    k0=self.kernel, **self.variant)
                 per_head.append(sc)
                 infos.append(info)
             out.append((np.mean(per_head, axis=0), infos))           # 6: group mean

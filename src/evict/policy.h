@@ -123,6 +123,12 @@ typedef struct {
     int32_t kernel;     /* base pooling kernel k0 (odd) */
     float   ema_alpha;  /* EMA coefficient over the window queries */
     float   aws_beta;   /* adaptive pooling scale */
+    /* ablation choices (restkv.c); 0 is the published method, so a struct whose table does not declare
+     * them (AdaKV's, zeroed by calloc) scores as ReST-KV */
+    int32_t restkv_distance;   /* wo | value | none */
+    int32_t restkv_smoothing;  /* ema | mean | inv-ema | last */
+    int32_t restkv_pooling;    /* adaptive | avgpool | maxpool | none */
+    int32_t restkv_metric;     /* after | before */
 } rk_restkv_cfg;
 rk_status rk_snapkv_scores(const rk_policy_view *v, int32_t kernel, float *scores);
 rk_status rk_restkv_scores(const rk_policy_view *v, const rk_restkv_cfg *c, float *scores);

@@ -25,12 +25,46 @@ EXIT_HELP = ("exit status: 0 done, 2 bad command line or input (nothing computed
 
 
 def check_policy(policy: str) -> str:
-    from ..eviction import policies
+    """A policy name, or a variant of one (split_variant), checked; the variant in its canonical spelling."""
+    name, over = split_variant(policy)
+    return ":".join([name] + [f"{k}={v}" for k, v in over.items()])
 
-    known = policies()
-    if policy not in known:
-        raise EngineError(f"unknown policy {policy!r} (known: {', '.join(known)})")
-    return policy
+
+def base_policy(spec: str) -> str:
+    """The policy a name or variant runs ('restkv:restkv_pooling=none' -> 'restkv')."""
+    return str(spec).split(":", 1)[0].strip()
+
+
+def split_variant(spec: str) -> tuple[str, dict]:
+    """A policy with some of its own parameters set: 'restkv:restkv_pooling=none:ema_alpha=0.5' ->
+    ('restkv', {'restkv_pooling': 'none', 'ema_alpha': 0.5}); a parameter named after its policy may drop
+    that prefix ('restkv:pooling=none'). Variants are policies of their own in --policies lists, so the
+    ablations of one policy share the prefills of a run (a --param option applies to every policy)."""
+    from ..eviction import POLICIES, policies
+
+    name, *parts = [x.strip() for x in str(spec).split(":")]
+    if name not in POLICIES:
+        raise EngineError(f"unknown policy {name!r} (known: {', '.join(policies())})")
+    own = {p.name: p for p in POLICIES[name].params}
+    over = {}
+    for part in parts:
+        k, eq, v = part.partition("=")
+        k = k.strip().replace("-", "_")
+        if k not in own and f"{name}_{k}" in own:
+            k = f"{name}_{k}"
+        if not eq or k not in own:
+            raise EngineError(f"policy variant {spec!r}: {part!r} is not PARAM=VALUE of a parameter of {name} "
+                              f"({', '.join(own) or 'it has none'})")
+        p = own[k]
+        try:
+            val = p.pytype(v.strip())
+        except ValueError:
+            raise EngineError(f"policy variant {spec!r}: {k}={v.strip()!r} is not a{'n' if p.type == 'int' else ''} "
+                              f"{p.type}") from None
+        if p.choices and val not in p.choices:
+            raise EngineError(f"policy variant {spec!r}: {k} is one of {', '.join(p.choices)}, not {val!r}")
+        over[k] = val
+    return name, over
 
 
 def parse_policies(text: str, include_full: bool = False) -> list[str]:
@@ -51,16 +85,17 @@ def budget_tokens(budget: float, n: int) -> int:
 
 
 def make_eviction(policy: str = "full", budget: float = 1.0, **params):
-    """An engine.eviction.Eviction, with the policy and budget checked (clear errors)."""
+    """An engine.eviction.Eviction, with the policy and budget checked (clear errors); a policy variant's own
+    settings (split_variant) override those of params."""
     from ..eviction import Eviction
 
-    check_policy(policy)
+    policy, over = split_variant(policy)
     b = check_budget(budget)
     names = {f.name for f in fields(Eviction)}
     bad = sorted(set(params) - names)
     if bad:
         raise EngineError(f"unknown eviction parameter(s) {', '.join(bad)}")
-    return Eviction(policy=policy, budget=b, **params)
+    return Eviction(policy=policy, budget=b, **{**params, **over})
 
 
 def as_eviction(eviction):

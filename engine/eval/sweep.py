@@ -44,8 +44,8 @@ from ..errors import EngineError
 from ..eviction import FULL, NON_EVICTING, Eviction
 from . import lambada as lam
 from .checkpoint import Checkpoint
-from .options import (EXIT_HELP, PROTOCOLS, add_eviction_args, eviction_params, make_eviction, parse_budgets,
-                      parse_list, parse_policies)
+from .options import (EXIT_HELP, PROTOCOLS, add_eviction_args, base_policy, check_policy, eviction_params,
+                      make_eviction, parse_budgets, parse_list, parse_policies, split_variant)
 from .protocols import perplexity, perplexity_many
 
 CHECKPOINT = "sweep.batch.json"  # the running tallies of the shared batch in progress
@@ -75,7 +75,7 @@ def plan(policies: list[str], budgets: list[float], datasets: list[str], protoco
             if b == 1.0 and proto == "prefix":
                 continue
             for p in policies:
-                if p == FULL or (proto == "streaming" and p in NON_EVICTING):
+                if p == FULL or (proto == "streaming" and base_policy(p) in NON_EVICTING):
                     continue  # full is the budget-1 run; the streaming protocol needs an evicting policy
                 runs.append((ds, p, b, proto))
     return runs
@@ -103,6 +103,7 @@ def _row(run: dict) -> dict:
               "seconds"):
         row[k] = r.get(k)
     row.update(st["eviction"])
+    row.update(split_variant(st["policy"])[1])  # a policy variant's own settings
     return row
 
 
@@ -259,6 +260,7 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
             raise cli.UsageError(f"--datasets: {by_kind[kind]} and {name} are both {kind} data sets; give one")
         by_kind[kind] = name
     datasets = list(by_kind)
+    policies = [check_policy(p) for p in policies]  # variants in their canonical spelling: the resume keys
     if protocol not in PROTOCOLS:
         raise EngineError(f"unknown protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
     if ctx < 4 or ctx % 2:
@@ -412,7 +414,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=policy_help() + "\n\n" + EXIT_HELP + " A sweep with failed runs exits 1; they are retried next time.")
     p.add_argument("--gguf", "-m", required=True, help="path to the GGUF model file")
     p.add_argument("--policies", default="all",
-                   help="'all' (every policy of this build but full) or a comma-separated list (default all)")
+                   help="'all' (every policy of this build but full) or a comma-separated list (default all); "
+                        "an entry may be a variant of a policy, its own parameters set after colons, e.g. "
+                        "restkv:pooling=none:ema_alpha=0.5 (a row of its own, sharing the prefills)")
     p.add_argument("--budgets", default=",".join(f"{b:g}" for b in DEFAULT_BUDGETS),
                    help="comma-separated budgets: fractions in (0, 1] or token counts >= 2; 1 = the full "
                         "cache, run once for all policies (default 1,0.5,0.25,0.1,0.05)")

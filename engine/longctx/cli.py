@@ -71,7 +71,9 @@ def _parser():
                    help="samples per task and length (default 10; the needle test's sample i sits at depth "
                         "i mod 10 of its 10 depths)")
     p.add_argument("--policies", default=DEFAULTS["policies"],
-                   help="comma list of eviction policies (see below), or 'all' (default full,snapkv,restkv)")
+                   help="comma list of eviction policies (see below), or 'all' (default full,snapkv,restkv); an "
+                        "entry may be a variant of a policy, its own parameters set after colons, e.g. "
+                        "restkv:distance=none (a row of its own, sharing the prefills)")
     p.add_argument("--budgets", default=DEFAULTS["budgets"],
                    help="comma list of KV budgets: fractions in (0, 1) of the compressed span, token counts >= 2 "
                         "per layer and KV head, 1 = the full cache (see below; default 0.5,0.25,0.1)")

@@ -194,7 +194,7 @@ def same_as_full(policy: str, budget: float, n_span: int) -> bool:
     masks attention (topk) is the full cache at budget 1 only."""
     from ..eviction import POLICIES
 
-    pol = POLICIES[policy]
+    pol = POLICIES[policy.split(":", 1)[0]]  # a variant runs its policy
     if budget == 1.0 or not (pol.evicts or pol.masks_attention):
         return True
     return pol.evicts and budget > 1 and n_span <= budget

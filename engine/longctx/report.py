@@ -151,7 +151,7 @@ def tables(obj: dict, configs=None) -> str:
             a = r["avg"]
             avg = f"{_pct(a['mean'])} ± {100 * a['ci95_half']:.1f}" + ("" if r["complete"] else "*")
             kept = "100%" if r["policy"] == FULL else f"{100 * r['kept_fraction_mean']:.1f}%"
-            if r["policy"] in MASKING:
+            if r["policy"].split(":", 1)[0] in MASKING:
                 kept += " (top-k attention)"
             out.append(f"| {r['label']} | " + " | ".join(cells) + f" | {avg} | {kept} |")
         if any(not r["complete"] for r in rs):

@@ -97,6 +97,7 @@ typedef struct {
 
 typedef struct {
     double *mu, *cov, *q, *cbar, *sbar, *acc, *z;
+    double *cov_t, *t; /* the covariance transposed, and k's products with its rows */
     float  *cs;  /* [n_win][n_rot] the forward's cos/sin of each window query */
 } ea_scratch;
 
@@ -168,6 +169,11 @@ static void add_expected_attention(const rk_policy_view *v, const ea_params *ep,
     const float *K = v->k + (size_t)g * v->cap * D;
     const double inv_sqrt_d = 1.0 / sqrt((double)D);
     double mx = -INFINITY;
+    /* t_a = sum_b cov[a][b] k[b] summed b by b for all a at once: the D sums are independent chains
+     * (one chain per a, as written first, made this policy's scoring latency-bound), same bits */
+    if (ep->use_covariance)
+        for (int32_t a = 0; a < D; a++)
+            for (int32_t b = 0; b < D; b++) w->cov_t[(size_t)b * D + a] = w->cov[(size_t)a * D + b];
     for (int32_t sl = 0; sl < n; sl++) {
         if (pos[sl] < ep->n_sink) continue;
         const float *k = K + (size_t)sl * D;
@@ -175,13 +181,13 @@ static void add_expected_attention(const rk_policy_view *v, const ea_params *ep,
         for (int32_t a = 0; a < D; a++) dot += w->mu[a] * k[a];
         double z = dot * inv_sqrt_d;
         if (ep->use_covariance) {
-            double quad = 0.0;
-            for (int32_t a = 0; a < D; a++) {
-                const double *row = w->cov + (size_t)a * D;
-                double t = 0.0;
-                for (int32_t b = 0; b < D; b++) t += row[b] * k[b];
-                quad += k[a] * t;
+            double *t = w->t, quad = 0.0;
+            for (int32_t a = 0; a < D; a++) t[a] = 0.0;
+            for (int32_t b = 0; b < D; b++) {
+                const double kb = k[b], *col = w->cov_t + (size_t)b * D;
+                for (int32_t a = 0; a < D; a++) t[a] += col[a] * kb;
             }
+            for (int32_t a = 0; a < D; a++) quad += k[a] * t[a];
             z += quad / D / 2.0;
         }
         w->z[sl] = z;
@@ -243,9 +249,11 @@ static rk_status score(const rk_policy_view *v, float *scores) {
     w.sbar = malloc((size_t)(m->n_rot / 2 + 1) * sizeof(double));
     w.acc = malloc((size_t)v->cap * sizeof(double));
     w.z = malloc((size_t)v->cap * sizeof(double));
+    w.cov_t = malloc((size_t)D * D * sizeof(double));
+    w.t = malloc((size_t)D * sizeof(double));
     w.cs = malloc(((size_t)v->n_win + 1) * (m->n_rot + 1) * sizeof(float));
     rk_status st = RK_OK;
-    if (!w.mu || !w.cov || !w.q || !w.cbar || !w.sbar || !w.acc || !w.z || !w.cs) {
+    if (!w.mu || !w.cov || !w.q || !w.cbar || !w.sbar || !w.acc || !w.z || !w.cs || !w.cov_t || !w.t) {
         st = rk_fail(RK_ERR_OOM, "expected_attention: cannot allocate scoring scratch");
         goto done;
     }
@@ -264,6 +272,7 @@ static rk_status score(const rk_policy_view *v, float *scores) {
     }
 done:
     free(w.mu); free(w.cov); free(w.q); free(w.cbar); free(w.sbar); free(w.acc); free(w.z); free(w.cs);
+    free(w.cov_t); free(w.t);
     return st;
 }
 

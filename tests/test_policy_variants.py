@@ -71,3 +71,23 @@ def test_ruler_variant_runs_equal_runs_with_the_option(tiny_gguf, tmp_path):
     want = [dict(timeless(r), policy=name, label=r["label"].replace("restkv", name), prefill_shared=True)
             for r in alone["runs"]]
     assert len(var) == 2 and var == want
+
+
+def test_ruler_runs_a_masking_policy_once_for_every_protocol(tiny_gguf, tmp_path):
+    """topk evicts nothing: its generations do not depend on the protocol, so it runs once per budget and
+    sample and is recorded under each protocol (run_as: the one it ran under), with what a run under that
+    protocol alone generates."""
+    from engine.ruler import run
+    from test_ruler import CTX
+
+    gguf = tiny_gguf(weight_type="Q8_0", n_ctx_train=1024)
+    kw = dict(samples=2, policies="topk", budgets=[0.25], progress=False, eviction={"window": 4})
+    both = run(gguf, "niah_single_1,passkey", [CTX], out=str(tmp_path / "a"), protocols="agnostic,aware-full", **kw)
+    alone = run(gguf, "niah_single_1,passkey", [CTX], out=str(tmp_path / "b"), protocols="aware-full", **kw)
+    aware = {(r["task"], r["index"]): r for r in both["runs"] if r["protocol"] == "aware-full"}
+    assert len(aware) == 4 and all(r["run_as"] == "agnostic" for r in aware.values())
+    assert all(r["run_as"] is None for r in both["runs"] if r["protocol"] == "agnostic")
+    for r in alone["runs"]:
+        assert r["run_as"] is None
+        assert aware[(r["task"], r["index"])]["generated_ids"] == r["generated_ids"]
+        assert aware[(r["task"], r["index"])]["score"] == r["score"]

@@ -31,7 +31,7 @@ RUN_FIELDS = {"task", "ctx", "index", "protocol", "policy", "budget", "label", "
               "metric", "answers", "max_new_tokens", "n_prompt", "score", "n_span", "n_rest", "kept_mean", "kept_min",
               "kept_max", "kept_fraction", "first_token_from", "generated_ids", "prediction", "n_generated",
               "stop_reason", "append_seconds", "decode_seconds", "decode_tokens_per_second", "prefill_seconds",
-              "prefill_shared", "compress_seconds", "evicted", "seconds", "same_as_full", "finished"}
+              "prefill_shared", "compress_seconds", "evicted", "seconds", "same_as_full", "run_as", "finished"}
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ SHORT = {"niah_single_1": "s1", "niah_single_2": "s2", "niah_single_3": "s3", "n
 
 CSV_FIELDS = ["task", "ctx", "index", "protocol", "policy", "budget", "label", "budget_kind", "score", "prediction",
               "answers", "metric", "depth", "n_prompt", "n_span", "n_rest", "kept_mean", "kept_min", "kept_max",
-              "kept_fraction", "evicted", "same_as_full", "n_generated", "stop_reason", "max_new_tokens",
+              "kept_fraction", "evicted", "same_as_full", "run_as", "n_generated", "stop_reason", "max_new_tokens",
               "first_token_from", "sample_seed", "prefill_seconds", "prefill_shared", "compress_seconds",
               "append_seconds", "decode_seconds", "decode_tokens_per_second", "seconds", "finished"]
 

@@ -41,7 +41,7 @@ from .. import cli
 from ..errors import EngineError
 from ..eval.options import check_budget, check_policy, make_eviction
 from ..eval.shared_prefill import SharedPrefill
-from ..eviction import FULL
+from ..eviction import FULL, POLICIES
 from .protocols import (PROTOCOLS, STAGE, GenTokenizer, Segments, check_protocols, end_ids, greedy, prompt_format,
                         same_as_full, segments)
 
@@ -137,6 +137,14 @@ def finish(session, segs: Segments, protocol: str, logits: Optional[np.ndarray],
             "decode_seconds": t2 - t1, "decode_tokens_per_second": len(dec.ids) / (t2 - t1) if t2 > t1 else 0.0}
 
 
+def as_protocol(segs: Segments, protocol: str) -> dict:
+    """The bookkeeping of finish() that depends on the protocol, for a run that evicted nothing: every
+    global buffer holds the whole span."""
+    n_span, rest = segs.n_span(protocol), segs.rest(protocol)
+    return {"n_span": n_span, "n_rest": len(rest), "kept_mean": float(n_span), "kept_min": n_span,
+            "kept_max": n_span, "kept_fraction": 1.0, "first_token_from": "append" if rest else "prefill"}
+
+
 def fresh_run(model, segs: Segments, protocol: str, eviction, n_ctx: int, max_new: int, stop_at_newline: bool = False,
               n_threads: Optional[int] = None) -> dict:
     """One configuration alone, in a session of its own (the reference the shared prefill must equal):
@@ -182,7 +190,11 @@ def run_sample(model, sample, segs: Segments, configs: Sequence[Config], ev_para
     for cfg in configs:
         n_span = segs.n_span(cfg.protocol)
         full = same_as_full(cfg.policy, cfg.budget, n_span)
-        key = (cfg.protocol, None) if full else (cfg.protocol, cfg.policy, cfg.budget)
+        # a policy that masks attention (topk) evicts nothing: it attends over the whole prompt however it is
+        # cut into stages, so its generations are the same under every protocol; it runs once for all of them
+        # (a prefill of its own per budget), recorded under each with run_as = the protocol it ran under
+        masks = POLICIES[cfg.policy.split(":", 1)[0]].masks_attention
+        key = (cfg.protocol, None) if full else ("masked" if masks else cfg.protocol, cfg.policy, cfg.budget)
         if key not in unique:
             unique[key] = len(evs)
             evs.append(None if full else make_eviction(cfg.policy, cfg.budget, **ev_params))
@@ -202,7 +214,10 @@ def run_sample(model, sample, segs: Segments, configs: Sequence[Config], ev_para
                        compress_seconds=pre.compress_seconds, evicted=evs[j] is not None)
             res["seconds"] = pre.compress_seconds + res["append_seconds"] + res["decode_seconds"]
             for cfg in cfgs:
-                yield cfg, dict(res, same_as_full=evs[j] is None and cfg.policy != FULL)
+                out = dict(res, same_as_full=evs[j] is None and cfg.policy != FULL, run_as=None)
+                if cfg.protocol != cfgs[0].protocol:  # a masking policy's run, recorded under another protocol
+                    out.update(as_protocol(segs, cfg.protocol), run_as=cfgs[0].protocol)
+                yield cfg, out
     finally:
         if cache is None:
             sp.close()

@@ -167,9 +167,7 @@ def _csv_value(k: str, v):
 
 
 def write_outputs(out: str, obj: dict, configs) -> list[str]:
-    """DIR/ruler.json, ruler.csv, ruler.md and the plots, each written whole or not at all."""
-    from . import plots
-
+    """DIR/ruler.json, ruler.csv and ruler.md, each written whole or not at all (the plots: plots.write_plots)."""
     files = [os.path.join(out, "ruler.json"), os.path.join(out, "ruler.csv"), os.path.join(out, "ruler.md")]
     cli.write_json(files[0], obj, indent=1)
     with cli.atomic_write(files[1], newline="") as f:
@@ -179,4 +177,4 @@ def write_outputs(out: str, obj: dict, configs) -> list[str]:
             w.writerow({k: _csv_value(k, r.get(k)) for k in CSV_FIELDS})
     with cli.atomic_write(files[2]) as f:
         f.write(tables(obj, configs))
-    return files + plots.write_plots(out, obj)
+    return files

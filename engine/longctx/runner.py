@@ -416,7 +416,7 @@ def run(model, tasks, lengths, samples: int = 1, policies: Sequence[str] = (FULL
     policies' hyper-parameters (engine.Eviction fields). out: the folder of the resumable files (None:
     nothing written). Ctrl-C: engine.cli.Interrupted carrying this dict (partial), after writing it."""
     from .. import Model, __version__
-    from . import report
+    from . import plots, report
 
     log = sys.stderr if log is None else log
     own = not isinstance(model, Model)
@@ -508,7 +508,7 @@ def run(model, tasks, lengths, samples: int = 1, policies: Sequence[str] = (FULL
         def result(partial: bool) -> dict:
             runs = [done[k] for k in keys if k in done]
             obj = {"meta": meta, "runs": runs, "summary": report.summarize(runs, meta, configs), "partial": partial}
-            files = report.write_outputs(out, obj, configs) if out is not None else []
+            files = report.write_outputs(out, obj, configs) + plots.write_plots(out, obj) if out is not None else []
             if json_out:
                 cli.write_json(json_out, obj)
             return {**obj, "tables": report.tables(obj, configs), "ran": ran, "skipped": skipped, "files": files}

@@ -9,13 +9,20 @@
  * slot order, and V rows are added into the output in slot order. So how rows
  * are grouped changes speed, not results; decode gives the bits a prefill gives.
  *
+ * The kernels (att_kernels) take a set of query rows (rk_att_rows) and read each
+ * K/V row once, in its stored type, for all of them.
  * Prefill: jobs of several query rows that share one kv-head (up to
- * RK_ATT_TOKENS tokens x the heads of a GQA group), so each K and V row is
- * read once per job instead of once per query row.
+ * RK_ATT_TOKENS tokens x the heads of a GQA group).
  * Decode (one token): three passes, so that both threads stream the cache and
  * each K/V row is read once for the whole GQA group: scores by (kv-head, slot
  * block), softmax by head, then value sums by (kv-head, 32-wide slice of the
  * head dimension), each slice keeping the slot order of its sums.
+ *
+ * Profile that shaped this (perf, SmolLM2-135M, F16 cache, 2 threads, Zen 1): decode at depth
+ * 8192 spent ~85% of a step in attention, a third each in converting K/V blocks to an f32
+ * buffer, the dots, and the value sums reading that buffer back; prefill 2048 ~55% (the rest
+ * the matmuls). The kernels now convert each element once in registers and tile rows x keys
+ * (attention_avx2.c says why).
  */
 #include <math.h>
 #include <stdint.h>
@@ -28,30 +35,62 @@
 
 #define DEC_SLOTS 256 /* slots per scoring job of a decode step */
 #define DEC_DIMS 32   /* head-dimension slice per value job of a decode step */
-#define BLK 8         /* K and V rows converted to f32 together, then met by every query row */
+#define CVT_MAX 512   /* the portable twins convert a K/V row once when it is at most this long */
 
-/* Key and value blocks: keys scored 8 at a time against one query, values summed 8 slots at a
- * time into one output row. Prefill and decode use the same pair, so their rows agree bit for bit. */
+/* scores of keys [0, ns) for a set of rows, value sums into them, softmax exponentials.
+ * Prefill and decode use the same kernels, so their rows agree bit for bit. */
 typedef struct {
-    void (*dot_block)(int n, int nk, const float *k, const float *q, float *out);
-    void (*accum_block)(int n, int nv, const float *w, const float *v, size_t vs, float *out);
+    void (*scores)(int hd, int f16, int ns, const void *k, const int32_t *pos, float scale, const rk_att_rows *r);
+    void (*values)(int nd, int f16, int ns, const void *v, size_t vs, const rk_att_rows *r);
+    float (*max)(const float *sc, int n); /* max of sc[0..n), -inf for none */
     /* sc[i] = exp(sc[i] - mx) (0 for -inf), returns their sum */
     double (*softmax_exp)(float *sc, int n, float mx);
 } att_kernels;
 
-/* portable twins: one accumulator per key, in element order; values as in the AVX2 kernel */
-static void dot_block_c(int n, int nk, const float *k, const float *q, float *out) {
-    for (int i = 0; i < nk; i++) {
-        double acc = 0.0;
-        for (int c = 0; c < n; c++) acc += (double)k[(size_t)i * n + c] * q[c];
-        out[i] = (float)acc;
+/* element c of a stored row (f16 or f32), and the row as f32: in buf, or the row itself */
+static inline float elt(const void *x, int f16, size_t c) {
+    return f16 ? rk_fp16_to_fp32(((const uint16_t *)x)[c]) : ((const float *)x)[c];
+}
+static const float *row_f32(const void *x, int f16, int n, float *buf) {
+    if (!f16) return x;
+    for (int c = 0; c < n; c++) buf[c] = elt(x, 1, (size_t)c);
+    return buf;
+}
+
+/* portable twins: one double accumulator per (key, row), in element order; values as in the AVX2 kernel */
+static void scores_c(int hd, int f16, int ns, const void *k, const int32_t *pos, float scale, const rk_att_rows *rw) {
+    float buf[CVT_MAX];
+    const size_t es = f16 ? 2 : 4;
+    for (int i = 0; i < ns; i++) {
+        const void *ki = (const uint8_t *)k + (size_t)i * hd * es;
+        const float *kf = hd <= CVT_MAX ? row_f32(ki, f16, hd, buf) : NULL;
+        for (int r = 0; r < rw->n; r++) {
+            double acc = 0.0;
+            for (int c = 0; c < hd; c++) acc += (double)(kf ? kf[c] : elt(ki, f16, (size_t)c)) * rw->q[r][c];
+            rw->sc[r][i] = pos[i] <= rw->p[r] && pos[i] >= rw->lo[r] ? (float)acc * scale : -INFINITY;
+        }
     }
 }
 
-static void accum_block_c(int n, int nv, const float *w, const float *v, size_t vs, float *out) {
-    for (int c = 0; c < n; c++)
-        for (int i = 0; i < nv; i++)
-            if (w[i] != 0.0f) out[c] += w[i] * v[(size_t)i * vs + c];
+static void values_c(int nd, int f16, int ns, const void *v, size_t vs, const rk_att_rows *rw) {
+    float buf[CVT_MAX];
+    const size_t es = f16 ? 2 : 4;
+    for (int i = 0; i < ns; i++) {
+        const void *vi = (const uint8_t *)v + (size_t)i * vs * es;
+        const float *vf = nd <= CVT_MAX ? row_f32(vi, f16, nd, buf) : NULL;
+        for (int r = 0; r < rw->n; r++) {
+            const float w = rw->sc[r][i];
+            if (w == 0.0f) continue;
+            for (int c = 0; c < nd; c++) rw->o[r][c] += w * (vf ? vf[c] : elt(vi, f16, (size_t)c));
+        }
+    }
+}
+
+static float max_c(const float *sc, int n) {
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (sc[i] > mx) mx = sc[i];
+    return mx;
 }
 
 static double softmax_exp_c(float *sc, int n, float mx) {
@@ -64,14 +103,29 @@ static double softmax_exp_c(float *sc, int n, float mx) {
 }
 
 static att_kernels pick_kernels(int head_dim) {
-    att_kernels k = {dot_block_c, accum_block_c, softmax_exp_c};
+    att_kernels k = {scores_c, values_c, max_c, softmax_exp_c};
 #if defined(RK_HAVE_X86)
     if (head_dim % 8 == 0 && rk_quant_avx2_active())
-        k = (att_kernels){rk_avx2_dot_block, rk_avx2_accum_block, rk_avx2_softmax_exp};
+        k = (att_kernels){rk_avx2_att_scores, rk_avx2_att_values, rk_avx2_att_max, rk_avx2_softmax_exp};
 #else
     (void)head_dim;
 #endif
     return k;
+}
+
+/* the arrays behind an rk_att_rows of at most RK_ATT_ROWS rows */
+typedef struct {
+    const float *q[RK_ATT_ROWS];
+    float *sc[RK_ATT_ROWS], *o[RK_ATT_ROWS];
+    int32_t p[RK_ATT_ROWS], lo[RK_ATT_ROWS];
+    rk_att_rows r;
+} att_rowset;
+
+static void rows_init(att_rowset *s) { s->r = (rk_att_rows){0, s->q, s->sc, s->o, s->p, s->lo}; }
+static void rows_add(att_rowset *s, const float *q, float *sc, float *o, int32_t p, int32_t n_swa) {
+    const int i = s->r.n++;
+    s->q[i] = q, s->sc[i] = sc, s->o[i] = o, s->p[i] = p;
+    s->lo[i] = n_swa ? p - n_swa + 1 : INT32_MIN;
 }
 
 typedef struct {
@@ -87,66 +141,52 @@ typedef struct {
 } att_job;
 
 size_t rk_attention_scratch_floats(int n_ctx, int head_dim) {
-    return (size_t)(RK_ATT_ROWS + 1) * (size_t)n_ctx + RK_ATT_ROWS + (size_t)2 * BLK * (size_t)head_dim + BLK;
+    (void)head_dim;
+    return (size_t)(RK_ATT_ROWS + 1) * (size_t)n_ctx;
 }
 
 /* one thread's share of c->att_ws, laid out in this one place */
 typedef struct {
     float *scores; /* [RK_ATT_ROWS][n_ctx] a prefill job's rows */
     float *tmp;    /* [n_ctx] top-k scratch */
-    float *inv;    /* [RK_ATT_ROWS] 1/sum per row */
-    float *kf, *vf; /* [BLK][head_dim] keys and values as f32 */
-    float *blk;    /* [BLK] one row's block of scores or weights */
 } att_scratch;
 
 static att_scratch scratch_of(const rk_backend_ctx *c, int ith) {
-    const size_t C = (size_t)c->n_ctx, hd = (size_t)c->head_dim;
     att_scratch w;
-    w.scores = c->att_ws + (size_t)ith * rk_attention_scratch_floats(c->n_ctx, (int)hd);
-    w.tmp = w.scores + RK_ATT_ROWS * C;
-    w.inv = w.tmp + C;
-    w.kf = w.inv + RK_ATT_ROWS;
-    w.vf = w.kf + BLK * hd;
-    w.blk = w.vf + BLK * hd;
+    w.scores = c->att_ws + (size_t)ith * rk_attention_scratch_floats(c->n_ctx, c->head_dim);
+    w.tmp = w.scores + RK_ATT_ROWS * (size_t)c->n_ctx;
     return w;
 }
 
-/* Query row (token at position p, head h of kv-head g) with raw scores sc[0..n_used):
- * turns them into exp(score - max) (0 where masked) and returns 1/sum; adds the
- * normalised weights to the accumulated-attention statistics when they are kept. */
-static float softmax_row(const att_job *j, int g, int h, int32_t p, float *sc, int32_t n_used, float *tmp) {
+/* Query row (token at position p, head h of kv-head g) with raw scores sc[0..n_used): turns
+ * them into the softmax weights exp(score - max) * (1/sum) (0 where masked), the one product
+ * the value sums and the accumulated-attention statistics (when kept) both read. */
+static void softmax_row(const att_job *j, int g, int h, int32_t p, float *sc, int32_t n_used, float *tmp) {
     const rk_attn_args *a = j->a;
     const int group = j->group;
     const size_t C = (size_t)j->kv->capacity;
     const int32_t *pos = rk_kv_pos(j->kv, j->il, g);
-    float mx = -INFINITY;
-    for (int32_t sl = 0; sl < n_used; sl++)
-        if (sc[sl] > mx) mx = sc[sl];
+    const float mx = j->kern.max(sc, n_used);
     if (a->topk || a->topk_frac > 0) rk_topk_mask(a->topk, a->topk_frac, sc, n_used, tmp);
     const double sum = j->kern.softmax_exp(sc, n_used, mx);
     const float inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
+    for (int32_t sl = 0; sl < n_used; sl++) sc[sl] *= inv;
     if (a->stats.acc) {
         float *acc = a->stats.acc + (size_t)h * C;
         float *cnt = a->stats.cnt + (size_t)g * C;
         for (int32_t sl = 0; sl < n_used; sl++) {
             if (pos[sl] > p) continue; /* (statistics are kept for global layers only: no window here) */
-            acc[sl] += sc[sl] * inv;
+            acc[sl] += sc[sl];
             if (h % group == 0) cnt[sl] += 1.0f;
         }
     }
-    return inv;
 }
 
 /* ---- prefill: rows r = (t - t0) * nh + (h - h0) for tokens [t0, t1) and query heads [h0, h0 + nh) of kv-head g */
 static void attend_rows(const att_job *j, const att_scratch *ws, int g, int h0, int nh, int t0, int t1) {
     const rk_kv *kv = j->kv;
-    const int hd = kv->head_dim, dq = j->a->n_heads * hd;
+    const int hd = kv->head_dim, dq = j->a->n_heads * hd, f16 = kv->type == RK_TYPE_F16;
     const size_t C = (size_t)j->c->n_ctx; /* the workspace's row stride: the largest buffer of any layer */
-    const rk_type_traits *kt = rk_get_type_traits(kv->type);
-    const size_t row = (size_t)hd * kv->elt_size;
-    const float scale = j->a->scale;
-    float *scores = ws->scores, *tmp = ws->tmp, *inv = ws->inv, *kf = ws->kf, *vf = ws->vf, *blk = ws->blk;
-    const uint8_t *K = rk_kv_k(kv, j->il, g), *V = rk_kv_v(kv, j->il, g);
     const int32_t *pos = rk_kv_pos(kv, j->il, g);
     /* slots past the last one any row of the job sees (in a cache filled in order: the
      * batch's later tokens) take no work; every row masks its own later slots */
@@ -154,31 +194,19 @@ static void attend_rows(const att_job *j, const att_scratch *ws, int g, int h0, 
     int32_t n_used = kv->n_used[rk_kv_head_index(kv, j->il, g)];
     while (n_used > 0 && pos[n_used - 1] > p_last) n_used--;
 
-    for (int32_t s0 = 0; s0 < n_used; s0 += BLK) {
-        const int ns = s0 + BLK < n_used ? BLK : n_used - s0;
-        kt->to_float(K + (size_t)s0 * row, kf, (int64_t)ns * hd);
-        for (int t = t0, r = 0; t < t1; t++)
-            for (int h = h0; h < h0 + nh; h++, r++) {
-                j->kern.dot_block(hd, ns, kf, j->a->q + (size_t)t * dq + (size_t)h * hd, blk);
-                float *sc = scores + (size_t)r * C + s0;
-                const int32_t p = j->pos0 + t, lo = j->a->n_swa ? p - j->a->n_swa + 1 : INT32_MIN;
-                for (int i = 0; i < ns; i++) sc[i] = pos[s0 + i] <= p && pos[s0 + i] >= lo ? blk[i] * scale : -INFINITY;
-            }
-    }
-    for (int t = t0, r = 0; t < t1; t++)
-        for (int h = h0; h < h0 + nh; h++, r++) {
-            inv[r] = softmax_row(j, g, h, j->pos0 + t, scores + (size_t)r * C, n_used, tmp);
-            memset(j->a->out + (size_t)t * dq + (size_t)h * hd, 0, (size_t)hd * sizeof(float));
+    att_rowset rs;
+    rows_init(&rs);
+    for (int t = t0; t < t1; t++)
+        for (int h = h0; h < h0 + nh; h++) {
+            const size_t off = (size_t)t * dq + (size_t)h * hd;
+            rows_add(&rs, j->a->q + off, ws->scores + (size_t)rs.r.n * C, j->a->out + off, j->pos0 + t, j->a->n_swa);
         }
-    for (int32_t s0 = 0; s0 < n_used; s0 += BLK) {
-        const int ns = s0 + BLK < n_used ? BLK : n_used - s0;
-        kt->to_float(V + (size_t)s0 * row, vf, (int64_t)ns * hd);
-        for (int t = t0, r = 0; t < t1; t++)
-            for (int h = h0; h < h0 + nh; h++, r++) {
-                for (int i = 0; i < ns; i++) blk[i] = scores[(size_t)r * C + s0 + i] * inv[r];
-                j->kern.accum_block(hd, ns, blk, vf, (size_t)hd, j->a->out + (size_t)t * dq + (size_t)h * hd);
-            }
+    j->kern.scores(hd, f16, n_used, rk_kv_k(kv, j->il, g), pos, j->a->scale, &rs.r);
+    for (int r = 0; r < rs.r.n; r++) {
+        softmax_row(j, g, h0 + r % nh, rs.p[r], rs.sc[r], n_used, ws->tmp);
+        memset(rs.o[r], 0, (size_t)hd * sizeof(float));
     }
+    j->kern.values(hd, f16, n_used, rk_kv_v(kv, j->il, g), (size_t)hd, &rs.r);
 }
 
 static void attention_task(void *ctx, int ith, int nth) {
@@ -206,7 +234,7 @@ static void attention_task(void *ctx, int ith, int nth) {
     }
 }
 
-/* ---- decode: one query token at position j->pos0 */
+/* ---- decode: one query token at position j->pos0; row h's scores, then weights, at att_dec + h * (n_ctx + 1) */
 
 static long max_used(const rk_kv *kv, int il) {
     long mx = 0;
@@ -217,17 +245,12 @@ static long max_used(const rk_kv *kv, int il) {
     return mx;
 }
 
-/* job = (kv-head, block of DEC_SLOTS slots): the group's scores, each key read once */
+/* job = (kv-head, block of DEC_SLOTS slots): the group's scores, each key read once per RK_ATT_ROWS heads */
 static void decode_scores_task(void *ctx, int ith, int nth) {
     const att_job *j = ctx;
     const rk_kv *kv = j->kv;
-    const int hd = kv->head_dim, group = j->group;
+    const int hd = kv->head_dim, group = j->group, f16 = kv->type == RK_TYPE_F16;
     const size_t C1 = (size_t)j->c->n_ctx + 1, row = (size_t)hd * kv->elt_size;
-    const rk_type_traits *kt = rk_get_type_traits(kv->type);
-    const float scale = j->a->scale;
-    const int32_t lo = j->a->n_swa ? j->pos0 - j->a->n_swa + 1 : INT32_MIN; /* the window's first position */
-    const att_scratch ws = scratch_of(j->c, ith);
-    float *kf = ws.kf, *blk = ws.blk;
     const long n_blocks = (max_used(kv, j->il) + DEC_SLOTS - 1) / DEC_SLOTS;
     long b, e;
     rk_split_range((long)kv->n_kv_heads * n_blocks, ith, nth, 1, &b, &e);
@@ -236,33 +259,29 @@ static void decode_scores_task(void *ctx, int ith, int nth) {
         const int32_t n_used = kv->n_used[rk_kv_head_index(kv, j->il, g)];
         const int32_t s0 = (int32_t)(job % n_blocks) * DEC_SLOTS;
         const int32_t s1 = s0 + DEC_SLOTS < n_used ? s0 + DEC_SLOTS : n_used;
-        const uint8_t *K = rk_kv_k(kv, j->il, g);
-        const int32_t *pos = rk_kv_pos(kv, j->il, g);
-        for (int32_t b0 = s0; b0 < s1; b0 += BLK) {
-            const int ns = b0 + BLK < s1 ? BLK : s1 - b0;
-            kt->to_float(K + (size_t)b0 * row, kf, (int64_t)ns * hd);
-            for (int h = g * group; h < (g + 1) * group; h++) {
-                j->kern.dot_block(hd, ns, kf, j->a->q + (size_t)h * hd, blk);
-                float *sc = j->c->att_dec + (size_t)h * C1 + b0;
-                for (int i = 0; i < ns; i++) sc[i] = pos[b0 + i] <= j->pos0 && pos[b0 + i] >= lo ? blk[i] * scale : -INFINITY;
-            }
+        if (s1 <= s0) continue;
+        for (int h0 = g * group; h0 < (g + 1) * group; h0 += RK_ATT_ROWS) {
+            att_rowset rs;
+            rows_init(&rs);
+            for (int h = h0; h < (g + 1) * group && h < h0 + RK_ATT_ROWS; h++)
+                rows_add(&rs, j->a->q + (size_t)h * hd, j->c->att_dec + (size_t)h * C1 + s0, NULL, j->pos0, j->a->n_swa);
+            j->kern.scores(hd, f16, s1 - s0, rk_kv_k(kv, j->il, g) + (size_t)s0 * row, rk_kv_pos(kv, j->il, g) + s0,
+                           j->a->scale, &rs.r);
         }
     }
 }
 
-/* job = one head: softmax over its scores; 1/sum stored after them */
+/* job = one head: softmax over its scores, into weights */
 static void decode_softmax_task(void *ctx, int ith, int nth) {
     const att_job *j = ctx;
     const int group = j->group;
-    const size_t C = (size_t)j->c->n_ctx;
     float *tmp = scratch_of(j->c, ith).tmp;
     long b, e;
     rk_split_range(j->a->n_heads, ith, nth, 1, &b, &e);
     for (long h = b; h < e; h++) {
         const int g = (int)h / group;
-        float *sc = j->c->att_dec + (size_t)h * (C + 1);
         const int32_t n_used = j->kv->n_used[rk_kv_head_index(j->kv, j->il, g)];
-        sc[C] = softmax_row(j, g, (int)h, j->pos0, sc, n_used, tmp);
+        softmax_row(j, g, (int)h, j->pos0, j->c->att_dec + (size_t)h * ((size_t)j->c->n_ctx + 1), n_used, tmp);
     }
 }
 
@@ -270,12 +289,8 @@ static void decode_softmax_task(void *ctx, int ith, int nth) {
 static void decode_values_task(void *ctx, int ith, int nth) {
     const att_job *j = ctx;
     const rk_kv *kv = j->kv;
-    const int hd = kv->head_dim, group = j->group;
-    const size_t C = (size_t)j->c->n_ctx, row = (size_t)hd * kv->elt_size;
-    const rk_type_traits *kt = rk_get_type_traits(kv->type);
-    const att_scratch ws = scratch_of(j->c, ith);
-    float *vf = ws.vf, *blk = ws.blk;
-    float *out = j->a->out;
+    const int hd = kv->head_dim, group = j->group, f16 = kv->type == RK_TYPE_F16;
+    const size_t C1 = (size_t)j->c->n_ctx + 1;
     const int n_slices = (hd + DEC_DIMS - 1) / DEC_DIMS;
     long b, e;
     rk_split_range((long)kv->n_kv_heads * n_slices, ith, nth, 1, &b, &e);
@@ -283,17 +298,16 @@ static void decode_values_task(void *ctx, int ith, int nth) {
         const int g = (int)(job / n_slices), d0 = (int)(job % n_slices) * DEC_DIMS;
         const int nd = d0 + DEC_DIMS < hd ? DEC_DIMS : hd - d0;
         const int32_t n_used = kv->n_used[rk_kv_head_index(kv, j->il, g)];
-        const uint8_t *V = rk_kv_v(kv, j->il, g) + (size_t)d0 * kv->elt_size;
-        for (int h = g * group; h < (g + 1) * group; h++) memset(out + (size_t)h * hd + d0, 0, (size_t)nd * sizeof(float));
-        for (int32_t s0 = 0; s0 < n_used; s0 += BLK) {
-            const int ns = s0 + BLK < n_used ? BLK : n_used - s0;
-            for (int i = 0; i < ns; i++) kt->to_float(V + (size_t)(s0 + i) * row, vf + (size_t)i * nd, nd);
-            for (int h = g * group; h < (g + 1) * group; h++) {
-                const float *sc = j->c->att_dec + (size_t)h * (C + 1);
-                /* a slot after the query has weight 0 (its score was -inf): skipped like any zero */
-                for (int i = 0; i < ns; i++) blk[i] = sc[s0 + i] * sc[C];
-                j->kern.accum_block(nd, ns, blk, vf, (size_t)nd, out + (size_t)h * hd + d0);
+        for (int h0 = g * group; h0 < (g + 1) * group; h0 += RK_ATT_ROWS) {
+            att_rowset rs;
+            rows_init(&rs);
+            for (int h = h0; h < (g + 1) * group && h < h0 + RK_ATT_ROWS; h++) {
+                float *o = j->a->out + (size_t)h * hd + d0;
+                memset(o, 0, (size_t)nd * sizeof(float));
+                rows_add(&rs, NULL, j->c->att_dec + (size_t)h * C1, o, j->pos0, 0);
             }
+            /* a slot after the query has weight 0 (its score was -inf): skipped like any zero */
+            j->kern.values(nd, f16, n_used, rk_kv_v(kv, j->il, g) + (size_t)d0 * kv->elt_size, (size_t)hd, &rs.r);
         }
     }
 }

@@ -10,7 +10,7 @@ struct rk_backend_ctx {
     int      n_threads, n_batch, n_ctx, n_heads, head_dim;
     void    *act;      /* quantised activations for rk_matmul */
     float   *att_ws;   /* [n_threads][rk_attention_scratch_floats] per-thread scores and rows */
-    float   *att_dec;  /* [n_heads][n_ctx + 1] one decoded token's scores, then 1/sum per head */
+    float   *att_dec;  /* [n_heads][n_ctx + 1] one decoded token's scores, then its weights */
     /* RoPE angles of the last (pos0, n, hp) asked for: layers with the same RoPE reuse them */
     float   *cos_sin;  /* [n_batch][max n_rot] */
     int      cs_valid, cs_n;

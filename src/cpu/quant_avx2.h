@@ -105,9 +105,20 @@ void rk_avx2_vec_dot_packed_q4_K(int64_t n, int nt, float *s, size_t ss, const v
 void rk_avx2_vec_dot_packed_q5_K(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
 void rk_avx2_vec_dot_packed_q6_K(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
 
-/* attention blocks (att_kernels in attention.c, attention_avx2.c) */
-void rk_avx2_dot_block(int n, int nk, const float *k, const float *q, float *out);
-void rk_avx2_accum_block(int n, int nv, const float *w, const float *v, size_t vs, float *out);
+/* attention (att_kernels in attention.c, attention_avx2.c): the query rows a kernel call serves
+ * together, each K/V row read once, in its stored type (f16 or f32), for all of them */
+typedef struct {
+    int n;                 /* rows */
+    const float *const *q; /* [n] query rows (head_dim floats) */
+    float *const *sc;      /* [n] the row's scores, then its weights, from the call's first slot */
+    float *const *o;       /* [n] output rows, from the call's first dimension */
+    const int32_t *p, *lo; /* [n] the row sees the slots whose position is in [lo, p] */
+} rk_att_rows;
+/* sc[r][i] = dot(key i, q[r]) * scale, -inf where pos[i] is outside the row's [lo, p]; i < ns */
+void rk_avx2_att_scores(int hd, int f16, int ns, const void *k, const int32_t *pos, float scale, const rk_att_rows *r);
+/* o[r][0..nd) += sc[r][i] * v_i for i < ns in order, zero weights skipped; v_i = v + i * vs elements */
+void rk_avx2_att_values(int nd, int f16, int ns, const void *v, size_t vs, const rk_att_rows *r);
+float rk_avx2_att_max(const float *sc, int n);
 double rk_avx2_softmax_exp(float *sc, int n, float mx);
 
 void rk_avx2_to_float_f16(const void *src, float *dst, int64_t n);

@@ -103,3 +103,25 @@ def test_sliding_window_ring_agrees_bit_for_bit(tiny_gguf, kv_type):
     path = tiny_gguf(arch="gemma3", n_embd=128, n_heads=6, n_kv_heads=1, n_layers=3, sliding_window=40,
                      head_dim=32, weight_type="F32", seed=5)
     assert check(runs(path, kv_type, small_batch=False)) == []
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "f32"])
+def test_wrapped_ring_agrees_bit_for_bit(tiny_gguf, kv_type):
+    """a ring of n_swa - 1 + 16 slots that wraps many times over the prompt: a decode step's
+    visible slots are then two stretches of the ring (its end and its start), a prefill job's
+    too; the runs the kernels skip between them must not change a bit"""
+    path = tiny_gguf(arch="gemma3", n_embd=128, n_heads=6, n_kv_heads=1, n_layers=3, sliding_window=40,
+                     head_dim=32, weight_type="F32", seed=5)
+    prompt, tail = tokens(N_PROMPT), tokens(N_TAIL, 1)
+    out = {}
+    with engine.Model(path, n_threads=2) as m:
+        with m.session(n_ctx=320, n_batch=16, kv_type=kv_type) as s:
+            out["batch"] = s.eval(prompt + tail, logits="all")[N_PROMPT - 1:-1]
+        with m.session(n_ctx=320, n_batch=16, kv_type=kv_type) as s:
+            seq = prompt + tail
+            out["pieces"] = np.concatenate([s.eval(seq[i:i + 7], logits="all") for i in range(0, len(seq), 7)])[
+                N_PROMPT - 1:-1]
+        with m.session(n_ctx=320, n_batch=16, kv_type=kv_type) as s:
+            steps = [s.eval(prompt, logits="last")] + [s.eval([t]) for t in tail[:-1]]
+            out["decode"] = np.stack(steps)
+    assert check(out) == []

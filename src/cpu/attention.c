@@ -182,6 +182,81 @@ static void softmax_row(const att_job *j, int g, int h, int32_t p, float *sc, in
     }
 }
 
+/* ---- sliding-window layers: only the slots a job's rows can see. A ring holds n_swa - 1 + n_batch
+ * slots, so a decode step or a job of a few tokens sees about half of them; the others (one
+ * contiguous stretch of the ring) would be scored only to be masked. Skipping them changes no bits:
+ * their scores are -inf either way, their weights 0, and zero weights add nothing to the sums. */
+
+#define RUN_GAP 16 /* invisible slots inside a run: cheaper to score and mask than to split the run */
+#define MAX_RUNS 4
+
+typedef struct {
+    int32_t b, e;
+} slot_run;
+
+/* maximal runs of the slots of [0, ns) whose position is in [lo, hi] (gaps under RUN_GAP kept
+ * inside); past MAX_RUNS the last run is extended over the rest */
+static int visible_runs(const int32_t *pos, int32_t ns, int32_t lo, int32_t hi, slot_run *runs) {
+    int n = 0;
+    for (int32_t s = 0; s < ns;) {
+        while (s < ns && (pos[s] < lo || pos[s] > hi)) s++;
+        if (s == ns) break;
+        int32_t last = s;
+        for (int32_t t = s + 1; t < ns && t - last <= RUN_GAP; t++)
+            if (pos[t] >= lo && pos[t] <= hi) last = t;
+        if (n == MAX_RUNS) runs[n - 1].e = last + 1;
+        else runs[n++] = (slot_run){s, last + 1};
+        s = last + 1;
+    }
+    return n;
+}
+
+/* kern.scores over slots [0, ns) (sc, k and pos from slot 0), of a window layer (lo <= hi: the
+ * positions any row sees) only over its visible runs, the rest of each row -inf */
+static void scores_seen(const att_job *j, int hd, int f16, int32_t ns, const uint8_t *k, const int32_t *pos,
+                        const rk_att_rows *rw, int32_t lo, int32_t hi) {
+    if (!j->a->n_swa) {
+        j->kern.scores(hd, f16, ns, k, pos, j->a->scale, rw);
+        return;
+    }
+    slot_run runs[MAX_RUNS];
+    const int n = visible_runs(pos, ns, lo, hi, runs);
+    float *sc[RK_ATT_ROWS];
+    rk_att_rows sub = *rw;
+    sub.sc = sc;
+    const size_t row = (size_t)hd * (f16 ? 2 : 4);
+    int32_t prev = 0;
+    for (int i = 0; i <= n; i++) {
+        const int32_t b = i < n ? runs[i].b : ns;
+        for (int r = 0; r < rw->n; r++)
+            for (int32_t s = prev; s < b; s++) rw->sc[r][s] = -INFINITY;
+        if (i == n) break;
+        for (int r = 0; r < rw->n; r++) sc[r] = rw->sc[r] + b;
+        j->kern.scores(hd, f16, runs[i].e - b, k + (size_t)b * row, pos + b, j->a->scale, &sub);
+        prev = runs[i].e;
+    }
+}
+
+/* kern.values over slots [0, ns) (weights and v from slot 0), of a window layer only over the
+ * runs visible to [lo, hi] (the others' weights are 0) */
+static void values_seen(const att_job *j, int nd, int f16, int32_t ns, const uint8_t *v, const int32_t *pos,
+                        const rk_att_rows *rw, int32_t lo, int32_t hi) {
+    const size_t vs = (size_t)j->kv->head_dim;
+    if (!j->a->n_swa) {
+        j->kern.values(nd, f16, ns, v, vs, rw);
+        return;
+    }
+    slot_run runs[MAX_RUNS];
+    const int n = visible_runs(pos, ns, lo, hi, runs);
+    float *sc[RK_ATT_ROWS];
+    rk_att_rows sub = *rw;
+    sub.sc = sc;
+    for (int i = 0; i < n; i++) {
+        for (int r = 0; r < rw->n; r++) sc[r] = rw->sc[r] + runs[i].b;
+        j->kern.values(nd, f16, runs[i].e - runs[i].b, v + (size_t)runs[i].b * vs * (f16 ? 2 : 4), vs, &sub);
+    }
+}
+
 /* ---- prefill: rows r = (t - t0) * nh + (h - h0) for tokens [t0, t1) and query heads [h0, h0 + nh) of kv-head g */
 static void attend_rows(const att_job *j, const att_scratch *ws, int g, int h0, int nh, int t0, int t1) {
     const rk_kv *kv = j->kv;
@@ -201,12 +276,13 @@ static void attend_rows(const att_job *j, const att_scratch *ws, int g, int h0, 
             const size_t off = (size_t)t * dq + (size_t)h * hd;
             rows_add(&rs, j->a->q + off, ws->scores + (size_t)rs.r.n * C, j->a->out + off, j->pos0 + t, j->a->n_swa);
         }
-    j->kern.scores(hd, f16, n_used, rk_kv_k(kv, j->il, g), pos, j->a->scale, &rs.r);
+    const int32_t lo = rs.lo[0]; /* the first row's window starts first */
+    scores_seen(j, hd, f16, n_used, rk_kv_k(kv, j->il, g), pos, &rs.r, lo, p_last);
     for (int r = 0; r < rs.r.n; r++) {
         softmax_row(j, g, h0 + r % nh, rs.p[r], rs.sc[r], n_used, ws->tmp);
         memset(rs.o[r], 0, (size_t)hd * sizeof(float));
     }
-    j->kern.values(hd, f16, n_used, rk_kv_v(kv, j->il, g), (size_t)hd, &rs.r);
+    values_seen(j, hd, f16, n_used, rk_kv_v(kv, j->il, g), pos, &rs.r, lo, p_last);
 }
 
 static void attention_task(void *ctx, int ith, int nth) {
@@ -265,8 +341,8 @@ static void decode_scores_task(void *ctx, int ith, int nth) {
             rows_init(&rs);
             for (int h = h0; h < (g + 1) * group && h < h0 + RK_ATT_ROWS; h++)
                 rows_add(&rs, j->a->q + (size_t)h * hd, j->c->att_dec + (size_t)h * C1 + s0, NULL, j->pos0, j->a->n_swa);
-            j->kern.scores(hd, f16, s1 - s0, rk_kv_k(kv, j->il, g) + (size_t)s0 * row, rk_kv_pos(kv, j->il, g) + s0,
-                           j->a->scale, &rs.r);
+            scores_seen(j, hd, f16, s1 - s0, rk_kv_k(kv, j->il, g) + (size_t)s0 * row, rk_kv_pos(kv, j->il, g) + s0,
+                        &rs.r, rs.lo[0], j->pos0);
         }
     }
 }
@@ -307,7 +383,8 @@ static void decode_values_task(void *ctx, int ith, int nth) {
                 rows_add(&rs, NULL, j->c->att_dec + (size_t)h * C1, o, j->pos0, 0);
             }
             /* a slot after the query has weight 0 (its score was -inf): skipped like any zero */
-            j->kern.values(nd, f16, n_used, rk_kv_v(kv, j->il, g) + (size_t)d0 * kv->elt_size, (size_t)hd, &rs.r);
+            values_seen(j, nd, f16, n_used, rk_kv_v(kv, j->il, g) + (size_t)d0 * kv->elt_size, rk_kv_pos(kv, j->il, g),
+                        &rs.r, j->a->n_swa ? j->pos0 - j->a->n_swa + 1 : INT32_MIN, j->pos0);
         }
     }
 }

@@ -44,6 +44,7 @@ from ..errors import EngineError
 from ..eviction import FULL, NON_EVICTING, Eviction
 from . import lambada as lam
 from .checkpoint import Checkpoint
+from .plotstyle import plain_log_labels, series_style
 from .options import (EXIT_HELP, PROTOCOLS, add_eviction_args, base_policy, check_policy, eviction_params,
                       make_eviction, parse_budgets, parse_list, parse_policies, split_variant)
 from .protocols import perplexity, perplexity_many
@@ -213,10 +214,12 @@ def plots(out: str, runs: list[dict], policies: list[str], titles: Optional[dict
         fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
         for ax, (metric, label, logy) in zip(axes[0], metrics):
             full = _cell_value(by.get((ds, FULL, 1.0)), metric)
-            for p in names:
+            shown = []
+            for k, p in enumerate(names):
                 x, y = series(ds, p, metric)
                 if x:
-                    ax.plot(x, y, marker="o", label=p)
+                    ax.plot(x, y, label=p, **series_style(k))
+                    shown += y
             if full is not None and math.isfinite(full):
                 ax.axhline(full, color="k", linestyle="--", linewidth=0.8, label="full cache")
             ax.set_xscale("log")
@@ -226,6 +229,7 @@ def plots(out: str, runs: list[dict], policies: list[str], titles: Optional[dict
             ax.set_xticklabels([f"{b:g}" for b in ticks])
             if logy:
                 ax.set_yscale("log")
+                plain_log_labels(ax, shown + ([full] if full is not None else []))
             ax.set_xlabel("KV budget (fraction of entries kept)")
             ax.set_ylabel(label)
             ax.grid(True, which="both", alpha=0.3)

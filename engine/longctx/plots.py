@@ -14,6 +14,7 @@ import math
 import os
 
 from .. import cli
+from ..eval.plotstyle import series_style
 from ..eviction import FULL
 from .report import groups
 
@@ -69,11 +70,11 @@ def _acc_vs_budget(plt, out: str, obj: dict) -> list[str]:
                 s = r["avg"] if name == "avg" else r["tasks"].get(name)
                 return None if s is None else 100 * s["mean"]
 
-            for p in policies:
+            for j, p in enumerate(policies):
                 pts = sorted((r["budget_fraction"], value(r)) for r in rs
                              if r["policy"] == p and value(r) is not None and r["budget_fraction"])
                 if pts:
-                    ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=p)
+                    ax.plot([x for x, _ in pts], [y for _, y in pts], label=p, **series_style(j))
             if full is not None and value(full) is not None:
                 ax.axhline(value(full), color="k", linestyle="--", linewidth=0.8, label="full cache")
             ax.set_xscale("log")

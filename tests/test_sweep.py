@@ -145,3 +145,11 @@ def test_sweep_cli(tiny_gguf, data, tmp_path, capsys):
     assert sweep_mod.main(argv[:2] + ["--datasets", "wikitext", "--wikitext", str(tmp_path / "no.txt"),
                                       "--out", str(out)]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_plot_series_are_told_apart_past_ten():
+    # 11 policies (12 with a variant) are plotted; matplotlib's cycle repeats after 10 colours
+    from engine.eval.plotstyle import series_style
+
+    styles = [tuple(sorted(series_style(k).items())) for k in range(40)]
+    assert len(set(styles)) == 40

@@ -180,15 +180,69 @@ class _Tally:
         """exp(mean target NLL): summed exactly, inf rather than an overflow (see the module docstring)."""
         return report.exp_mean(math.fsum(self.nlls), len(self.nlls))
 
+    def fold(self, rec: dict, i: int, n_items: int, every: int) -> None:
+        """Adds passage i's figures (score_passage's record); passages must come in order (the running
+        figures are taken every `every` passages)."""
+        self.kv_pre.append(rec["kv_pre"])
+        self.kv_kept.append(rec["kv_kept"])
+        self.kv_kept_g.append(rec["kv_kept_g"])
+        self.kv_kept_w.append(rec["kv_kept_w"])
+        self.kept_tokens.append(rec["kept_tokens"])
+        self.kv_peak = max(self.kv_peak, rec["kv_pre"], rec["used"])
+        self.kv_peak_g = max(self.kv_peak_g, rec["kv_pre"] - rec["kv_kept_w"], rec["used_g"])
+        self.kv_peak_w = max(self.kv_peak_w, rec["kv_kept_w"], rec["used_w"])
+        self.nlls.append(rec["nll"])
+        self.n_correct += rec["correct"]
+        self.n_target += rec["n_target"]
+        self.n_eval += rec["n_eval"]
+        self.cases[rec["case"]] = self.cases.get(rec["case"], 0) + 1
+        if (i + 1) % every == 0 or i + 1 == n_items:
+            self.running.append((self.n_correct / (i + 1), self.ppl()))
+        self.seconds += rec["seconds"]
+
+
+def score_passage(sp: SharedPrefill, it: LambadaItem, n_ctx: int) -> list[dict]:
+    """One passage for every configuration of `sp` (sessions of n_ctx slots): its context but the last
+    token prefilled once and compressed by each, then the target scored. A record per configuration
+    (plain numbers, as _Tally.fold takes them): the unit of work shared by the local loop and the workers
+    of engine.eval.distributed."""
+    ctx, target = it.context_ids, it.target_ids
+    alloc = sp.kv_bytes_alloc
+    recs: list = [None] * len(sp.evs)
+    for j, s, pf in sp.prefill(ctx[:-1]):
+        alloc_g = s.kv_bytes_alloc_global
+        # compression leaves the sliding-window rings alone: their bytes before it are those after
+        kept_g, kept_w = s.kv_bytes_used_global, s.kv_bytes_used_window
+        t0 = time.perf_counter()
+        lp, am = s.logprobs([ctx[-1]] + list(target), return_argmax=True)
+        recs[j] = {"kv_pre": pf.kv_bytes_full, "kv_kept": pf.kv_bytes_kept, "kv_kept_g": kept_g, "kv_kept_w": kept_w,
+                   # entries per (global layer, kv-head) buffer: n_ctx slots each
+                   "kept_tokens": kept_g * n_ctx / alloc_g if alloc_g else pf.kv_bytes_kept * n_ctx / alloc,
+                   "used": s.kv_bytes_used, "used_g": s.kv_bytes_used_global, "used_w": s.kv_bytes_used_window,
+                   "correct": bool(np.array_equal(am, np.asarray(target, dtype=np.int32))),
+                   "nll": float(-lp.astype(np.float64).sum()), "n_target": len(target),
+                   "n_eval": len(ctx) + len(target), "case": it.case, "alloc": alloc,
+                   "alloc_gw": (alloc_g, s.kv_bytes_alloc_window),
+                   "seconds": pf.seconds + time.perf_counter() - t0}
+    return recs
+
+
+def score_passage_unit(worker, unit: dict) -> list[dict]:
+    """score_passage on a worker of engine.eval.distributed (its model, its cached shared prefill)."""
+    n_ctx = unit["n_ctx"]
+    return score_passage(worker.prefill(unit["evs"], n_ctx, min(512, n_ctx)), unit["item"], n_ctx)
+
 
 def lambada_many(model, items: Sequence[LambadaItem] | Sequence[str], evictions: list,
                  n_threads: Optional[int] = None, progress: bool = True, on_passage=None,
-                 bar_position: int = 0, checkpoint=None) -> list[LambadaResult]:
+                 bar_position: int = 0, checkpoint=None, pool=None) -> list[LambadaResult]:
     """lambada() for several eviction configurations, sharing each passage's prefill
     (engine.eval.shared_prefill): the results of separate lambada() calls, bit for bit, at about the cost
     of one. on_passage(i, [(correct, nll) per configuration]). checkpoint: an
     engine.eval.checkpoint.Checkpoint of this call's settings (items included): the passages it holds are
-    not scored again, and the figures are saved as passages complete."""
+    not scored again, and the figures are saved as passages complete. pool: an
+    engine.eval.distributed.Pool: the passages are scored on its workers (score_passage_unit), their
+    figures folded here in passage order, so the results are the same bits as without it."""
     evs = [as_eviction(e) for e in evictions]
     if not evs:
         raise EngineError("lambada_many: no eviction configuration given")
@@ -207,60 +261,44 @@ def lambada_many(model, items: Sequence[LambadaItem] | Sequence[str], evictions:
     start = restore_tallies(state, tallies)
     for t in tallies:
         t.running = [tuple(r) for r in t.running]  # (accuracy, ppl) pairs, lists in JSON
-    alloc = 0
+    alloc = state.get("alloc", 0) if start else 0
     alloc_gw = tuple(state["alloc_gw"]) if start else (0, 0)  # kv_bytes_alloc of the global and the
     # sliding-window layers (every session alike)
     bar = report.bar(progress, len(items), "passage", "lambada", bar_position)
     if bar is not None and start:
         bar.update(start)
+    sp = passages = None
     try:
-        with SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx)) as sp:
+        if pool is None:
+            sp = SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx))
             alloc = sp.kv_bytes_alloc
-            for i in range(start, len(items)):
-                it = items[i]
-                ctx, target = it.context_ids, it.target_ids
-                results = [None] * len(evs)
-                for j, s, pf in sp.prefill(ctx[:-1]):
-                    t = tallies[j]
-                    alloc_gw = (s.kv_bytes_alloc_global, s.kv_bytes_alloc_window)
-                    # compression leaves the sliding-window rings alone: their bytes before it are those after
-                    kept_g, kept_w = s.kv_bytes_used_global, s.kv_bytes_used_window
-                    t0 = time.perf_counter()
-                    lp, am = s.logprobs([ctx[-1]] + list(target), return_argmax=True)
-                    # a passage counts in a tally only once scored (an interruption leaves whole passages)
-                    t.kv_pre.append(pf.kv_bytes_full)
-                    t.kv_kept.append(pf.kv_bytes_kept)
-                    t.kv_kept_g.append(kept_g)
-                    t.kv_kept_w.append(kept_w)
-                    # entries per (global layer, kv-head) buffer: n_ctx slots each
-                    t.kept_tokens.append(kept_g * n_ctx / alloc_gw[0] if alloc_gw[0] else t.kv_kept[-1] * n_ctx / alloc)
-                    t.kv_peak = max(t.kv_peak, t.kv_pre[-1], s.kv_bytes_used)
-                    t.kv_peak_g = max(t.kv_peak_g, t.kv_pre[-1] - kept_w, s.kv_bytes_used_global)
-                    t.kv_peak_w = max(t.kv_peak_w, kept_w, s.kv_bytes_used_window)
-                    correct = bool(np.array_equal(am, np.asarray(target, dtype=np.int32)))
-                    nll = float(-lp.astype(np.float64).sum())
-                    t.nlls.append(nll)
-                    t.n_correct += correct
-                    t.n_target += len(target)
-                    t.n_eval += len(ctx) + len(target)
-                    t.cases[it.case] = t.cases.get(it.case, 0) + 1
-                    if (i + 1) % every == 0 or i + 1 == len(items):
-                        t.running.append((t.n_correct / (i + 1), t.ppl()))
-                    t.seconds += pf.seconds + time.perf_counter() - t0
-                    results[j] = (correct, nll)
-                if checkpoint is not None and checkpoint.due(i + 1 == len(items)):
-                    checkpoint.save(tallies_state(i + 1, tallies, alloc_gw=alloc_gw))
-                if bar is not None:
-                    t = tallies[0]
-                    bar.set_postfix(acc=f"{t.n_correct / (i + 1):.4f}", ppl=f"{t.ppl():.3f}")
-                    bar.update(1)
-                if on_passage is not None:
-                    on_passage(i, results)
+            passages = (score_passage(sp, items[i], n_ctx) for i in range(start, len(items)))
+        else:
+            passages = pool.ordered(score_passage_unit, ({"evs": evs, "item": items[i], "n_ctx": n_ctx}
+                                                         for i in range(start, len(items))))
+        for i, recs in enumerate(passages, start):
+            # a passage counts in the tallies only once scored for every configuration (an interruption
+            # leaves whole passages)
+            for t, rec in zip(tallies, recs):
+                t.fold(rec, i, len(items), every)
+            alloc, alloc_gw = recs[-1]["alloc"], tuple(recs[-1]["alloc_gw"])
+            if checkpoint is not None and checkpoint.due(i + 1 == len(items)):
+                checkpoint.save(tallies_state(i + 1, tallies, alloc_gw=alloc_gw, alloc=alloc))
+            if bar is not None:
+                t = tallies[0]
+                bar.set_postfix(acc=f"{t.n_correct / (i + 1):.4f}", ppl=f"{t.ppl():.3f}")
+                bar.update(1)
+            if on_passage is not None:
+                on_passage(i, [(rec["correct"], rec["nll"]) for rec in recs])
     except KeyboardInterrupt:
         done = min(len(t.nlls) for t in tallies)
         partial = _results(tallies, evs, skipped, n_ctx, alloc, alloc_gw, partial=True) if done else None
         raise cli.Interrupted(partial, done, len(items), "passages") from None
     finally:
+        if passages is not None:
+            passages.close()  # a pool's generator hands back the units still in flight
+        if sp is not None:
+            sp.close()
         if bar is not None:
             bar.close()
     return _results(tallies, evs, skipped, n_ctx, alloc, alloc_gw)

@@ -186,3 +186,29 @@ def open_model(args):
         if args.policy_ev is not None:
             s.set_eviction(replace(args.policy_ev, schedule="prefix"))
         return model, s.n_threads
+
+
+def add_ray_args(p: argparse.ArgumentParser) -> None:
+    """--ray [ADDRESS] and --ray-cpus-per-worker (engine.sweep, engine.ruler; engine.eval.distributed)."""
+    g = p.add_argument_group("running on a Ray cluster (docs/ray.md; needs pip install 'restkv-engine[ray]')")
+    g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the units of work (one shared prefill each: a chunk, a passage, a sample) on Ray "
+                        "workers: 'auto' joins the cluster started on this machine (ray start --head), HOST:6379 "
+                        "another; --ray alone starts a local cluster of this machine's CPUs. The model path must "
+                        "exist on every node. The results are written here, as without --ray")
+    g.add_argument("--ray-cpus-per-worker", type=int, default=2, metavar="N",
+                   help="CPUs of each worker (a Ray actor holding the model), and its threads (default 2); one "
+                        "worker per N CPUs of the cluster")
+
+
+def ray_options(args) -> Optional[dict]:
+    """engine.eval.distributed.Pool's options from --ray and --ray-cpus-per-worker (None without --ray),
+    checked, Ray's presence included, before any work."""
+    if args.ray is None:
+        return None
+    if args.ray_cpus_per_worker < 1:
+        raise EngineError(f"--ray-cpus-per-worker must be >= 1, got {args.ray_cpus_per_worker}")
+    from .distributed import import_ray
+
+    import_ray()
+    return {"address": None if args.ray == "local" else args.ray, "cpus_per_worker": args.ray_cpus_per_worker}

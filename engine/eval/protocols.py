@@ -153,16 +153,24 @@ def perplexity(model, tokens: list[int] | np.ndarray, n_ctx: int = 512, n_chunks
     return res
 
 
+def perplexity_unit(worker, unit: dict) -> PerplexityResult:
+    """A whole perplexity() run (the streaming protocol's: one cache through the text) on a worker of
+    engine.eval.distributed, its threads the worker's."""
+    return perplexity(worker.model, n_threads=worker.n_threads, progress=False, **unit)
+
+
 def perplexity_many(model, tokens: list[int] | np.ndarray, evictions: list, n_ctx: int = 512,
                     n_chunks: Optional[int] = None, n_threads: Optional[int] = None, bos_id: Optional[int] = None,
                     progress: bool = True, on_chunk=None, bar_position: int = 0,
-                    checkpoint=None) -> list[PerplexityResult]:
+                    checkpoint=None, pool=None) -> list[PerplexityResult]:
     """perplexity() with the prefix protocol for several eviction configurations at once: each chunk's
     first half is prefilled once and shared (engine.eval.shared_prefill), so a sweep of P configurations
     costs about P scorings plus one prefill per chunk instead of P of each. The results are those of
     separate perplexity() calls, bit for bit. on_chunk(i, [ppl per configuration]). checkpoint: an
     engine.eval.checkpoint.Checkpoint of this call's settings: the chunks it holds are not scored again,
-    and the figures are saved as chunks complete (the same results as an uninterrupted call)."""
+    and the figures are saved as chunks complete (the same results as an uninterrupted call). pool: an
+    engine.eval.distributed.Pool: the chunks are scored on its workers (score_chunk_unit), their figures
+    folded here in chunk order, so the results are the same bits as without it."""
     tokens = np.asarray(tokens, dtype=np.int32)
     evs = [as_eviction(e) for e in evictions]
     if not evs:
@@ -172,7 +180,7 @@ def perplexity_many(model, tokens: list[int] | np.ndarray, evictions: list, n_ct
         if ev is not None:
             resolve_policy(ev.policy, ev.budget, "prefix")
     out = _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_chunk, bar_position,
-                       checkpoint)
+                       checkpoint, pool)
     for res, ev in zip(out, evs):
         if ev is not None:
             res.budget, res.policy, res.eviction = float(ev.budget), ev.policy, ev.as_dict()
@@ -191,13 +199,57 @@ class _Tally:
         self.kv_peak = self.kv_peak_g = self.kv_peak_w = 0
         self.seconds = 0.0
 
-    def add(self, lp: np.ndarray) -> float:
-        self.nll_sum += float(-lp.sum())
-        self.nll2_sum += float((lp * lp).sum())
-        self.count += len(lp)
+    def fold(self, rec: dict) -> float:
+        """Adds one chunk's figures (score_chunk's record); the running perplexity. Chunks must come in
+        order: the sums are floating-point, so their order is part of the result."""
+        self.kv_pre.append(rec["kv_pre"])
+        self.kv_kept.append(rec["kv_kept"])
+        self.kv_kept_g.append(rec["kv_kept_g"])
+        self.kv_kept_w.append(rec["kv_kept_w"])
+        self.kv_peak = max(self.kv_peak, rec["used"], rec["kv_pre"])
+        self.kv_peak_g = max(self.kv_peak_g, rec["used_g"], rec["kv_pre"] - rec["kv_kept_w"])
+        self.kv_peak_w = max(self.kv_peak_w, rec["used_w"], rec["kv_kept_w"])
+        self.nll_sum += rec["nll"]
+        self.nll2_sum += rec["nll2"]
+        self.count += rec["count"]
         ppl, _ = report.running_ppl(self.nll_sum, self.nll2_sum, self.count)
         self.running.append(ppl)
+        self.seconds += rec["seconds"]
         return ppl
+
+
+def chunk_of(tokens: np.ndarray, i: int, n_ctx: int, bos_id: Optional[int]) -> np.ndarray:
+    """Chunk i of the prefix protocol, its first token replaced by bos_id when not None."""
+    chunk = tokens[i * n_ctx:(i + 1) * n_ctx].copy()
+    if bos_id is not None:
+        chunk[0] = bos_id
+    return chunk
+
+
+def score_chunk(sp: SharedPrefill, chunk: np.ndarray) -> list[dict]:
+    """One chunk for every configuration of `sp`: its first half prefilled once and compressed by each,
+    its second half scored. A record per configuration (plain numbers, as _Tally.fold takes them): the
+    unit of work shared by the local loop and the workers of engine.eval.distributed."""
+    first = len(chunk) // 2
+    recs: list = [None] * len(sp.evs)
+    for j, s, pf in sp.prefill(chunk[:first]):
+        # compression leaves the sliding-window rings alone: their bytes before it are those after
+        kept_g, kept_w = s.kv_bytes_used_global, s.kv_bytes_used_window
+        t0 = time.perf_counter()
+        lp = s.logprobs(chunk[first:]).astype(np.float64)
+        recs[j] = {"nll": float(-lp.sum()), "nll2": float((lp * lp).sum()), "count": len(lp),
+                   "kv_pre": pf.kv_bytes_full, "kv_kept": pf.kv_bytes_kept, "kv_kept_g": kept_g, "kv_kept_w": kept_w,
+                   "used": s.kv_bytes_used, "used_g": s.kv_bytes_used_global, "used_w": s.kv_bytes_used_window,
+                   "alloc": sp.kv_bytes_alloc, "alloc_gw": (s.kv_bytes_alloc_global, s.kv_bytes_alloc_window),
+                   # what this configuration alone would have taken: its prefill, compression and scoring
+                   "seconds": pf.seconds + time.perf_counter() - t0}
+    return recs
+
+
+def score_chunk_unit(worker, unit: dict) -> list[dict]:
+    """score_chunk on a worker of engine.eval.distributed (its model, its cached shared prefill)."""
+    n_ctx = len(unit["chunk"])
+    return score_chunk(worker.prefill(unit["evs"], n_ctx, min(512, n_ctx)), unit["chunk"])
 
 
 def _prefix(model, tokens, n_ctx, n, bos_id, ev, n_threads, progress, on_chunk, bar_position) -> PerplexityResult:
@@ -209,57 +261,51 @@ def _prefix(model, tokens, n_ctx, n, bos_id, ev, n_threads, progress, on_chunk, 
 
 
 def _prefix_many(model, tokens, n_ctx, n, bos_id, evs, n_threads, progress, on_chunk,
-                 bar_position, checkpoint=None) -> list[PerplexityResult]:
+                 bar_position, checkpoint=None, pool=None) -> list[PerplexityResult]:
     """The prefix protocol for several eviction configurations, sharing each chunk's prefill; with a
-    checkpoint (engine.eval.checkpoint), resumed from its saved chunks and saved as it goes."""
-    first = n_ctx // 2
+    checkpoint (engine.eval.checkpoint), resumed from its saved chunks and saved as it goes; with a pool
+    (engine.eval.distributed), the chunks scored on its workers and folded here in order."""
     tallies = [_Tally() for _ in evs]
     state = checkpoint.load() if checkpoint is not None else None
     start = restore_tallies(state, tallies)
-    alloc = 0
+    alloc = state.get("alloc", 0) if start else 0
     alloc_gw = tuple(state["alloc_gw"]) if start else (0, 0)  # kv_bytes_alloc of the global and the
     # sliding-window layers (every session alike)
     bar = report.bar(progress, n, "chunk", "perplexity", bar_position)
     if bar is not None and start:
         bar.update(start)
+    sp = chunks = None
     try:
-        with SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx)) as sp:
+        if pool is None:
+            sp = SharedPrefill(model, evs, n_ctx, n_threads, min(512, n_ctx))
             alloc = sp.kv_bytes_alloc
-            for i in range(start, n):
-                chunk = tokens[i * n_ctx:(i + 1) * n_ctx].copy()
-                if bos_id is not None:
-                    chunk[0] = bos_id
-                for j, s, pf in sp.prefill(chunk[:first]):
-                    t = tallies[j]
-                    alloc_gw = (s.kv_bytes_alloc_global, s.kv_bytes_alloc_window)
-                    # compression leaves the sliding-window rings alone: their bytes before it are those after
-                    kept_g, kept_w = s.kv_bytes_used_global, s.kv_bytes_used_window
-                    t0 = time.perf_counter()
-                    lp = s.logprobs(chunk[first:]).astype(np.float64)
-                    # a chunk counts in a tally only once scored (an interruption leaves whole chunks)
-                    t.kv_pre.append(pf.kv_bytes_full)
-                    t.kv_kept.append(pf.kv_bytes_kept)
-                    t.kv_kept_g.append(kept_g)
-                    t.kv_kept_w.append(kept_w)
-                    t.kv_peak = max(t.kv_peak, s.kv_bytes_used, t.kv_pre[-1])
-                    t.kv_peak_g = max(t.kv_peak_g, s.kv_bytes_used_global, t.kv_pre[-1] - kept_w)
-                    t.kv_peak_w = max(t.kv_peak_w, s.kv_bytes_used_window, kept_w)
-                    t.add(lp)
-                    # what this configuration alone would have taken: its prefill, compression and scoring
-                    t.seconds += pf.seconds + time.perf_counter() - t0
-                if checkpoint is not None and checkpoint.due(i + 1 == n):
-                    checkpoint.save(tallies_state(i + 1, tallies, alloc_gw=alloc_gw))
-                if bar is not None:
-                    bar.set_postfix(ppl=" ".join(f"{t.running[-1]:.4f}" for t in tallies[:4])
-                                    + (" ..." if len(tallies) > 4 else ""))
-                    bar.update(1)
-                if on_chunk is not None:
-                    on_chunk(i, [t.running[-1] for t in tallies])
+            chunks = (score_chunk(sp, chunk_of(tokens, i, n_ctx, bos_id)) for i in range(start, n))
+        else:
+            chunks = pool.ordered(score_chunk_unit, ({"evs": evs, "chunk": chunk_of(tokens, i, n_ctx, bos_id)}
+                                                     for i in range(start, n)))
+        for i, recs in enumerate(chunks, start):
+            # a chunk counts in the tallies only once scored for every configuration (an interruption
+            # leaves whole chunks)
+            for t, rec in zip(tallies, recs):
+                t.fold(rec)
+            alloc, alloc_gw = recs[-1]["alloc"], tuple(recs[-1]["alloc_gw"])
+            if checkpoint is not None and checkpoint.due(i + 1 == n):
+                checkpoint.save(tallies_state(i + 1, tallies, alloc_gw=alloc_gw, alloc=alloc))
+            if bar is not None:
+                bar.set_postfix(ppl=" ".join(f"{t.running[-1]:.4f}" for t in tallies[:4])
+                                + (" ..." if len(tallies) > 4 else ""))
+                bar.update(1)
+            if on_chunk is not None:
+                on_chunk(i, [t.running[-1] for t in tallies])
     except KeyboardInterrupt:
         done = min(len(t.running) for t in tallies)
         partial = _prefix_results(tallies, evs, n_ctx, len(tokens), alloc, alloc_gw, partial=True) if done else None
         raise cli.Interrupted(partial, done, n, "chunks") from None
     finally:
+        if chunks is not None:
+            chunks.close()  # a pool's generator hands back the units still in flight
+        if sp is not None:
+            sp.close()
         if bar is not None:
             bar.close()
     return _prefix_results(tallies, evs, n_ctx, len(tokens), alloc, alloc_gw)

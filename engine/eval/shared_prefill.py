@@ -21,6 +21,7 @@ prefilled position, computed on the full cache before its compression.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Sequence
@@ -161,3 +162,25 @@ class SharedPrefill:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PrefillCache:
+    """The SharedPrefill (its sessions) of the last sample, reused by the next one with the same configurations
+    and n_ctx, instead of allocating its KV caches again (as engine.eval.protocols reuses one for every chunk;
+    each worker of engine.eval.distributed keeps one)."""
+
+    def __init__(self):
+        self.key, self.sp = None, None
+
+    def get(self, model, evs, n_ctx: int, n_threads: Optional[int], n_batch: int = 512) -> SharedPrefill:
+        key = (id(model), n_ctx, n_threads, n_batch,
+               tuple(None if ev is None else json.dumps(ev.as_dict(), sort_keys=True) for ev in evs))
+        if key != self.key:
+            self.close()
+            self.sp, self.key = SharedPrefill(model, evs, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch), key
+        return self.sp
+
+    def close(self) -> None:
+        if self.sp is not None:
+            self.sp.close()
+        self.key, self.sp = None, None

@@ -45,9 +45,10 @@ from ..eviction import FULL, NON_EVICTING, Eviction
 from . import lambada as lam
 from .checkpoint import Checkpoint
 from .plotstyle import plain_log_labels, series_style
-from .options import (EXIT_HELP, PROTOCOLS, add_eviction_args, base_policy, check_policy, eviction_params,
-                      make_eviction, parse_budgets, parse_list, parse_policies, split_variant)
-from .protocols import perplexity, perplexity_many
+from .options import (EXIT_HELP, PROTOCOLS, add_eviction_args, add_ray_args, base_policy, check_policy,
+                      eviction_params, make_eviction, parse_budgets, parse_list, parse_policies, ray_options,
+                      split_variant)
+from .protocols import perplexity, perplexity_many, perplexity_unit
 
 CHECKPOINT = "sweep.batch.json"  # the running tallies of the shared batch in progress
 DATASETS = ("wikitext", "lambada")  # the kinds of evaluation; --datasets also takes engine.data's names
@@ -248,13 +249,15 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
           chunks: Optional[int] = None, lambada_n: Optional[int] = None, protocol: str = "prefix",
           eviction: Optional[dict] = None, wikitext: Optional[str] = None, lambada_file: Optional[str] = None,
           n_threads: Optional[int] = None, progress: bool = True, log=sys.stderr,
-          data_dir: Optional[str] = None) -> dict:
+          data_dir: Optional[str] = None, ray: Optional[dict] = None) -> dict:
     """Runs the missing combinations; returns {"runs", "errors", "ran", "skipped", "failed", "tables", "plots"}.
 
     datasets: names of engine.cli.DATASET_KINDS (wikitext, wikitext2, lambada, lambada-test, ...), at most
     one of each kind (wikitext, lambada); each kind's file is `wikitext` / `lambada_file` when given, else
     the data set resolved by name (engine.data, from data_dir). Ctrl-C: engine.cli.Interrupted, after
-    the completed batches were saved."""
+    the completed batches were saved. ray: engine.eval.distributed.Pool's options (address,
+    cpus_per_worker): the chunks and passages are scored on a Ray cluster's workers, the figures folded and
+    written here as they come (the same files, and figures, as without it)."""
     from .. import Model
 
     by_kind = {}
@@ -297,8 +300,13 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
                       if json.dumps(e["settings"], sort_keys=True) not in {json.dumps(t, sort_keys=True) for t in todo}]
     ran, failed = 0, []
     if todo:
-        model = Model(gguf, n_threads=n_threads)
+        model = Model(gguf, n_threads=n_threads)  # here only to tokenise with ray (the workers load their own)
         cache = {}
+        pool = None
+        if ray is not None:
+            from .distributed import Pool
+
+            pool = Pool(gguf, log=log, **ray)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -335,7 +343,11 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
                         if proto == "prefix":
                             results = perplexity_many(model, cache["wt"], evs, n_ctx=ctx, n_chunks=chunks,
                                                       n_threads=n_threads, bos_id=bos, progress=progress,
-                                                      bar_position=1, checkpoint=ckpt)
+                                                      bar_position=1, checkpoint=ckpt, pool=pool)
+                        elif pool is not None:  # one unit: the streaming protocol's cache runs through the text
+                            results = list(pool.ordered(perplexity_unit, [dict(
+                                tokens=cache["wt"], n_ctx=ctx, n_chunks=chunks, bos_id=bos, eviction=evs[0],
+                                protocol=proto)]))
                         else:
                             results = [perplexity(model, cache["wt"], n_ctx=ctx, n_chunks=chunks, n_threads=n_threads,
                                                   bos_id=bos, progress=progress, eviction=evs[0], protocol=proto,
@@ -348,7 +360,7 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
                             cache["lb"] = lam.prepare(model, lam.load_passages(files["lambada"], lambada_n))
                         items, n_skip = cache["lb"]
                         results = lam.lambada_many(model, items, evs, n_threads=n_threads, progress=progress,
-                                                   bar_position=1, checkpoint=ckpt)
+                                                   bar_position=1, checkpoint=ckpt, pool=pool)
                         for res in results:
                             res.n_skipped, res.data = n_skip, cfg["lambada"]
                         figures = [f"accuracy {res.accuracy:.4f}, ppl {res.ppl:.4f}" for res in results]
@@ -386,6 +398,8 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
         finally:
             if bar is not None:
                 bar.close()
+            if pool is not None:
+                pool.close()
     else:
         save(out, data)
     wanted = {json.dumps(_settings(ds, p, b, proto, cfg), sort_keys=True)
@@ -445,6 +459,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="worker threads (default: all cores available to the process)")
     add_eviction_args(p, policy_budget=False)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_ray_args(p)
     return p
 
 
@@ -459,11 +474,12 @@ def _main(args) -> int:
         with cli.preflight():
             cli.check_threads(args.threads)
             cli.check_output_dir(args.out)
+            ray = ray_options(args)
             r = sweep(args.gguf, parse_policies(args.policies), parse_budgets(args.budgets),
                       parse_list(args.datasets, "datasets"), args.out, ctx=args.ctx, chunks=args.chunks,
                       lambada_n=args.lambada_n, protocol=args.protocol, eviction=eviction_params(args),
                       wikitext=args.wikitext, lambada_file=args.lambada_file, n_threads=args.threads,
-                      progress=not args.no_progress, data_dir=args.data_dir)
+                      progress=not args.no_progress, data_dir=args.data_dir, ray=ray)
     except cli.Interrupted as e:
         print(f"\ninterrupted: {e.done} of {e.total} runs done and saved in {os.path.join(args.out, 'sweep.json')}; "
               "the same command resumes with the others (the batch in progress from its last saved chunk or "

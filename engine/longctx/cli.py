@@ -9,7 +9,8 @@ from typing import Optional
 
 from .. import cli
 from ..errors import EngineError
-from ..eval.options import _CHOICES, EVICTION_OPTIONS, EXIT_HELP, parse_budgets, parse_list, parse_policies
+from ..eval.options import (_CHOICES, EVICTION_OPTIONS, EXIT_HELP, add_ray_args, parse_budgets, parse_list,
+                            parse_policies, ray_options)
 from .protocols import PROTOCOLS, TEMPLATES
 
 DEFAULTS = {"tasks": "ruler11", "lengths": "4096", "samples": 10, "policies": "full,snapkv,restkv",
@@ -105,6 +106,7 @@ def _parser():
             continue
         g.add_argument(opt, dest=name, type=typ, default=getattr(d, name), choices=_CHOICES.get(name),
                        help=f"{hlp} (default {getattr(d, name)})")
+    add_ray_args(p)
     return p
 
 
@@ -124,12 +126,14 @@ def _main(args) -> int:
         protocols = parse_list(args.protocol, "protocol")
         if args.data_root is not None and not os.path.isdir(args.data_root):
             raise EngineError(f"--data-root {args.data_root}: no such folder")
+        ray = ray_options(args)
     eviction = {"positions": args.positions,
                 **{name: getattr(args, name) for _, name, _, _ in EVICTION_OPTIONS if name != "slack"}}
     try:
         r = run(args.gguf, args.tasks, lengths, samples=args.samples, policies=policies, budgets=budgets,
                 protocols=protocols, seed=args.seed, template=args.template, out=args.out, n_threads=args.threads,
-                eviction=eviction, data_root=args.data_root, progress=not args.no_progress, json_out=args.json_out)
+                eviction=eviction, data_root=args.data_root, progress=not args.no_progress, json_out=args.json_out,
+                ray=ray)
     except cli.Interrupted as e:
         res = e.result or {}
         print(res.get("tables", ""))
@@ -142,4 +146,8 @@ def _main(args) -> int:
           + (f", {args.json_out}" if args.json_out else ""))
     if not any(f.endswith(".png") for f in r["files"]):
         print("(no plots: matplotlib is not installed; pip install matplotlib)", file=sys.stderr)
+    if r.get("errors"):
+        print("failed (run again next time): " + "; ".join(f"{e['task']} {e['ctx']} #{e['index']}: {e['error']}"
+                                                         for e in r["errors"]), file=sys.stderr)
+        return cli.EXIT_FAILED
     return 0

@@ -40,7 +40,7 @@ import numpy as np
 from .. import cli
 from ..errors import EngineError
 from ..eval.options import check_budget, check_policy, make_eviction
-from ..eval.shared_prefill import SharedPrefill
+from ..eval.shared_prefill import PrefillCache, SharedPrefill
 from ..eviction import FULL, POLICIES
 from .protocols import (PROTOCOLS, STAGE, GenTokenizer, Segments, check_protocols, end_ids, greedy, prompt_format,
                         same_as_full, segments)
@@ -157,27 +157,6 @@ def fresh_run(model, segs: Segments, protocol: str, eviction, n_ctx: int, max_ne
         if eviction is not None:
             s.compress()
         return finish(s, segs, protocol, logits, max_new, end_ids(tok), tok, stop_at_newline, model)
-
-
-class PrefillCache:
-    """The SharedPrefill (its sessions) of the last sample, reused by the next one with the same configurations
-    and n_ctx (as engine.eval.protocols reuses one for every chunk), instead of allocating its KV caches again."""
-
-    def __init__(self):
-        self.key, self.sp = None, None
-
-    def get(self, model, evs, n_ctx: int, n_threads: Optional[int]) -> SharedPrefill:
-        key = (id(model), n_ctx, n_threads, tuple(None if ev is None else json.dumps(ev.as_dict(), sort_keys=True)
-                                                  for ev in evs))
-        if key != self.key:
-            self.close()
-            self.sp, self.key = SharedPrefill(model, evs, n_ctx=n_ctx, n_threads=n_threads), key
-        return self.sp
-
-    def close(self) -> None:
-        if self.sp is not None:
-            self.sp.close()
-        self.key, self.sp = None, None
 
 
 def run_sample(model, sample, segs: Segments, configs: Sequence[Config], ev_params: dict, n_ctx: int,
@@ -406,7 +385,8 @@ def eviction_params(eviction: Optional[dict]) -> dict:
 def run(model, tasks, lengths, samples: int = 1, policies: Sequence[str] = (FULL,), budgets: Sequence[float] = (1.0,),
         protocols: Sequence[str] = ("agnostic",), seed: int = 42, template: str = "auto", out: Optional[str] = None,
         n_threads: Optional[int] = None, eviction: Optional[dict] = None, data_root: Optional[str] = None,
-        progress: bool = True, log=None, json_out: Optional[str] = None, chat_template: Optional[str] = None) -> dict:
+        progress: bool = True, log=None, json_out: Optional[str] = None, chat_template: Optional[str] = None,
+        ray: Optional[dict] = None) -> dict:
     """Runs what is missing; returns {"meta", "runs", "summary", "partial", "tables", "ran", "skipped", "files"}.
 
     model: an engine.Model or a GGUF path. tasks: names, a group (ruler11, needle, passkey) or a comma list.
@@ -414,7 +394,10 @@ def run(model, tasks, lengths, samples: int = 1, policies: Sequence[str] = (FULL
     and budgets: every policy at every budget (fractions of the compressed span in (0, 1), token counts >= 2
     per layer per KV head, 1 = the full cache). protocols: agnostic, aware, aware-full. eviction: the
     policies' hyper-parameters (engine.Eviction fields). out: the folder of the resumable files (None:
-    nothing written). Ctrl-C: engine.cli.Interrupted carrying this dict (partial), after writing it."""
+    nothing written). Ctrl-C: engine.cli.Interrupted carrying this dict (partial), after writing it.
+    ray: engine.eval.distributed.Pool's options (address, cpus_per_worker): each sample's runs are made on
+    a Ray worker (sample_unit), recorded here as they come; a sample that fails there is reported in
+    "errors" and run again next time, the others go on."""
     from .. import Model, __version__
     from . import plots, report
 
@@ -504,6 +487,7 @@ def run(model, tasks, lengths, samples: int = 1, policies: Sequence[str] = (FULL
         print(f"ruler: {len(keys)} runs ({len(plan)} samples x {len(configs)} configurations), {skipped} already "
               f"done, {n_todo} to run", file=log)
         ran = 0
+        errors: list = []  # with ray: the samples that failed, {task, ctx, index, error}
 
         def result(partial: bool) -> dict:
             runs = [done[k] for k in keys if k in done]
@@ -511,7 +495,8 @@ def run(model, tasks, lengths, samples: int = 1, policies: Sequence[str] = (FULL
             files = report.write_outputs(out, obj, configs) + plots.write_plots(out, obj) if out is not None else []
             if json_out:
                 cli.write_json(json_out, obj)
-            return {**obj, "tables": report.tables(obj, configs), "ran": ran, "skipped": skipped, "files": files}
+            return {**obj, "tables": report.tables(obj, configs), "ran": ran, "skipped": skipped, "files": files,
+                    "errors": errors}
 
         bar = None
         if progress and n_todo:
@@ -522,37 +507,48 @@ def run(model, tasks, lengths, samples: int = 1, policies: Sequence[str] = (FULL
         def say(msg: str) -> None:
             (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=log))
 
+        def prepare(n: int, i: int, t: str):
+            """The sample (generated now unless it was above) and its segments."""
+            sample = cache.pop((n, i, t), None) or _generate(api, t, n, i, seed, gen_tok, fmt.overhead, data_root)
+            segs = segments(sample, fmt, gen_tok)
+            if len(segs.prompt) + sample.max_new_tokens > n:
+                raise EngineError(f"{t} at {n} tokens, sample {i}: the generator made a prompt of {len(segs.prompt)} "
+                                  f"tokens + {sample.max_new_tokens} new ones, more than {n}")
+            return sample, segs
+
+        def commit(sample, segs, results) -> None:
+            """Records each (config, result) as it comes: appended to ruler.jsonl, counted once."""
+            nonlocal ran
+            n_prompt, depth = len(segs.prompt), _depth(api, sample)
+            parts = []
+            prefill = {}
+            for cfg, res in results:
+                rec = make_record(sample, cfg, res, api.score(sample, res["prediction"]), depth, n_prompt)
+                if store is not None:
+                    store.append(rec)
+                done[record_key(rec)] = rec
+                ran += 1
+                prefill[cfg.protocol] = max(prefill.get(cfg.protocol, 0.0), res["prefill_seconds"])
+                parts.append((configs.index(cfg), f"{ABBREV[cfg.protocol]}:{cfg.label} {rec['score']:.2f}"))
+                if bar is not None:
+                    bar.update(1)
+            parts = [text for _, text in sorted(parts)]
+            if len(parts) > 12:  # the details are in the files
+                parts = parts[:3] + [f"... ({len(parts) - 3} more)"]
+            say(f"ruler: {sample.task} {sample.ctx} #{sample.index} ({n_prompt} tokens, prefill "
+                f"{max(prefill.values()):.1f} s): " + ", ".join(parts))
+
         prefills = PrefillCache()
         try:
-            for (n, i, t), missing in todo:
-                if bar is not None:
-                    bar.set_postfix_str(f"{t} {n} #{i}")
-                sample = cache.pop((n, i, t), None) or _generate(api, t, n, i, seed, gen_tok, fmt.overhead,
-                                                                 data_root)
-                segs = segments(sample, fmt, gen_tok)
-                n_prompt = len(segs.prompt)
-                if n_prompt + sample.max_new_tokens > n:
-                    raise EngineError(f"{t} at {n} tokens, sample {i}: the generator made a prompt of {n_prompt} "
-                                      f"tokens + {sample.max_new_tokens} new ones, more than {n}")
-                depth = _depth(api, sample)
-                parts = []
-                prefill = {}
-                for cfg, res in run_sample(model, sample, segs, missing, ev_params, n_ctx=n, n_threads=n_threads,
-                                           cache=prefills):
-                    rec = make_record(sample, cfg, res, api.score(sample, res["prediction"]), depth, n_prompt)
-                    if store is not None:
-                        store.append(rec)
-                    done[record_key(rec)] = rec
-                    ran += 1
-                    prefill[cfg.protocol] = max(prefill.get(cfg.protocol, 0.0), res["prefill_seconds"])
-                    parts.append((configs.index(cfg), f"{ABBREV[cfg.protocol]}:{cfg.label} {rec['score']:.2f}"))
+            if ray is None:
+                for (n, i, t), missing in todo:
                     if bar is not None:
-                        bar.update(1)
-                parts = [text for _, text in sorted(parts)]
-                if len(parts) > 12:  # the details are in the files
-                    parts = parts[:3] + [f"... ({len(parts) - 3} more)"]
-                say(f"ruler: {t} {n} #{i} ({n_prompt} tokens, prefill {max(prefill.values()):.1f} s): "
-                    + ", ".join(parts))
+                        bar.set_postfix_str(f"{t} {n} #{i}")
+                    sample, segs = prepare(n, i, t)
+                    commit(sample, segs, run_sample(model, sample, segs, missing, ev_params, n_ctx=n,
+                                                    n_threads=n_threads, cache=prefills))
+            else:
+                _run_on_ray(model.path, ray, todo, prepare, commit, ev_params, errors, say, bar, log)
         except KeyboardInterrupt:
             if bar is not None:
                 bar.close()
@@ -570,6 +566,38 @@ def run(model, tasks, lengths, samples: int = 1, policies: Sequence[str] = (FULL
     finally:
         if own:
             model.close()
+
+
+def sample_unit(worker, unit: dict) -> list:
+    """run_sample on a worker of engine.eval.distributed: [(config, result)] of one sample."""
+    return list(run_sample(worker.model, unit["sample"], unit["segs"], unit["configs"], unit["ev_params"],
+                           n_ctx=unit["n_ctx"], n_threads=worker.n_threads, cache=worker.prefills))
+
+
+def _run_on_ray(model_path, ray, todo, prepare, commit, ev_params, errors, say, bar, log) -> None:
+    """The samples of `todo` on a Ray cluster: generated here as workers free up, run there, recorded here
+    (commit) in the order they finish; a sample that fails is said once and kept in `errors`."""
+    from ..eval.distributed import Pool, UnitError
+
+    taken = {}  # unit index -> (sample, segs, configs)
+
+    def units():
+        for k, ((n, i, t), missing) in enumerate(todo):
+            sample, segs = prepare(n, i, t)
+            taken[k] = (sample, segs, missing)
+            yield {"sample": sample, "segs": segs, "configs": missing, "ev_params": ev_params, "n_ctx": n}
+
+    with Pool(model_path, log=log, **ray) as pool:
+        for k, res in pool.unordered(sample_unit, units()):
+            sample, segs, missing = taken.pop(k)
+            if isinstance(res, UnitError):
+                errors.append({"task": sample.task, "ctx": sample.ctx, "index": sample.index, "error": res.message})
+                say(f"ruler: {sample.task} {sample.ctx} #{sample.index}: failed: {res.message} (its {len(missing)} "
+                    "run(s) are run again next time)")
+                if bar is not None:
+                    bar.update(len(missing))
+                continue
+            commit(sample, segs, res)
 
 
 def _generate(api, task: str, ctx: int, index: int, seed: int, gen_tok, overhead: int, data_root):
@@ -591,5 +619,5 @@ def _depth(api, sample):
     return depths[sample.index % len(depths)] if depths else None
 
 
-__all__ = ["run", "run_sample", "PrefillCache", "fresh_run", "finish", "plan_configs", "Config", "Store", "PROTOCOLS",
+__all__ = ["run", "run_sample", "sample_unit", "PrefillCache", "fresh_run", "finish", "plan_configs", "Config", "Store", "PROTOCOLS",
            "TIME_FIELDS"]

@@ -145,21 +145,56 @@ def test_failing_units_are_reported_once_and_the_rest_goes_on(cluster, gguf, dat
     assert res[0].ppl > 0 and res[2].ppl > 0
 
 
-def test_ruler_on_ray_is_the_local_ruler(cluster, gguf, tmp_path, capsys):
-    argv = ["--gguf", gguf, "--tasks", "niah_single_1", "--lengths", "512", "--samples", "3", "--policies",
-            "full,snapkv,streaming", "--budgets", "0.25,64", "--protocol", "agnostic,aware-full", "--window", "4",
-            "--no-progress"]
-    assert ruler_cli.main(argv + ["--out", str(tmp_path / "local")]) == 0
-    assert ruler_cli.main(argv + ["--out", str(tmp_path / "ray"), "--ray", "--ray-cpus-per-worker", "1"]) == 0
-    capsys.readouterr()
+RULER_ARGV = ["--tasks", "niah_single_1", "--lengths", "512", "--samples", "3", "--policies", "full,snapkv,streaming",
+              "--budgets", "0.25,64", "--protocol", "agnostic,aware-full", "--window", "4", "--no-progress"]
 
-    def files(d):
-        lines = [json.loads(x) for x in (d / "ruler.jsonl").read_text().splitlines()]
-        runs = sorted(timeless(lines[1:]), key=lambda r: (r["index"], r["protocol"], r["policy"], r["budget"]))
-        return timeless(json.loads((d / "ruler.json").read_text())), lines[0], runs, (d / "ruler.md").read_text()
 
-    local, ray_ = files(tmp_path / "local"), files(tmp_path / "ray")
-    assert len(local[2]) == 3 * 2 * 5 and ray_ == local
+def ruler_files(d):
+    """ruler.json, ruler.jsonl's header and runs (sorted: they come in the order samples finish), ruler.md,
+    without the fields that measure time."""
+    lines = [json.loads(x) for x in (d / "ruler.jsonl").read_text().splitlines()]
+    runs = sorted(timeless(lines[1:]), key=lambda r: (r["index"], r["protocol"], r["policy"], r["budget"]))
+    return timeless(json.loads((d / "ruler.json").read_text())), lines[0], runs, (d / "ruler.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def local_ruler(gguf, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "ruler"
+    assert ruler_cli.main(["--gguf", gguf, "--out", str(out)] + RULER_ARGV) == 0
+    files = ruler_files(out)
+    assert len(files[2]) == 3 * 2 * 5  # samples x protocols x (full + 2 policies x 2 budgets)
+    return files
+
+
+def test_ruler_on_ray_is_the_local_ruler(cluster, gguf, local_ruler, tmp_path, capsys):
+    argv = ["--gguf", gguf, "--out", str(tmp_path / "ray"), "--ray", "--ray-cpus-per-worker", "1"] + RULER_ARGV
+    assert ruler_cli.main(argv) == 0
+    assert "30 run(s) done, 0 already done" in capsys.readouterr().out
+    assert ruler_files(tmp_path / "ray") == local_ruler
+
+
+def test_ruler_interrupted_on_ray_resumes(cluster, gguf, local_ruler, tmp_path, monkeypatch, capsys):
+    real = distributed.Pool.unordered
+    samples = []
+
+    def counted(stop_at=None):
+        def unordered(self, fn, items):
+            for k, res in real(self, fn, items):
+                if len(samples) + 1 == stop_at:
+                    raise KeyboardInterrupt  # Ctrl-C as the driver receives the second sample
+                samples.append(k)
+                yield k, res
+        return unordered
+
+    argv = ["--gguf", gguf, "--out", str(tmp_path / "ray"), "--ray", "--ray-cpus-per-worker", "1"] + RULER_ARGV
+    monkeypatch.setattr(distributed.Pool, "unordered", counted(stop_at=2))
+    assert ruler_cli.main(argv) == cli.EXIT_INTERRUPTED
+    assert len((tmp_path / "ray" / "ruler.jsonl").read_text().splitlines()) == 1 + 10  # header, 1 sample's runs
+    samples.clear()
+    monkeypatch.setattr(distributed.Pool, "unordered", counted())
+    assert ruler_cli.main(argv) == 0
+    assert len(samples) == 2 and "20 run(s) done, 10 already done" in capsys.readouterr().out
+    assert ruler_files(tmp_path / "ray") == local_ruler
 
 
 def test_without_ray_the_message_says_how_to_install_it(gguf, data, tmp_path, monkeypatch, capsys):  # noqa: F811

@@ -197,20 +197,28 @@ class Pool:
                 except Exception:  # noqa: BLE001 (a running actor call cannot always be cancelled; ignored)
                     pass
 
-    def ordered(self, fn: Callable, units: Iterable) -> Iterator[object]:
-        """fn(worker, unit) of each unit, in the units' order (those completed early wait here); a unit that
-        failed raises its EngineError when its turn comes."""
+    def in_order(self, fn: Callable, units: Iterable) -> Iterator[object]:
+        """fn(worker, unit), or a UnitError, of each unit in the units' order (those completed early wait
+        here; the workers go on with the next units meanwhile)."""
         waiting, nxt = {}, 0
         results = self.unordered(fn, units)
         try:
             for i, res in results:
                 waiting[i] = res
                 while nxt in waiting:
-                    res = waiting.pop(nxt)
-                    if isinstance(res, UnitError):
-                        raise EngineError(res.message)
-                    yield res
+                    yield waiting.pop(nxt)
                     nxt += 1
+        finally:
+            results.close()
+
+    def ordered(self, fn: Callable, units: Iterable) -> Iterator[object]:
+        """in_order, a unit that failed raising its EngineError when its turn comes."""
+        results = self.in_order(fn, units)
+        try:
+            for res in results:
+                if isinstance(res, UnitError):
+                    raise EngineError(res.message)
+                yield res
         finally:
             results.close()
 

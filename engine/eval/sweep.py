@@ -302,7 +302,7 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
     if todo:
         model = Model(gguf, n_threads=n_threads)  # here only to tokenise with ray (the workers load their own)
         cache = {}
-        pool = None
+        pool = stream = None
         if ray is not None:
             from .distributed import Pool
 
@@ -344,10 +344,13 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
                             results = perplexity_many(model, cache["wt"], evs, n_ctx=ctx, n_chunks=chunks,
                                                       n_threads=n_threads, bos_id=bos, progress=progress,
                                                       bar_position=1, checkpoint=ckpt, pool=pool)
-                        elif pool is not None:  # one unit: the streaming protocol's cache runs through the text
-                            results = list(pool.ordered(perplexity_unit, [dict(
-                                tokens=cache["wt"], n_ctx=ctx, n_chunks=chunks, bos_id=bos, eviction=evs[0],
-                                protocol=proto)]))
+                        elif pool is not None:  # a unit per run (its cache runs through the text), all at once
+                            if stream is None:
+                                runs = [batch] + [b for b in batches if b[0]["protocol"] != "prefix"]
+                                stream = _streaming_runs(pool, runs, cache["wt"], ctx, chunks, bos, ev_params)
+                            results = [next(stream)]
+                            if isinstance(results[0], EngineError):
+                                raise results[0]
                         else:
                             results = [perplexity(model, cache["wt"], n_ctx=ctx, n_chunks=chunks, n_threads=n_threads,
                                                   bos_id=bos, progress=progress, eviction=evs[0], protocol=proto,
@@ -398,6 +401,8 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
         finally:
             if bar is not None:
                 bar.close()
+            if stream is not None:
+                stream.close()
             if pool is not None:
                 pool.close()
     else:
@@ -416,6 +421,27 @@ def sweep(gguf: str, policies: list[str], budgets: list[float], datasets: list[s
     pngs = plots(out, current, policies, {ds: os.path.basename(path) for ds, path in files.items()})
     return {"runs": data["runs"], "errors": data["errors"], "ran": ran, "skipped": skipped, "failed": failed,
             "tables": md, "plots": pngs}
+
+
+def _streaming_runs(pool, batches: list, tokens, ctx: int, chunks: Optional[int], bos: Optional[int], ev_params: dict):
+    """ray: the streaming-protocol runs (a batch of one each; they follow one another in the plan) submitted
+    at once, one unit each; yields each one's PerplexityResult, or its EngineError, in their order."""
+    from .distributed import UnitError
+
+    units, failed = [], {}
+    for k, (st,) in enumerate(batches):
+        try:
+            units.append(dict(tokens=tokens, n_ctx=ctx, n_chunks=chunks, bos_id=bos, protocol=st["protocol"],
+                              eviction=make_eviction(st["policy"], st["budget"], **ev_params)))
+        except EngineError as e:
+            failed[k] = e
+    results = pool.in_order(perplexity_unit, units)
+    try:
+        for k in range(len(batches)):
+            res = failed[k] if k in failed else next(results)
+            yield EngineError(res.message) if isinstance(res, UnitError) else res
+    finally:
+        results.close()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -619,5 +619,5 @@ def _depth(api, sample):
     return depths[sample.index % len(depths)] if depths else None
 
 
-__all__ = ["run", "run_sample", "sample_unit", "PrefillCache", "fresh_run", "finish", "plan_configs", "Config", "Store", "PROTOCOLS",
-           "TIME_FIELDS"]
+__all__ = ["run", "run_sample", "sample_unit", "PrefillCache", "fresh_run", "finish", "plan_configs", "Config", "Store",
+           "PROTOCOLS", "TIME_FIELDS"]

@@ -143,6 +143,9 @@ def test_failing_units_are_reported_once_and_the_rest_goes_on(cluster, gguf, dat
         res = dict(pool.unordered(perplexity_unit, units))
     assert isinstance(res[1], distributed.UnitError) and "keeps 1 token(s)" in res[1].message
     assert res[0].ppl > 0 and res[2].ppl > 0
+    # a model the workers cannot open stops the run before any unit, saying where and why
+    with pytest.raises(EngineError, match="cannot open.*same path on every node"):
+        distributed.Pool(str(tmp_path / "missing.gguf"), **RAY)
 
 
 RULER_ARGV = ["--tasks", "niah_single_1", "--lengths", "512", "--samples", "3", "--policies", "full,snapkv,streaming",

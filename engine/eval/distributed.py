@@ -71,8 +71,9 @@ class Worker:
             self.error = (f"worker on {socket.gethostname()}: {e} (the model must exist at the same path on every "
                           "node, or be fetched there with python -m engine.models fetch NAME)")
 
-    def ping(self) -> bool:
-        return True
+    def ping(self) -> Optional[str]:
+        """None when ready; else why this worker cannot work (its model did not load)."""
+        return self.error
 
     def prefill(self, evs, n_ctx: int, n_batch: int):
         """The SharedPrefill of these configurations, reused while the next units ask for the same."""
@@ -113,15 +114,24 @@ class Pool:
                 raise EngineError(f"--ray {address or ''}: cannot start or join a Ray cluster: {e} (start one with "
                                   "ray start --head, or give --ray alone for a local one)") from None
             self.started = True
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        if cpus < cpus_per_worker:
+        # one worker per cpus_per_worker CPUs of each node (an actor cannot span nodes)
+        per_node = [int(nd["Resources"].get("CPU", 0)) for nd in ray.nodes() if nd.get("Alive")]
+        cpus, fits = sum(per_node), sum(c // cpus_per_worker for c in per_node)
+        if not fits:
             self.close()
-            raise EngineError(f"--ray-cpus-per-worker {cpus_per_worker}: the cluster has {cpus} CPU(s)")
-        n = workers or cpus // cpus_per_worker
+            raise EngineError(f"--ray-cpus-per-worker {cpus_per_worker}: no node of the cluster has that many CPUs "
+                              f"(they have {', '.join(map(str, per_node)) or 'none'})")
+        n = workers or fits
         # Ray restarts a dead worker (a new process, the model loaded again); its unit is resubmitted here
         remote = ray.remote(num_cpus=cpus_per_worker, max_restarts=max_retries, max_task_retries=0)(Worker)
         self.actors = [remote.remote(os.path.abspath(model_path), cpus_per_worker) for _ in range(n)]
         self.resting: list = []  # workers that failed, until a probe finds them back (Pool.unordered)
+        # every worker has loaded the model (or says why not) before any unit is sent: a model missing on a
+        # node stops the run here, before any work, rather than failing each unit
+        errors = sorted({e for e in ray.get([a.ping.remote() for a in self.actors]) if e})
+        if errors:
+            self.close()
+            raise EngineError("; ".join(errors))
         print(f"ray: {n} worker(s) of {cpus_per_worker} CPU(s) each, on a cluster of {cpus} CPU(s)", file=log)
 
     def unordered(self, fn: Callable, units: Iterable) -> Iterator[tuple[int, object]]:
@@ -180,9 +190,12 @@ class Pool:
                         print(f"ray: a worker died ({type(e).__name__}); unit {i} submitted again", file=self.log)
                         retry.append((i, unit, tries + 1))
                     continue
-                free.append(actor)
-                if i is None:  # a probe: the worker is back
+                if i is None:  # a probe: the worker is back (a new process: it may not find the model)
+                    if out:
+                        raise EngineError(out)
+                    free.append(actor)
                     continue
+                free.append(actor)
                 status, value = out
                 if status == "fatal":
                     raise EngineError(value)

@@ -23,6 +23,10 @@ protocol, data file, passages, eviction hyper-parameters) is skipped. Runs that 
 this build does not implement yet) are reported, recorded under "errors", and retried next time.
 Every file is written whole or not at all (a temporary file renamed over it), so Ctrl-C leaves the
 results of the batches completed and the same command resumes from there.
+
+--ray [ADDRESS] (docs/ray.md; engine.eval.distributed): the chunks and passages of each batch (a unit each,
+for every configuration of the batch) are scored on the workers of a Ray cluster and folded here in order,
+so the files and figures are those of a local run; streaming-protocol runs are a unit each.
 """
 
 from __future__ import annotations
@@ -452,7 +456,8 @@ def _parser() -> argparse.ArgumentParser:
         "Perplexity (WikiText-2) and LAMBADA accuracy per KV eviction policy and budget. Resumable: "
         "combinations already in DIR/sweep.json are skipped, and the batch in progress (the runs sharing "
         "prefills) resumes from the chunks and passages saved in DIR/sweep.batch.json, so after Ctrl-C the same "
-        "command goes on. Writes "
+        "command goes on. With --ray, the chunks and passages are scored on a Ray cluster (docs/ray.md), "
+        "with the same results. Writes "
         "DIR/sweep.csv, sweep.json, sweep.md and, with matplotlib, ppl_vs_budget.png and lambada_vs_budget.png; "
         "prints markdown tables (rows = policies, columns = budgets).",
         epilog=policy_help() + "\n\n" + EXIT_HELP + " A sweep with failed runs exits 1; they are retried next time.")

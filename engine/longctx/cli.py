@@ -58,7 +58,8 @@ def _parser():
         "sample is prefilled once and the prefill shared by all configurations (bit for bit the results of "
         "separate runs). Resumable: finished runs are appended to DIR/ruler.jsonl, and the same command goes on "
         "after Ctrl-C; a folder holding runs of other settings (model, template, seed, hyper-parameters) is "
-        "refused. Writes DIR/ruler.json ({meta, runs, summary}), ruler.csv (a row per run), ruler.md (a table "
+        "refused. With --ray, the samples are run on a Ray cluster (docs/ray.md), with the same results. "
+        "Writes DIR/ruler.json ({meta, runs, summary}), ruler.csv (a row per run), ruler.md (a table "
         "per length and protocol: rows policy@budget, columns the tasks and their average +/- 95% interval) "
         "and, with matplotlib, acc_vs_budget_<len>_<protocol>.png and needle_<policy>_<budget>_<protocol>.png.",
         epilog=BUDGETS_HELP + "\n\n" + policy_help() + "\n\n" + EXIT_HELP)

@@ -15,6 +15,10 @@ protocol appends and decodes greedily. The results are bit for bit those of sepa
 (fresh_run; tests/test_ruler_protocols.py). A configuration that cuts nothing (full, budget 1, a token
 budget B >= the span) is the full cache's run: computed once per (sample, protocol) and recorded for each.
 
+With ray (--ray; docs/ray.md, engine.eval.distributed) each sample is a unit of work run on a Ray worker
+(sample_unit: run_sample there), the samples generated here as workers free up and their runs recorded here
+in the order they finish.
+
 Files, in DIR (--out):
   ruler.jsonl   one finished run a line (appended and flushed as each finishes; its first line holds the
                 settings the runs depend on): the resume log. A torn last line (a kill mid-write) is dropped

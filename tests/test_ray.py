@@ -143,6 +143,17 @@ def test_failing_units_are_reported_once_and_the_rest_goes_on(cluster, gguf, dat
         res = dict(pool.unordered(perplexity_unit, units))
     assert isinstance(res[1], distributed.UnitError) and "keeps 1 token(s)" in res[1].message
     assert res[0].ppl > 0 and res[2].ppl > 0
+    # a worker Ray may not restart (max_retries 0) dies: its unit fails, once; the other worker does the rest
+    cluster.unlink()
+    with distributed.Pool(gguf, max_retries=0, **RAY) as pool:
+        res = dict(pool.unordered(perplexity_unit, units[:1] * 4))
+        assert cluster.exists() and sorted(res) == [0, 1, 2, 3]
+        assert [type(r).__name__ for r in res.values()].count("UnitError") == 1
+        # the dead worker is given no more units (it would fail them): the next ones all succeed
+        again = dict(pool.unordered(perplexity_unit, units[:1] * 3))
+        ppls = {r.ppl for r in list(res.values()) + list(again.values()) if not isinstance(r, distributed.UnitError)}
+        assert len(again) == 3 and not any(isinstance(r, distributed.UnitError) for r in again.values())
+        assert len(ppls) == 1
     # a model the workers cannot open stops the run before any unit, saying where and why
     with pytest.raises(EngineError, match="cannot open.*same path on every node"):
         distributed.Pool(str(tmp_path / "missing.gguf"), **RAY)

@@ -7,7 +7,7 @@ actor holding one engine.Model (loaded once from the path the driver gives: it m
 the sessions of its last shared prefill, so consecutive units of a batch reuse them as the local loop does.
 Its threads are the CPUs it was given (--ray-cpus-per-worker).
 
-Pool.unordered yields each unit's result as it completes; Pool.ordered yields them in the units' order (the
+Pool.unordered yields each unit's result as it completes; Pool.in_order / ordered in the units' order (the
 perplexity and LAMBADA tallies are floating-point sums: folded on the driver in the local order, the figures
 are the local run's, bit for bit). A worker that dies (a crash, a lost node) is restarted by Ray and its unit
 submitted again, to whichever worker is free; a unit that fails (an EngineError, e.g. a configuration the C
@@ -67,7 +67,7 @@ class Worker:
         self.prefills = PrefillCache()
         try:
             self.model = Model(model_path, n_threads=n_threads)
-        except EngineError as e:  # e.g. the model is not on this node: said with the first unit, not a crash loop
+        except EngineError as e:  # e.g. the model is not on this node: Pool says so at start, not a crash loop
             self.error = (f"worker on {socket.gethostname()}: {e} (the model must exist at the same path on every "
                           "node, or be fetched there with python -m engine.models fetch NAME)")
 

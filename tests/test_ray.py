@@ -79,11 +79,14 @@ def local_sweep(gguf, data, tmp_path_factory):  # noqa: F811
 
 
 def test_sweep_on_ray_is_the_local_sweep(cluster, gguf, data, local_sweep, tmp_path):  # noqa: F811
-    out = tmp_path / "ray"
-    r = sweep(gguf, out, data, ray=RAY)
+    out, log = tmp_path / "ray", io.StringIO()
+    r = sweep(gguf, out, data, ray=RAY, log=log)
     assert r["ran"] == 10 and not r["failed"]
     assert sweep_files(out) == local_sweep
     assert cluster.exists()  # no worker died
+    # the driver says where the units ran: 3 chunks + 3 passages, on this machine's one node
+    (line,) = [x for x in log.getvalue().splitlines() if x.startswith("ray: units completed per node: ")]
+    assert sum(int(c.rsplit(": ", 1)[1]) for c in line.split("node: ", 1)[1].split(", ")) == 6, line
 
 
 def test_a_worker_dies_its_unit_runs_again(cluster, gguf, data, local_sweep, tmp_path):  # noqa: F811

@@ -64,6 +64,10 @@ class Worker:
         from .. import Model
 
         self.n_threads, self.error, self.model = n_threads, None, None
+        # which node this process is on, for the driver's count of units per node
+        import ray
+
+        self.node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
         self.prefills = PrefillCache()
         try:
             self.model = Model(model_path, n_threads=n_threads)
@@ -79,9 +83,10 @@ class Worker:
         """The SharedPrefill of these configurations, reused while the next units ask for the same."""
         return self.prefills.get(self.model, evs, n_ctx, self.n_threads, n_batch)
 
-    def run(self, fn: Callable, unit) -> tuple[str, object]:
+    def run(self, fn: Callable, unit) -> tuple[str, object, str]:
+        """(status, value, node): status ok (value = fn's result), error (value = its message) or fatal."""
         if self.error:
-            return "fatal", self.error
+            return "fatal", self.error, self.node
         marker = os.environ.get(DIE_ONCE_ENV)
         if marker:
             try:
@@ -90,11 +95,11 @@ class Worker:
             except FileExistsError:
                 pass
         try:
-            return "ok", fn(self, unit)
+            return "ok", fn(self, unit), self.node
         except EngineError as e:
-            return "error", str(e)
+            return "error", str(e), self.node
         except Exception as e:  # noqa: BLE001 (a bug shows with its type; the other units go on)
-            return "error", f"{type(e).__name__}: {e}"
+            return "error", f"{type(e).__name__}: {e}", self.node
 
 
 class Pool:
@@ -106,6 +111,7 @@ class Pool:
                  workers: Optional[int] = None, max_retries: int = 3, log=sys.stderr):
         ray = self.ray = import_ray()
         self.log, self.max_retries, self.started = log, max_retries, False
+        self.units_per_node: dict = {}  # units completed per node (host/node id), reported by close()
         if not ray.is_initialized():
             opts = {"include_dashboard": False, "logging_level": logging.WARNING, "configure_logging": False}
             try:
@@ -196,7 +202,8 @@ class Pool:
                     free.append(actor)
                     continue
                 free.append(actor)
-                status, value = out
+                status, value, node = out
+                self.units_per_node[node] = self.units_per_node.get(node, 0) + 1
                 if status == "fatal":
                     raise EngineError(value)
                 yield i, (value if status == "ok" else UnitError(value))
@@ -236,6 +243,10 @@ class Pool:
             results.close()
 
     def close(self) -> None:
+        if getattr(self, "units_per_node", None):
+            spread = ", ".join(f"{n}: {c}" for n, c in sorted(self.units_per_node.items()))
+            print(f"ray: units completed per node: {spread}", file=self.log)
+            self.units_per_node = {}
         for a in getattr(self, "actors", ()):
             try:
                 self.ray.kill(a)

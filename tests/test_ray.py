@@ -226,3 +226,14 @@ def test_without_ray_the_message_says_how_to_install_it(gguf, data, tmp_path, mo
     with pytest.raises(EngineError, match="restkv-engine\\[ray\\]"):
         distributed.Pool(gguf)
     assert not os.path.exists(tmp_path / "s" / "sweep.json")
+
+
+def test_a_folder_named_ray_is_not_ray(tmp_path, monkeypatch):
+    # Ray's session folder /tmp/ray imports as an empty namespace package from a working directory of /tmp
+    import types
+
+    fake = types.ModuleType("ray")
+    fake.__path__ = [str(tmp_path / "ray")]
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(EngineError, match="not installed .*found only the folder .*restkv-engine\\[ray\\]"):
+        distributed.import_ray()

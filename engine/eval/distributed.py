@@ -54,6 +54,12 @@ def import_ray():
         import ray
     except ImportError:
         raise EngineError(f"--ray needs Ray, which is not installed: {RAY_INSTALL}") from None
+    if not hasattr(ray, "init"):
+        # a folder named ray on sys.path (Ray's own /tmp/ray session folder, when run from /tmp) imports as an
+        # empty namespace package where Ray is not installed
+        where = ", ".join(getattr(ray, "__path__", [])) or "?"
+        raise EngineError(f"--ray needs Ray, which is not installed (`import ray` found only the folder {where}): "
+                          f"{RAY_INSTALL}")
     return ray
 
 

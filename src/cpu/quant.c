@@ -661,8 +661,10 @@ static const rk_type_traits scalar_traits[N_TYPES] = {
 };
 
 static rk_type_traits avx2_traits[N_TYPES];
+static rk_type_traits vnni_traits[N_TYPES]; /* avx2_traits with the AVX512-VNNI prefill tiles */
 static const rk_type_traits *_Atomic active = scalar_traits;
-static int have_avx2;
+static const rk_type_traits *chosen = scalar_traits; /* what RK_CPU and the CPU select */
+static int have_avx2, have_vnni;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
 static void init_kernels(void) {
@@ -672,6 +674,8 @@ static void init_kernels(void) {
     unsigned a, b, c, d;
     const int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
     have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+    have_vnni = have_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
 #endif
     if (have_avx2) {
 #if RK_X86
@@ -709,25 +713,46 @@ static void init_kernels(void) {
         t[RK_TYPE_Q4_K].vec_dot_packed = rk_avx2_vec_dot_packed_q4_K;
         t[RK_TYPE_Q5_K].vec_dot_packed = rk_avx2_vec_dot_packed_q5_K;
         t[RK_TYPE_Q6_K].vec_dot_packed = rk_avx2_vec_dot_packed_q6_K;
+        rk_type_traits *v = vnni_traits;
+        memcpy(v, avx2_traits, sizeof avx2_traits);
+        v[RK_TYPE_Q4_0].vec_dot_packed = rk_vnni_vec_dot_packed_q4_0;
+        v[RK_TYPE_Q4_1].vec_dot_packed = rk_vnni_vec_dot_packed_q4_1;
+        v[RK_TYPE_Q5_0].vec_dot_packed = rk_vnni_vec_dot_packed_q5_0;
+        v[RK_TYPE_Q8_0].vec_dot_packed = rk_vnni_vec_dot_packed_q8_0;
+        v[RK_TYPE_Q4_K].vec_dot_packed = rk_vnni_vec_dot_packed_q4_K;
+        v[RK_TYPE_Q5_K].vec_dot_packed = rk_vnni_vec_dot_packed_q5_K;
+        v[RK_TYPE_Q6_K].vec_dot_packed = rk_vnni_vec_dot_packed_q6_K;
 #endif
     }
-    const char *env = getenv("RK_CPU"); /* "scalar": test the portable fallback */
-    const int scalar = !have_avx2 || (env && strcmp(env, "scalar") == 0);
-    atomic_store(&active, scalar ? scalar_traits : avx2_traits);
+    /* RK_CPU=scalar: the portable fallback; RK_CPU=avx2: AVX2 without the VNNI tiles (A/B runs;
+     * the same bits) */
+    const char *env = getenv("RK_CPU");
+    if (!have_avx2 || (env && strcmp(env, "scalar") == 0))
+        chosen = scalar_traits;
+    else if (have_vnni && !(env && strcmp(env, "avx2") == 0))
+        chosen = vnni_traits;
+    else
+        chosen = avx2_traits;
+    atomic_store(&active, chosen);
 }
 
 void rk_quant_init(void) { pthread_once(&init_once, init_kernels); }
 
 int rk_quant_avx2_active(void) {
     rk_quant_init();
-    return atomic_load(&active) == avx2_traits;
+    return atomic_load(&active) != scalar_traits;
 }
 
-const char *rk_quant_features(void) { return rk_quant_avx2_active() ? "avx2 fma f16c" : "scalar"; }
+const char *rk_quant_features(void) {
+    rk_quant_init();
+    const rk_type_traits *a = atomic_load(&active);
+    return a == vnni_traits ? "avx2 fma f16c avx512vnni" : a == avx2_traits ? "avx2 fma f16c" : "scalar";
+}
 
 void rk_quant_force_scalar(int on) {
     rk_quant_init();
-    atomic_store(&active, on || !have_avx2 ? scalar_traits : avx2_traits);
+    /* off: the CPU's kernels, even under RK_CPU=scalar (the tests compare both sets) */
+    atomic_store(&active, on || !have_avx2 ? scalar_traits : chosen != scalar_traits ? chosen : avx2_traits);
 }
 
 const rk_type_traits *rk_get_type_traits(int32_t type) {

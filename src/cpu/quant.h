@@ -48,9 +48,9 @@ typedef struct {
 const rk_type_traits *rk_get_type_traits(int32_t type);
 /* Detects CPU features and selects kernels; thread-safe, idempotent. */
 void rk_quant_init(void);
-/* "avx2 fma f16c" or "scalar" */
+/* "avx2 fma f16c avx512vnni", "avx2 fma f16c" or "scalar" */
 const char *rk_quant_features(void);
-/* 1 when the AVX2 kernels are the active set (what rk_quant_features names) */
+/* 1 when the AVX2 kernels (with or without the VNNI tiles) are the active set */
 int rk_quant_avx2_active(void);
 /* Force the portable scalar kernels (tests call this to exercise the fallback). 1 = scalar. */
 void rk_quant_force_scalar(int on);

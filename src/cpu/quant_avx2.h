@@ -105,6 +105,16 @@ void rk_avx2_vec_dot_packed_q4_K(int64_t n, int nt, float *s, size_t ss, const v
 void rk_avx2_vec_dot_packed_q5_K(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
 void rk_avx2_vec_dot_packed_q6_K(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
 
+/* the same tiles with AVX512-VNNI (quant_vnni_packed.c; call only where the CPU has AVX512F/VL/BW
+ * and VNNI): the AVX2 kernels' bits */
+void rk_vnni_vec_dot_packed_q4_0(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
+void rk_vnni_vec_dot_packed_q4_1(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
+void rk_vnni_vec_dot_packed_q5_0(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
+void rk_vnni_vec_dot_packed_q8_0(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
+void rk_vnni_vec_dot_packed_q4_K(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
+void rk_vnni_vec_dot_packed_q5_K(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
+void rk_vnni_vec_dot_packed_q6_K(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
+
 /* attention (att_kernels in attention.c, attention_avx2.c): the query rows a kernel call serves
  * together, each K/V row read once, in its stored type (f16 or f32), for all of them */
 typedef struct {

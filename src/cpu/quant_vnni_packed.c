@@ -1,0 +1,233 @@
+/*
+ * quant_vnni_packed.c: the prefill tiles of quant_avx2_packed.c (RK_DOT_ROWS tokens against 8
+ * interleaved weight rows) with AVX512-VNNI's 256-bit dpbusd, which sums four u8 x s8 products
+ * into each i32 lane in one instruction where AVX2 needs maddubs, an i16 add and a madd. The
+ * integer sums are exact either way (AVX2's i16 partial sums never saturate: see the bounds
+ * there), and every float operation is the AVX2 kernel's, in its order: the outputs are the
+ * AVX2 kernels' bit for bit (tests/golden_digests.py checks the "vnni" configuration against the
+ * "avx2" digests). Each token keeps two independent accumulators (low and high nibbles, or two
+ * chunks) so that dpbusd's 5-cycle latency does not serialise the tile. Fewer tokens (decode)
+ * run the AVX2 kernels: they are bound by memory there, and their i16 adds have no such latency.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+
+#if defined(__GNUC__) && !defined(__clang__) && !(defined(__AVX512VNNI__) && defined(__AVX512VL__))
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")
+#endif
+
+#include <immintrin.h>
+
+#include "quant.h"
+#include "quant_packed_x86.h"
+
+#define NT RK_DOT_ROWS
+
+INLINE __m256i dot4(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
+
+/* Q4_1 x Q8_1: as q4_1x8 */
+static void q4_1x8(int64_t n, float *s, size_t ss, const blk_q4_1x8 *w, const uint8_t *a, size_t as) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[NT];
+    for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK; b++) {
+        __m256i lo_sum[NT], hi_sum[NT];
+        prefetch_ahead(w + b, sizeof w[b]);
+        for (int t = 0; t < NT; t++) lo_sum[t] = hi_sum[t] = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i q = load256(w[b].qs + 32 * c);
+            const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            for (int t = 0; t < NT; t++) {
+                const blk_q8_1 *x = (const blk_q8_1 *)(a + (size_t)t * as) + b;
+                lo_sum[t] = dot4(lo_sum[t], lo, bcast4(x->qs + 4 * c));
+                hi_sum[t] = dot4(hi_sum[t], hi, bcast4(x->qs + 16 + 4 * c));
+            }
+        }
+        const __m256 dw = cvt8h(w[b].d), mw = cvt8h(w[b].m);
+        for (int t = 0; t < NT; t++) {
+            const __m128 ds = halves2((const blk_q8_1 *)(a + (size_t)t * as) + b);
+            const __m256 isum = _mm256_cvtepi32_ps(_mm256_add_epi32(lo_sum[t], hi_sum[t]));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcastss_ps(ds)), isum, acc[t]);
+            acc[t] = _mm256_fmadd_ps(mw, _mm256_broadcastss_ps(_mm_movehdup_ps(ds)), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
+}
+
+/* Q4_0 or Q5_0 x Q8_0: as q45_0x8 (|q - z| against the activation with q - z's sign) */
+INLINE void q45_0x8(int64_t n, const int five, float *s, size_t ss, const void *vw, const uint8_t *a, size_t as) {
+    const size_t bsize = five ? sizeof(blk_q5_0x8) : sizeof(blk_q4_0x8);
+    __m256 acc[NT];
+    for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK; b++) {
+        __m256i lo_sum[NT], hi_sum[NT];
+        prefetch_ahead((const uint8_t *)vw + (size_t)b * bsize, bsize);
+        for (int t = 0; t < NT; t++) lo_sum[t] = hi_sum[t] = _mm256_setzero_si256();
+        const __m256i qh = five ? load256(((const blk_q5_0x8 *)vw)[b].qh) : _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            __m256i lo, hi;
+            signed_quants(vw, five, b, qh, c, &lo, &hi);
+            const __m256i alo = _mm256_sign_epi8(lo, lo), ahi = _mm256_sign_epi8(hi, hi);
+            for (int t = 0; t < NT; t++) {
+                const blk_q8_0 *x = (const blk_q8_0 *)(a + (size_t)t * as) + b;
+                lo_sum[t] = dot4(lo_sum[t], alo, _mm256_sign_epi8(bcast4(x->qs + 4 * c), lo));
+                hi_sum[t] = dot4(hi_sum[t], ahi, _mm256_sign_epi8(bcast4(x->qs + 16 + 4 * c), hi));
+            }
+        }
+        const __m256 dw = cvt8h(five ? ((const blk_q5_0x8 *)vw)[b].d : ((const blk_q4_0x8 *)vw)[b].d);
+        for (int t = 0; t < NT; t++) {
+            const __m128 ds = halves2((const blk_q8_0 *)(a + (size_t)t * as) + b);
+            const __m256 isum = _mm256_cvtepi32_ps(_mm256_add_epi32(lo_sum[t], hi_sum[t]));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcastss_ps(ds)), isum, acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
+}
+
+/* Q8_0 x Q8_0: as q8_0x8; even and odd chunks in two accumulators */
+static void q8_0x8(int64_t n, float *s, size_t ss, const blk_q8_0x8 *w, const uint8_t *a, size_t as) {
+    __m256 acc[NT];
+    for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK; b++) {
+        __m256i sum[2][NT];
+        prefetch_ahead(w + b, sizeof w[b]);
+        for (int t = 0; t < NT; t++) sum[0][t] = sum[1][t] = _mm256_setzero_si256();
+        for (int c = 0; c < 8; c++) {
+            const __m256i q = load256(w[b].qs + 32 * c);
+            const __m256i aq = _mm256_sign_epi8(q, q);
+            for (int t = 0; t < NT; t++) {
+                const blk_q8_0 *x = (const blk_q8_0 *)(a + (size_t)t * as) + b;
+                sum[c % 2][t] = dot4(sum[c % 2][t], aq, _mm256_sign_epi8(bcast4(x->qs + 4 * c), q));
+            }
+        }
+        const __m256 dw = cvt8h(w[b].d);
+        for (int t = 0; t < NT; t++) {
+            const __m128 ds = halves2((const blk_q8_0 *)(a + (size_t)t * as) + b);
+            const __m256 isum = _mm256_cvtepi32_ps(_mm256_add_epi32(sum[0][t], sum[1][t]));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcastss_ps(ds)), isum, acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
+}
+
+#define Q8K(t) ((const blk_q8_K *)(a + (size_t)(t) * as) + b)
+
+/* Q4_K or Q5_K x Q8_K: as q45_Kx8. Group g's chunk c feeds sub-block 2g (low nibbles) and
+ * 2g + 1 (high); each sub-block's i32 sum takes its 6-bit scale with one multiply. */
+INLINE void q45_Kx8(int64_t n, const int five, float *s, size_t ss, const void *vw, const uint8_t *a, size_t as) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const size_t bytes = five ? sizeof(blk_q5_Kx8) : sizeof(blk_q4_Kx8);
+    __m256 acc[NT];
+    for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const uint8_t *blk = (const uint8_t *)vw + (size_t)b * bytes;
+        const blk_q4_Kx8 *w4 = (const blk_q4_Kx8 *)blk;
+        const blk_q5_Kx8 *w5 = (const blk_q5_Kx8 *)blk;
+        const uint8_t *qs = five ? w5->qs : w4->qs;
+        prefetch_ahead(blk, bytes);
+        __m256i sc[2], mn[2];
+        k_scales8(w4->scales, sc, mn);
+        const __m256 dw = cvt8h(w4->d), mw = cvt8h(w4->dmin);
+        for (int t = 0; t < NT; t++) {
+            const __m256 da = _mm256_set1_ps(Q8K(t)->d);
+            acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(mw, da), _mm256_cvtepi32_ps(k_mins8(mn, Q8K(t))), acc[t]);
+        }
+        __m256i isum[NT];
+        for (int t = 0; t < NT; t++) isum[t] = _mm256_setzero_si256();
+        for (int g = 0; g < 4; g++) {
+            __m256i lo_sum[NT], hi_sum[NT];
+            for (int t = 0; t < NT; t++) lo_sum[t] = hi_sum[t] = _mm256_setzero_si256();
+            for (int c = 0; c < 8; c++) {
+                const __m256i q = load256(qs + 256 * g + 32 * c);
+                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                if (five) {
+                    const __m256i h = load256(w5->qh + 32 * c);
+                    lo = _mm256_or_si256(lo, bit_to_4(h, 2 * g));
+                    hi = _mm256_or_si256(hi, bit_to_4(h, 2 * g + 1));
+                }
+                for (int t = 0; t < NT; t++) {
+                    const int8_t *x = Q8K(t)->qs + 64 * g + 4 * c;
+                    lo_sum[t] = dot4(lo_sum[t], lo, bcast4(x));
+                    hi_sum[t] = dot4(hi_sum[t], hi, bcast4(x + 32));
+                }
+            }
+            const __m256i sc_lo = shuffle(sc[g / 2], ctl_word[(2 * g) % 4]);
+            const __m256i sc_hi = shuffle(sc[g / 2], ctl_word[(2 * g + 1) % 4]);
+            for (int t = 0; t < NT; t++)
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(_mm256_mullo_epi32(lo_sum[t], sc_lo),
+                                                                     _mm256_mullo_epi32(hi_sum[t], sc_hi)));
+        }
+        for (int t = 0; t < NT; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(Q8K(t)->d)), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+    }
+    for (int t = 0; t < NT; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
+}
+
+/* Q6_K x Q8_K: as q6_Kx8. The two sub-blocks of group m (chunks 0-3 and 4-7) in two accumulators. */
+static void q6_Kx8(int64_t n, float *s, size_t ss, const void *vw, const uint8_t *a, size_t as) {
+    const blk_q6_Kx8 *w = vw;
+    __m256 acc[NT];
+    for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        prefetch_ahead(w + b, sizeof w[b]);
+        __m256i sc[4], isum[NT];
+        for (int k = 0; k < 4; k++) sc[k] = load256(w[b].scales + 32 * k);
+        for (int t = 0; t < NT; t++) isum[t] = _mm256_sub_epi32(_mm256_setzero_si256(), q6_offset8(sc, Q8K(t)));
+        for (int h = 0; h < 2; h++)
+            for (int m = 0; m < 4; m++) {
+                __m256i sum[2][NT];
+                for (int t = 0; t < NT; t++) sum[0][t] = sum[1][t] = _mm256_setzero_si256();
+                for (int k = 0; k < 4; k++) {
+                    const __m256i q0 = q6_chunk(&w[b], h, m, k), q1 = q6_chunk(&w[b], h, m, k + 4);
+                    for (int t = 0; t < NT; t++) {
+                        const int8_t *x = Q8K(t)->qs + 128 * h + 32 * m + 4 * k;
+                        sum[0][t] = dot4(sum[0][t], q0, bcast4(x));
+                        sum[1][t] = dot4(sum[1][t], q1, bcast4(x + 16));
+                    }
+                }
+                /* row r's int8 scales of sub-blocks 8h + 2m and 8h + 2m + 1, sign-extended */
+                const __m256i sc0 = _mm256_srai_epi32(shuffle(sc[2 * h + m / 2], ctl_word_hi[2 * (m % 2)]), 24);
+                const __m256i sc1 = _mm256_srai_epi32(shuffle(sc[2 * h + m / 2], ctl_word_hi[2 * (m % 2) + 1]), 24);
+                for (int t = 0; t < NT; t++)
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(_mm256_mullo_epi32(sum[0][t], sc0),
+                                                                         _mm256_mullo_epi32(sum[1][t], sc1)));
+            }
+        const __m256 dw = cvt8h(w[b].d);
+        for (int t = 0; t < NT; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(Q8K(t)->d)), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+    }
+    for (int t = 0; t < NT; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
+}
+
+#undef Q8K
+
+static void q4_0x8(int64_t n, float *s, size_t ss, const void *w, const uint8_t *a, size_t as) {
+    q45_0x8(n, 0, s, ss, w, a, as);
+}
+static void q5_0x8(int64_t n, float *s, size_t ss, const void *w, const uint8_t *a, size_t as) {
+    q45_0x8(n, 1, s, ss, w, a, as);
+}
+static void q4_Kx8(int64_t n, float *s, size_t ss, const void *w, const uint8_t *a, size_t as) {
+    q45_Kx8(n, 0, s, ss, w, a, as);
+}
+static void q5_Kx8(int64_t n, float *s, size_t ss, const void *w, const uint8_t *a, size_t as) {
+    q45_Kx8(n, 1, s, ss, w, a, as);
+}
+
+/* a full tile here; fewer tokens on the AVX2 kernel (the same bits) */
+#define VNNI_ENTRY(name, kernel, blk, avx2)                                                       \
+    void name(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as) {  \
+        if (nt == NT)                                                                             \
+            kernel(n, s, ss, (const blk *)w, (const uint8_t *)a, as);                             \
+        else                                                                                      \
+            avx2(n, nt, s, ss, w, a, as);                                                         \
+    }
+
+VNNI_ENTRY(rk_vnni_vec_dot_packed_q4_0, q4_0x8, void, rk_avx2_vec_dot_packed_q4_0)
+VNNI_ENTRY(rk_vnni_vec_dot_packed_q4_1, q4_1x8, blk_q4_1x8, rk_avx2_vec_dot_packed_q4_1)
+VNNI_ENTRY(rk_vnni_vec_dot_packed_q5_0, q5_0x8, void, rk_avx2_vec_dot_packed_q5_0)
+VNNI_ENTRY(rk_vnni_vec_dot_packed_q8_0, q8_0x8, blk_q8_0x8, rk_avx2_vec_dot_packed_q8_0)
+VNNI_ENTRY(rk_vnni_vec_dot_packed_q4_K, q4_Kx8, void, rk_avx2_vec_dot_packed_q4_K)
+VNNI_ENTRY(rk_vnni_vec_dot_packed_q5_K, q5_Kx8, void, rk_avx2_vec_dot_packed_q5_K)
+VNNI_ENTRY(rk_vnni_vec_dot_packed_q6_K, q6_Kx8, void, rk_avx2_vec_dot_packed_q6_K)
+
+#endif

@@ -164,11 +164,20 @@ CASES = build_cases()
 
 # configurations: environment of the child, threads, which cases
 CONFIGS: dict[str, dict] = {
-    "avx2": dict(env={"RK_CPU": "", "RK_REPACK": ""}, n_threads=2, needs_avx2=True),
+    "avx2": dict(env={"RK_CPU": "avx2", "RK_REPACK": ""}, n_threads=2, needs_avx2=True),
     "scalar": dict(env={"RK_CPU": "scalar", "RK_REPACK": ""}, n_threads=2, needs_avx2=False),
-    "norepack": dict(env={"RK_CPU": "", "RK_REPACK": "0"}, n_threads=2, needs_avx2=True),
-    "threads1": dict(env={"RK_CPU": "", "RK_REPACK": ""}, n_threads=1, needs_avx2=True),
+    "norepack": dict(env={"RK_CPU": "avx2", "RK_REPACK": "0"}, n_threads=2, needs_avx2=True),
+    "threads1": dict(env={"RK_CPU": "avx2", "RK_REPACK": ""}, n_threads=1, needs_avx2=True),
+    # the AVX512-VNNI prefill tiles (the default where the CPU has them) must give the AVX2 bits:
+    # computed on their own, compared with the stored "avx2" digests, never stored
+    "vnni": dict(env={"RK_CPU": "", "RK_REPACK": ""}, n_threads=2, needs_avx2=True, needs="avx512vnni",
+                 same_as="avx2"),
 }
+
+
+def stored_key(config: str) -> str:
+    """the configuration whose stored digests `config` is compared with"""
+    return CONFIGS[config].get("same_as", config)
 THREADS1 = ("forward/t_F32", "forward/t_Q4_K", "forward/t_Q4_0", "prefix/restkv", "streaming/h2o", "smollm2/forward")
 SCALAR_SMOLLM2 = ("smollm2/forward",)  # the portable kernels on SmolLM2: one case (seconds each)
 
@@ -177,7 +186,7 @@ def config_cases(config: str) -> list[str]:
     names = [n for n in CASES if config == "avx2" or CASES[n]["kind"] != "tokenize"]
     if config == "scalar":
         names = [n for n in names if CASES[n]["model"] != SMOLLM2 or n in SCALAR_SMOLLM2]
-    elif config == "norepack":
+    elif config in ("norepack", "vnni"):
         names = [n for n in names if model_uses(CASES[n]["model"]) & set(REPACKABLE)]
     elif config == "threads1":
         names = [n for n in names if n in THREADS1]
@@ -366,8 +375,14 @@ def platform_skip(config: str, stored: dict, here: dict) -> str | None:
         diffs.append(f"machine {here['machine']} (stored: {s.get('machine')})")
     if s.get("libc") != here["libc"]:
         diffs.append(f"libc {here['libc']!r} (stored: {s.get('libc')!r})")
+    needs = CONFIGS[config].get("needs")
+    if needs and needs not in here["cpu_features"].split():
+        return f"'{config}' needs a CPU with {needs} (this one: {here['cpu_features']})"
     if CONFIGS[config]["needs_avx2"]:
-        if here["cpu_features"] != s.get("cpu_features") or here["cpu_features"] == "scalar":
+        # RK_CPU=avx2 configurations run the AVX2 kernels where the CPU also has VNNI: the stored
+        # features are compared without it
+        feats = " ".join(w for w in here["cpu_features"].split() if w != "avx512vnni")
+        if feats != s.get("cpu_features") or feats == "scalar":
             diffs.append(f"cpu features {here['cpu_features']!r} (stored: {s.get('cpu_features')!r})")
         # the stored compiler must be among the ones named in the core: a wheel built by pip also
         # carries the comment of an object it links (GCC 8.5.0 here) beside the one that compiled us
@@ -420,7 +435,9 @@ def compare(stored: dict, got: dict, configs, names=None) -> list[str]:
         lines.append(f"model file {n}: sha256 {got['models'][n]} != stored {stored['models'][n]} "
                      f"(models/tiny_gguf.py writes other bytes: its cases below are not comparable)")
     for cfg in configs:
-        want = stored.get("configs", {}).get(cfg, {})
+        want = stored.get("configs", {}).get(stored_key(cfg), {})
+        if stored_key(cfg) != cfg:
+            want = {n: d for n, d in want.items() if n in config_cases(cfg)}
         have = got["configs"].get(cfg, {})
         for name in sorted(set(want) | set(have)):
             if name not in have:
@@ -462,7 +479,7 @@ def main(argv=None) -> int:
     ap.add_argument("--store", default=str(STORE), help="the digests file (default %(default)s)")
     a = ap.parse_args(argv)
     sys.path[:0] = [str(HERE), str(ROOT)]
-    configs = a.only.split(",") if a.only else list(CONFIGS)
+    configs = a.only.split(",") if a.only else [c for c in CONFIGS if not a.write or stored_key(c) == c]
     names = [n for n in CASES if a.case in n] if a.case else None
     if a.write and (a.only or a.case):
         ap.error("--write recomputes everything: no --only / --case")

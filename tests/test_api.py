@@ -166,6 +166,8 @@ def test_has_cuda_and_cpu_features():
         if flags is not None:
             for w in set(words) & {"avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl"}:
                 assert w in flags, (w, feats)
+            if "avx512vnni" in words:  # /proc/cpuinfo spells it avx512_vnni
+                assert {"avx512_vnni", "avx512f", "avx512bw", "avx512vl"} <= set(flags), feats
 
 
 # ---------------------------------------------------------------- lifetimes

@@ -2,7 +2,8 @@
 made by tests/golden_digests.py --write with the build before a refactoring; issue 12's acceptance:
 "logits bit-identical to the commit before").
 
-Each configuration (default AVX2 kernels, RK_CPU=scalar, RK_REPACK=0, one thread) runs in its own child
+Each configuration (AVX2 kernels, RK_CPU=scalar, RK_REPACK=0, one thread; and the AVX512-VNNI tiles,
+which must reproduce the stored AVX2 digests) runs in its own child
 process (those settings are read once per process) over the cases of golden_digests.CASES: tiny GGUFs of
 every tensor type and the loader's variants, every eviction policy under both schedules, SmolLM2 for a
 subset. A failure names each case and stage (prefill, kv, logprobs, after, decode, ...) whose digest
@@ -69,10 +70,10 @@ def check(config, stored, here, computed, smollm2: bool):
         pytest.skip(why)
     got = computed(config)
     names = [n for n in gd.config_cases(config) if (gd.CASES[n]["model"] == gd.SMOLLM2) == smollm2]
-    want = {n: d for n, d in stored["configs"][config].items() if n in names}
+    want = {n: d for n, d in stored["configs"][gd.stored_key(config)].items() if n in names}
     have = {n: d for n, d in got["configs"][config].items() if n in names}
     errors = [f"[{config}] {n}: {d['error']}" for n, d in have.items() if "error" in d]
-    diff = gd.compare({"models": stored["models"], "configs": {config: want}},
+    diff = gd.compare({"models": stored["models"], "configs": {gd.stored_key(config): want}},
                       {"models": got["models"], "configs": {config: have}}, [config], names)
     if errors or diff:
         pytest.fail(f"{len(diff)} of {len(names)} cases of '{config}' differ from {gd.STORE.name} "

@@ -1,6 +1,7 @@
 """Weights re-laid out at load (src/cpu/repack.c): with AVX2, Q4_0/Q4_1/Q5_0/Q8_0 and
 Q4_K/Q5_K/Q6_K matrices of a height divisible by 8 are stored as interleaved 8-row blocks
-and multiplied by the kernels of quant_avx2_packed.c. The bytes are the file's, moved; only
+and multiplied by the kernels of quant_avx2_packed.c (4-token prefill tiles: quant_vnni_packed.c
+where the CPU has AVX512-VNNI). The bytes are the file's, moved; only
 the order of the float sums changes, so logits stay close to the row layout's (RK_REPACK=0,
 in a child process) without being equal, and within float rounding of the exact (float64)
 dot products of tests/quant_ref.py. A tied embedding is looked up in the packed matrix (its
@@ -146,7 +147,9 @@ def test_packed_kernels_match_exact_dot_products(tmp_path, wtype, tied):
     """Every logit of a probe model is one packed dot product: it must be the exact (float64)
     value on the engine's own 8-bit activations up to float rounding (test_quant.py's bound for
     the row kernels), and a token's logits the same bits whether it went through the kernels 4
-    tokens at a time (a prefill batch) or alone (a decode step)."""
+    tokens at a time (a prefill batch) or alone (a decode step). Where the CPU has AVX512-VNNI
+    the 4-token tiles are quant_vnni_packed.c's and single tokens the AVX2 kernels': the two
+    must agree bit for bit."""
     t = getattr(ref, wtype)
     n_embd = 768 if ref.FORMATS[t][1] == 256 else 160  # 3 super-blocks / 5 blocks per row
     path, rows, act = dot_probe(tmp_path, wtype, n_vocab=392, n_embd=n_embd, tied=tied, seed=500 + t)

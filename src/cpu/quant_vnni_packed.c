@@ -23,6 +23,12 @@
 #define NT RK_DOT_ROWS
 
 INLINE __m256i dot4(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
+/* v in a register: GCC otherwise folds a load into both nibbles' instructions, and the
+ * load ports, not dpbusd, then bound the tile */
+INLINE __m256i in_reg(__m256i v) {
+    __asm__("" : "+v"(v));
+    return v;
+}
 
 /* Q4_1 x Q8_1: as q4_1x8 */
 static void q4_1x8(int64_t n, float *s, size_t ss, const blk_q4_1x8 *w, const uint8_t *a, size_t as) {
@@ -34,7 +40,7 @@ static void q4_1x8(int64_t n, float *s, size_t ss, const blk_q4_1x8 *w, const ui
         prefetch_ahead(w + b, sizeof w[b]);
         for (int t = 0; t < NT; t++) lo_sum[t] = hi_sum[t] = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
-            const __m256i q = load256(w[b].qs + 32 * c);
+            const __m256i q = in_reg(load256(w[b].qs + 32 * c));
             const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             for (int t = 0; t < NT; t++) {
                 const blk_q8_1 *x = (const blk_q8_1 *)(a + (size_t)t * as) + b;
@@ -137,7 +143,7 @@ INLINE void q45_Kx8(int64_t n, const int five, float *s, size_t ss, const void *
             __m256i lo_sum[NT], hi_sum[NT];
             for (int t = 0; t < NT; t++) lo_sum[t] = hi_sum[t] = _mm256_setzero_si256();
             for (int c = 0; c < 8; c++) {
-                const __m256i q = load256(qs + 256 * g + 32 * c);
+                const __m256i q = in_reg(load256(qs + 256 * g + 32 * c));
                 __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
                 if (five) {
                     const __m256i h = load256(w5->qh + 32 * c);

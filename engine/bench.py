@@ -56,6 +56,28 @@ from .errors import EngineError
 # the engine API every build since 166bd20 has.
 
 
+def machine_info(vs: bool) -> dict:
+    """the CPU, the kernels this engine chose on it and, with --vs-llama-cpp, the features llama.cpp
+    was built with: a ratio means little without them (llama.cpp uses AVX-512 where the CPU has it)"""
+    import engine
+
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "restkv_kernels": engine.cpu_features()}
+    if vs:
+        try:
+            import llama_cpp
+
+            info["llama_cpp"] = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+        except Exception:  # an older binding without it: the table still stands
+            pass
+    return info
+
+
 def _ids(n_vocab: int, n: int, seed: int = 0) -> list[int]:
     return [int(t) for t in np.random.default_rng(seed).integers(100 if n_vocab > 200 else 0, n_vocab, n)]
 
@@ -604,7 +626,7 @@ def _report(gguf, threads, reps, gen, budget, policy, vs, cases, samples, kv, t0
         row.update({"ours_samples": s["ours"], "llama_cpp_samples": s.get("llama.cpp", [])})
         rows.append(row)
     out = {"model": gguf, "threads": threads, "reps": reps, "gen": gen, "budget": budget, "policy": policy,
-           "vs_llama_cpp": vs, "vs_build": vs_build}
+           "vs_llama_cpp": vs, "vs_build": vs_build, "machine": machine_info(vs)}
     if builds:
         out["builds"] = builds
     out.update({"rows": rows, "seconds": round(time.time() - t0, 1)})
@@ -617,6 +639,11 @@ def print_report(res: dict, file=None) -> None:
     with_ = " and ".join((["the build in --vs-build"] if ab else []) + (["llama.cpp"] if vs else []))
     print(f"\nmodel {os.path.basename(res['model'])}, {res['threads']} threads, median of {res['reps']} rounds "
           f"after a warm-up{', alternating with ' + with_ if with_ else ''}", file=file)
+    mi = res.get("machine") or {}
+    if mi:
+        print(f"cpu: {mi.get('cpu')}; restkv-engine kernels: {mi.get('restkv_kernels')}", file=file)
+        if mi.get("llama_cpp"):
+            print(f"llama.cpp: {mi['llama_cpp']}", file=file)
     if ab:
         for k, b in res.get("builds", {}).items():
             print(f"{k}: {b['engine']} (core {os.path.basename(b['core'])} sha256 {b['core_sha256']}), "

@@ -34,6 +34,11 @@ def test_bench_measures_every_case(tiny_gguf):
     assert comp["round_ratios"] == [round(comp["ours_samples"][0] / full["llama_cpp_samples"][0], 3)]
     for who in ("ours", "llama.cpp"):
         assert 0 < res["rss"][who]["peak_rss_bytes"] < 300 * 2**20, who
+    # the machine beside the ratios: our kernels, and llama.cpp's build features
+    import engine
+
+    assert res["machine"]["restkv_kernels"] == engine.cpu_features()
+    assert "AVX" in res["machine"].get("llama_cpp", "AVX") or engine.cpu_features() == "scalar"
     del big
 
 
@@ -44,7 +49,10 @@ def test_bench_cli_json(tiny_gguf, tmp_path, capsys):
     assert rc == 0
     data = json.loads(out.read_text())
     assert [r["case"] for r in data["rows"]][-1] == "decode 4 @ depth 32, restkv 0.1"
-    assert "| prefill 16 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| prefill 16 |" in printed
+    assert data["machine"]["cores"] >= 1 and "llama_cpp" not in data["machine"]  # no --vs-llama-cpp
+    assert f"restkv-engine kernels: {data['machine']['restkv_kernels']}" in printed
 
 
 def test_bench_bad_arguments(tiny_gguf, tmp_path):

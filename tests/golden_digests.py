@@ -178,6 +178,28 @@ CONFIGS: dict[str, dict] = {
 def stored_key(config: str) -> str:
     """the configuration whose stored digests `config` is compared with"""
     return CONFIGS[config].get("same_as", config)
+
+
+def base_features(features: str | None) -> str:
+    """cpu features without the VNNI tiles' word: the AVX2 configurations run RK_CPU=avx2, so their
+    bits are the same on CPUs with and without AVX512-VNNI (compared so on both sides)"""
+    return " ".join(w for w in (features or "").split() if w != "avx512vnni")
+
+
+def kernels_mismatch(config: str, child_features: str) -> tuple[str, str] | None:
+    """("skip" | "fail", why) when the kernels a configuration's child ran are not the ones it is
+    meant to test, else None: a 'vnni' child without VNNI (a CPU without it: skip) or an RK_CPU=avx2
+    child on the VNNI tiles (a broken RK_CPU: fail)"""
+    cfg, words = CONFIGS[config], child_features.split()
+    needs = cfg.get("needs")
+    if needs and needs not in words:
+        return "skip", f"'{config}' needs a CPU with {needs} (its child ran: {child_features})"
+    want = cfg["env"].get("RK_CPU")
+    if want == "avx2" and ("avx512vnni" in words or "avx2" not in words):
+        return "fail", f"'{config}' runs RK_CPU=avx2 but its child ran {child_features!r}"
+    if want == "scalar" and words != ["scalar"]:
+        return "fail", f"'{config}' runs RK_CPU=scalar but its child ran {child_features!r}"
+    return None
 THREADS1 = ("forward/t_F32", "forward/t_Q4_K", "forward/t_Q4_0", "prefix/restkv", "streaming/h2o", "smollm2/forward")
 SCALAR_SMOLLM2 = ("smollm2/forward",)  # the portable kernels on SmolLM2: one case (seconds each)
 
@@ -376,13 +398,13 @@ def platform_skip(config: str, stored: dict, here: dict) -> str | None:
     if s.get("libc") != here["libc"]:
         diffs.append(f"libc {here['libc']!r} (stored: {s.get('libc')!r})")
     needs = CONFIGS[config].get("needs")
-    if needs and needs not in here["cpu_features"].split():
+    # a shortcut where this process runs the CPU's default kernels (else the child's kernels decide:
+    # kernels_mismatch)
+    if needs and not os.environ.get("RK_CPU") and needs not in here["cpu_features"].split():
         return f"'{config}' needs a CPU with {needs} (this one: {here['cpu_features']})"
     if CONFIGS[config]["needs_avx2"]:
-        # RK_CPU=avx2 configurations run the AVX2 kernels where the CPU also has VNNI: the stored
-        # features are compared without it
-        feats = " ".join(w for w in here["cpu_features"].split() if w != "avx512vnni")
-        if feats != s.get("cpu_features") or feats == "scalar":
+        feats = base_features(here["cpu_features"])
+        if feats != base_features(s.get("cpu_features")) or feats == "scalar":
             diffs.append(f"cpu features {here['cpu_features']!r} (stored: {s.get('cpu_features')!r})")
         # the stored compiler must be among the ones named in the core: a wheel built by pip also
         # carries the comment of an object it links (GCC 8.5.0 here) beside the one that compiled us
@@ -422,6 +444,7 @@ def compute(configs, names=None, smollm2: str | None = None, model_dir: Path | N
             r = run_config(cfg, paths, names)
             out["configs"][cfg] = r["results"]
             out.setdefault("times", {})[cfg] = r["times"]
+            out.setdefault("features", {})[cfg] = r["cpu_features"]
             log(f"{cfg}: {len(r['results'])} cases in {time.time() - t0:.1f} s ({r['cpu_features']})")
     return out
 
@@ -491,6 +514,16 @@ def main(argv=None) -> int:
     t0 = time.time()
     got = compute(configs, names, smollm2, log=log)
     times = got.pop("times")
+    features = got.pop("features")
+    for cfg in list(configs):
+        bad = kernels_mismatch(cfg, features[cfg])
+        if bad and bad[0] == "fail":
+            log(f"error: {bad[1]}")
+            return 1
+        if bad:  # not comparable here: left out, said
+            log(f"note: {bad[1]}: left out")
+            configs.remove(cfg)
+            got["configs"].pop(cfg)
     log(f"computed in {time.time() - t0:.1f} s")
     if a.times:
         for cfg, t in times.items():
@@ -501,6 +534,7 @@ def main(argv=None) -> int:
             return 1
         again = compute(configs, names, smollm2, log=log)
         again.pop("times")
+        again.pop("features")
         if again != got:
             log("NOT deterministic: two runs differ:\n  " + "\n  ".join(compare(again, got, configs)))
             return 1

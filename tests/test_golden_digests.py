@@ -69,6 +69,10 @@ def check(config, stored, here, computed, smollm2: bool):
     if why:
         pytest.skip(why)
     got = computed(config)
+    bad = gd.kernels_mismatch(config, got["features"][config])
+    if bad and bad[0] == "skip":
+        pytest.skip(bad[1])
+    assert bad is None, bad[1]
     names = [n for n in gd.config_cases(config) if (gd.CASES[n]["model"] == gd.SMOLLM2) == smollm2]
     want = {n: d for n, d in stored["configs"][gd.stored_key(config)].items() if n in names}
     have = {n: d for n, d in got["configs"][config].items() if n in names}

@@ -256,8 +256,9 @@ def test_activation_quantisation_is_ggml_exact(at):
 
 @pytest.mark.parametrize("at", ref.ACT_TYPES, ids=ref.name)
 def test_activation_quants_stay_within_127(at):
-    """The packed kernels (quant_avx2_packed.c) sum Q5_0 and Q6_K products in i16 with no room
-    for an activation of -128 (eight |q - 16| <= 16 pairs: 32512; two 6-bit pairs: 32004): every
+    """The packed AVX2 kernels (quant_avx2_packed.c) sum Q5_0 and Q6_K products in i16 with little
+    room (activations within +-127: eight |q - 16| <= 16 pairs reach 32512, two 6-bit pairs 32004);
+    the VNNI tiles sum in i32 and must give the same bits, so neither may saturate: every
     quantiser scales by amax / 127. Checked on the reference, which the C code matches bit for
     bit (test_activation_quantisation_is_ggml_exact), with each block's extreme both signs."""
     rng = np.random.default_rng(9)

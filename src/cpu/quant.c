@@ -674,8 +674,11 @@ static void init_kernels(void) {
     unsigned a, b, c, d;
     const int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
     have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+#if RK_HAVE_VNNI
+    /* libgcc and compiler-rt also check that the OS saves the AVX-512 state (XCR0) */
     have_vnni = have_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+#endif
 #endif
     if (have_avx2) {
 #if RK_X86
@@ -713,6 +716,7 @@ static void init_kernels(void) {
         t[RK_TYPE_Q4_K].vec_dot_packed = rk_avx2_vec_dot_packed_q4_K;
         t[RK_TYPE_Q5_K].vec_dot_packed = rk_avx2_vec_dot_packed_q5_K;
         t[RK_TYPE_Q6_K].vec_dot_packed = rk_avx2_vec_dot_packed_q6_K;
+#if RK_HAVE_VNNI
         rk_type_traits *v = vnni_traits;
         memcpy(v, avx2_traits, sizeof avx2_traits);
         v[RK_TYPE_Q4_0].vec_dot_packed = rk_vnni_vec_dot_packed_q4_0;
@@ -722,6 +726,7 @@ static void init_kernels(void) {
         v[RK_TYPE_Q4_K].vec_dot_packed = rk_vnni_vec_dot_packed_q4_K;
         v[RK_TYPE_Q5_K].vec_dot_packed = rk_vnni_vec_dot_packed_q5_K;
         v[RK_TYPE_Q6_K].vec_dot_packed = rk_vnni_vec_dot_packed_q6_K;
+#endif
 #endif
     }
     /* RK_CPU=scalar: the portable fallback; RK_CPU=avx2: AVX2 without the VNNI tiles (A/B runs;
@@ -751,8 +756,12 @@ const char *rk_quant_features(void) {
 
 void rk_quant_force_scalar(int on) {
     rk_quant_init();
-    /* off: the CPU's kernels, even under RK_CPU=scalar (the tests compare both sets) */
-    atomic_store(&active, on || !have_avx2 ? scalar_traits : chosen != scalar_traits ? chosen : avx2_traits);
+    /* off: the kernels RK_CPU chose, or under RK_CPU=scalar the CPU's best (the tests compare
+     * both sets) */
+    atomic_store(&active, on || !have_avx2         ? scalar_traits
+                          : chosen != scalar_traits ? chosen
+                          : have_vnni               ? vnni_traits
+                                                    : avx2_traits);
 }
 
 const rk_type_traits *rk_get_type_traits(int32_t type) {

@@ -209,8 +209,12 @@ void rk_rope_apply_kind(int neox, float *x, int n_heads, int head_dim, int n_rot
 }
 
 /* ggml-cpu's GELU (GGML_GELU_FP16): the tanh formula, tabulated at every f16 value and rounded to f16;
- * x is rounded to f16 for the lookup, 0 below -10, x above 10 */
-static uint16_t gelu_f16[1 << 16];
+ * x is rounded to f16 for the lookup, 0 below -10, x above 10 (one spare entry: see geglu_avx2.c) */
+static uint16_t gelu_f16[(1 << 16) + 1];
+
+#if defined(RK_HAVE_X86)
+void rk_avx2_geglu(const uint16_t *table, float *a, const float *b, size_t n); /* the same bits */
+#endif
 static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
 
 static void gelu_table(void) {
@@ -222,7 +226,14 @@ static void gelu_table(void) {
 
 void rk_geglu(float *a, const float *b, size_t n) {
     pthread_once(&gelu_once, gelu_table);
-    for (size_t i = 0; i < n; i++) {
+    size_t i = 0;
+#if defined(RK_HAVE_X86)
+    if (rk_quant_avx2_active()) {
+        rk_avx2_geglu(gelu_f16, a, b, n);
+        i = n / 8 * 8;
+    }
+#endif
+    for (; i < n; i++) {
         const float x = a[i];
         a[i] = x <= -10.0f ? 0.0f : x >= 10.0f ? x * b[i] : rk_fp16_to_fp32(gelu_f16[rk_fp32_to_fp16(x)]) * b[i];
     }

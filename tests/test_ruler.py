@@ -57,7 +57,13 @@ def csv_timeless(path):
 
 @pytest.fixture(scope="module")
 def done(gguf, tmp_path_factory):
-    """One uninterrupted run, shared by the tests below."""
+    """One uninterrupted run, shared by the tests below (the needle task reads the shared essays)."""
+    from engine.longctx.haystack import essay_dir
+
+    try:
+        essay_dir()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
     out = tmp_path_factory.mktemp("ruler") / "a"
     res = run(gguf, TASKS, [CTX], out=str(out), **KW)
     return out, res

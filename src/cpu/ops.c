@@ -39,16 +39,25 @@ static void quantize_task(void *ctx, int ith, int nth) {
 }
 
 /* rows [r0, r1) of a repacked matrix (r0, r1 multiples of RK_PACK_ROWS): each group of
- * 8 rows meets the tokens RK_DOT_ROWS at a time, then the rest one by one */
-static void packed_rows(const mm_job *j, const rk_weight *w, rk_vec_dot_packed_fn dot, float *y, long r0, long r1) {
+ * 8 rows (or two, where the type has a 16-row tile) meets the tokens RK_DOT_ROWS at a time,
+ * then the rest */
+static void packed_rows(const mm_job *j, const rk_weight *w, const rk_type_traits *tr, float *y, long r0, long r1) {
     const size_t group_bytes = (size_t)RK_PACK_ROWS * w->row_bytes;
-    for (long r = r0; r < r1; r += RK_PACK_ROWS) {
+    for (long r = r0; r < r1;) {
         const uint8_t *wg = (const uint8_t *)w->packed + (size_t)(r / RK_PACK_ROWS) * group_bytes;
+        const int two = tr->vec_dot_packed16 && r + 2 * RK_PACK_ROWS <= r1;
         for (int t = 0; t < j->n_tokens; t += RK_DOT_ROWS) {
             const int nt = j->n_tokens - t < RK_DOT_ROWS ? j->n_tokens - t : RK_DOT_ROWS;
-            dot(w->n_in, nt, y + (size_t)t * (size_t)w->n_out + r, (size_t)w->n_out, wg,
-                j->act_buf + (size_t)t * j->act_row, j->act_row);
+            float *yt = y + (size_t)t * (size_t)w->n_out + r;
+            const uint8_t *at = j->act_buf + (size_t)t * j->act_row;
+            if (two && nt == RK_DOT_ROWS)
+                tr->vec_dot_packed16(w->n_in, yt, (size_t)w->n_out, wg, group_bytes, at, j->act_row);
+            else
+                for (int k = 0; k <= two; k++)
+                    tr->vec_dot_packed(w->n_in, nt, yt + k * RK_PACK_ROWS, (size_t)w->n_out, wg + k * group_bytes, at,
+                                       j->act_row);
         }
+        r += two ? 2 * RK_PACK_ROWS : RK_PACK_ROWS;
     }
 }
 
@@ -58,7 +67,7 @@ static void weight_rows(const mm_job *j, const rk_weight *w, float *y, long lo, 
     /* a range not on 8-row boundaries (only after an unpacked matrix of odd height
      * in the same call) takes the row kernels on the file's layout */
     if (w->packed && tr->vec_dot_packed && lo % RK_PACK_ROWS == 0 && hi % RK_PACK_ROWS == 0) {
-        packed_rows(j, w, tr->vec_dot_packed, y, lo, hi);
+        packed_rows(j, w, tr, y, lo, hi);
         return;
     }
     const rk_vec_dot_fn dot = tr->vec_dot;

@@ -726,6 +726,9 @@ static void init_kernels(void) {
         v[RK_TYPE_Q4_K].vec_dot_packed = rk_vnni_vec_dot_packed_q4_K;
         v[RK_TYPE_Q5_K].vec_dot_packed = rk_vnni_vec_dot_packed_q5_K;
         v[RK_TYPE_Q6_K].vec_dot_packed = rk_vnni_vec_dot_packed_q6_K;
+        v[RK_TYPE_Q4_K].vec_dot_packed16 = rk_vnni_vec_dot_packed16_q4_K;
+        v[RK_TYPE_Q5_K].vec_dot_packed16 = rk_vnni_vec_dot_packed16_q5_K;
+        v[RK_TYPE_Q6_K].vec_dot_packed16 = rk_vnni_vec_dot_packed16_q6_K;
 #endif
 #endif
     }

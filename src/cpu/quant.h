@@ -32,6 +32,11 @@ typedef void (*rk_vec_dot_tile_fn)(int64_t n, int nr, float *s, size_t s_stride,
 typedef void (*rk_vec_dot_packed_fn)(int64_t n, int nt, float *s, size_t s_stride, const void *w, const void *a,
                                      size_t a_stride);
 
+/* Sixteen rows (two groups of 8, group_bytes apart) against exactly RK_DOT_ROWS activation rows:
+ * s[t * s_stride + r], r < 16, the bits of vec_dot_packed on each group */
+typedef void (*rk_vec_dot_packed16_fn)(int64_t n, float *s, size_t s_stride, const void *w, size_t group_bytes,
+                                       const void *a, size_t a_stride);
+
 typedef struct {
     const char      *name;
     int32_t          blck;          /* elements per block */
@@ -42,6 +47,7 @@ typedef struct {
     rk_vec_dot_fn    vec_dot;       /* NULL if not a weight type */
     rk_vec_dot_tile_fn vec_dot_tile; /* several rows x RK_DOT_ROWS tokens; NULL: use vec_dot */
     rk_vec_dot_packed_fn vec_dot_packed; /* over repacked rows (repack.h); NULL: no packed layout */
+    rk_vec_dot_packed16_fn vec_dot_packed16; /* two groups at once; NULL: vec_dot_packed on each */
 } rk_type_traits;
 
 /* NULL for a type this engine does not handle. Calls rk_quant_init() itself. */

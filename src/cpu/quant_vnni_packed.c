@@ -22,7 +22,12 @@
 
 #define NT RK_DOT_ROWS
 
-INLINE __m256i dot4(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
+/* in asm, accumulating in place: with the intrinsic GCC copies each accumulator into another
+ * register and back around every dpbusd, and spills some inside the loop of the 16-row tile */
+INLINE __m256i dot4(__m256i acc, __m256i u, __m256i s) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
+    return acc;
+}
 /* v in a register: GCC otherwise folds a load into both nibbles' instructions, and the
  * load ports, not dpbusd, then bound the tile */
 INLINE __m256i in_reg(__m256i v) {
@@ -117,91 +122,137 @@ static void q8_0x8(int64_t n, float *s, size_t ss, const blk_q8_0x8 *w, const ui
 
 #define Q8K(t) ((const blk_q8_K *)(a + (size_t)(t) * as) + b)
 
-/* Q4_K or Q5_K x Q8_K: as q45_Kx8. Group g's chunk c feeds sub-block 2g (low nibbles) and
- * 2g + 1 (high); each sub-block's i32 sum takes its 6-bit scale with one multiply. */
-INLINE void q45_Kx8(int64_t n, const int five, float *s, size_t ss, const void *vw, const uint8_t *a, size_t as) {
+/* Q4_K or Q5_K x Q8_K: as q45_Kx8, for G (1 or 2) groups of 8 rows, vw[0] and vw[1]. Group g's
+ * chunk c feeds sub-block 2g (low nibbles) and 2g + 1 (high); each sub-block's i32 sum takes its
+ * 6-bit scale with one multiply. Two groups share each activation broadcast: the tile's loop is
+ * bound by its loads (9 per 8 dpbusd with one group, 5 with two). */
+INLINE void q45_Kx8(int64_t n, const int five, const int G, float *s, size_t ss, const void *const *vw,
+                    const uint8_t *a, size_t as) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const size_t bytes = five ? sizeof(blk_q5_Kx8) : sizeof(blk_q4_Kx8);
-    __m256 acc[NT];
-    for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
+    __m256 acc[2][NT];
+    for (int k = 0; k < G; k++)
+        for (int t = 0; t < NT; t++) acc[k][t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / QK_K; b++) {
-        const uint8_t *blk = (const uint8_t *)vw + (size_t)b * bytes;
-        const blk_q4_Kx8 *w4 = (const blk_q4_Kx8 *)blk;
-        const blk_q5_Kx8 *w5 = (const blk_q5_Kx8 *)blk;
-        const uint8_t *qs = five ? w5->qs : w4->qs;
-        prefetch_ahead(blk, bytes);
-        __m256i sc[2], mn[2];
-        k_scales8(w4->scales, sc, mn);
-        const __m256 dw = cvt8h(w4->d), mw = cvt8h(w4->dmin);
-        for (int t = 0; t < NT; t++) {
-            const __m256 da = _mm256_set1_ps(Q8K(t)->d);
-            acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(mw, da), _mm256_cvtepi32_ps(k_mins8(mn, Q8K(t))), acc[t]);
+        const uint8_t *blk[2];
+        const uint8_t *qs[2];
+        __m256i sc[2][2];
+        for (int k = 0; k < G; k++) {
+            blk[k] = (const uint8_t *)vw[k] + (size_t)b * bytes;
+            qs[k] = five ? ((const blk_q5_Kx8 *)blk[k])->qs : ((const blk_q4_Kx8 *)blk[k])->qs;
+            prefetch_ahead(blk[k], bytes);
+            const blk_q4_Kx8 *w4 = (const blk_q4_Kx8 *)blk[k];
+            __m256i mn[2];
+            k_scales8(w4->scales, sc[k], mn);
+            const __m256 mw = cvt8h(w4->dmin);
+            for (int t = 0; t < NT; t++) {
+                const __m256 da = _mm256_set1_ps(Q8K(t)->d);
+                acc[k][t] = _mm256_fnmadd_ps(_mm256_mul_ps(mw, da), _mm256_cvtepi32_ps(k_mins8(mn, Q8K(t))), acc[k][t]);
+            }
         }
-        __m256i isum[NT];
-        for (int t = 0; t < NT; t++) isum[t] = _mm256_setzero_si256();
+        __m256i isum[2][NT];
+        for (int k = 0; k < G; k++)
+            for (int t = 0; t < NT; t++) isum[k][t] = _mm256_setzero_si256();
         for (int g = 0; g < 4; g++) {
-            __m256i lo_sum[NT], hi_sum[NT];
-            for (int t = 0; t < NT; t++) lo_sum[t] = hi_sum[t] = _mm256_setzero_si256();
+            __m256i lo_sum[2][NT], hi_sum[2][NT];
+            for (int k = 0; k < G; k++)
+                for (int t = 0; t < NT; t++) lo_sum[k][t] = hi_sum[k][t] = _mm256_setzero_si256();
             for (int c = 0; c < 8; c++) {
-                const __m256i q = in_reg(load256(qs + 256 * g + 32 * c));
-                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                if (five) {
-                    const __m256i h = load256(w5->qh + 32 * c);
-                    lo = _mm256_or_si256(lo, bit_to_4(h, 2 * g));
-                    hi = _mm256_or_si256(hi, bit_to_4(h, 2 * g + 1));
+                __m256i lo[2], hi[2];
+                for (int k = 0; k < G; k++) {
+                    const __m256i q = in_reg(load256(qs[k] + 256 * g + 32 * c));
+                    lo[k] = _mm256_and_si256(q, m4);
+                    hi[k] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                    if (five) {
+                        const __m256i h = load256(((const blk_q5_Kx8 *)blk[k])->qh + 32 * c);
+                        lo[k] = _mm256_or_si256(lo[k], bit_to_4(h, 2 * g));
+                        hi[k] = _mm256_or_si256(hi[k], bit_to_4(h, 2 * g + 1));
+                    }
                 }
                 for (int t = 0; t < NT; t++) {
                     const int8_t *x = Q8K(t)->qs + 64 * g + 4 * c;
-                    lo_sum[t] = dot4(lo_sum[t], lo, bcast4(x));
-                    hi_sum[t] = dot4(hi_sum[t], hi, bcast4(x + 32));
-                }
-            }
-            const __m256i sc_lo = shuffle(sc[g / 2], ctl_word[(2 * g) % 4]);
-            const __m256i sc_hi = shuffle(sc[g / 2], ctl_word[(2 * g + 1) % 4]);
-            for (int t = 0; t < NT; t++)
-                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(_mm256_mullo_epi32(lo_sum[t], sc_lo),
-                                                                     _mm256_mullo_epi32(hi_sum[t], sc_hi)));
-        }
-        for (int t = 0; t < NT; t++)
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(Q8K(t)->d)), _mm256_cvtepi32_ps(isum[t]), acc[t]);
-    }
-    for (int t = 0; t < NT; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
-}
-
-/* Q6_K x Q8_K: as q6_Kx8. The two sub-blocks of group m (chunks 0-3 and 4-7) in two accumulators. */
-static void q6_Kx8(int64_t n, float *s, size_t ss, const void *vw, const uint8_t *a, size_t as) {
-    const blk_q6_Kx8 *w = vw;
-    __m256 acc[NT];
-    for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        prefetch_ahead(w + b, sizeof w[b]);
-        __m256i sc[4], isum[NT];
-        for (int k = 0; k < 4; k++) sc[k] = load256(w[b].scales + 32 * k);
-        for (int t = 0; t < NT; t++) isum[t] = _mm256_sub_epi32(_mm256_setzero_si256(), q6_offset8(sc, Q8K(t)));
-        for (int h = 0; h < 2; h++)
-            for (int m = 0; m < 4; m++) {
-                __m256i sum[2][NT];
-                for (int t = 0; t < NT; t++) sum[0][t] = sum[1][t] = _mm256_setzero_si256();
-                for (int k = 0; k < 4; k++) {
-                    const __m256i q0 = q6_chunk(&w[b], h, m, k), q1 = q6_chunk(&w[b], h, m, k + 4);
-                    for (int t = 0; t < NT; t++) {
-                        const int8_t *x = Q8K(t)->qs + 128 * h + 32 * m + 4 * k;
-                        sum[0][t] = dot4(sum[0][t], q0, bcast4(x));
-                        sum[1][t] = dot4(sum[1][t], q1, bcast4(x + 16));
+                    const __m256i xl = bcast4(x), xh = bcast4(x + 32);
+                    for (int k = 0; k < G; k++) {
+                        lo_sum[k][t] = dot4(lo_sum[k][t], lo[k], xl);
+                        hi_sum[k][t] = dot4(hi_sum[k][t], hi[k], xh);
                     }
                 }
-                /* row r's int8 scales of sub-blocks 8h + 2m and 8h + 2m + 1, sign-extended */
-                const __m256i sc0 = _mm256_srai_epi32(shuffle(sc[2 * h + m / 2], ctl_word_hi[2 * (m % 2)]), 24);
-                const __m256i sc1 = _mm256_srai_epi32(shuffle(sc[2 * h + m / 2], ctl_word_hi[2 * (m % 2) + 1]), 24);
-                for (int t = 0; t < NT; t++)
-                    isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(_mm256_mullo_epi32(sum[0][t], sc0),
-                                                                         _mm256_mullo_epi32(sum[1][t], sc1)));
             }
-        const __m256 dw = cvt8h(w[b].d);
-        for (int t = 0; t < NT; t++)
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(Q8K(t)->d)), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            for (int k = 0; k < G; k++) {
+                const __m256i sc_lo = shuffle(sc[k][g / 2], ctl_word[(2 * g) % 4]);
+                const __m256i sc_hi = shuffle(sc[k][g / 2], ctl_word[(2 * g + 1) % 4]);
+                for (int t = 0; t < NT; t++)
+                    isum[k][t] = _mm256_add_epi32(isum[k][t], _mm256_add_epi32(_mm256_mullo_epi32(lo_sum[k][t], sc_lo),
+                                                                               _mm256_mullo_epi32(hi_sum[k][t], sc_hi)));
+            }
+        }
+        for (int k = 0; k < G; k++) {
+            const __m256 dw = cvt8h(((const blk_q4_Kx8 *)blk[k])->d);
+            for (int t = 0; t < NT; t++)
+                acc[k][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(Q8K(t)->d)), _mm256_cvtepi32_ps(isum[k][t]),
+                                            acc[k][t]);
+        }
     }
-    for (int t = 0; t < NT; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
+    for (int k = 0; k < G; k++)
+        for (int t = 0; t < NT; t++) _mm256_storeu_ps(s + (size_t)t * ss + 8 * k, acc[k][t]);
+}
+
+/* Q6_K x Q8_K: as q6_Kx8, for G (1 or 2) groups of 8 rows. The two sub-blocks of group m
+ * (chunks 0-3 and 4-7) in two accumulators. */
+INLINE void q6_Kx8_g(int64_t n, const int G, float *s, size_t ss, const void *const *vw, const uint8_t *a, size_t as) {
+    __m256 acc[2][NT];
+    for (int k = 0; k < G; k++)
+        for (int t = 0; t < NT; t++) acc[k][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const blk_q6_Kx8 *w[2];
+        __m256i sc[2][4], isum[2][NT];
+        for (int k = 0; k < G; k++) {
+            w[k] = (const blk_q6_Kx8 *)vw[k] + b;
+            prefetch_ahead(w[k], sizeof *w[k]);
+            for (int i = 0; i < 4; i++) sc[k][i] = load256(w[k]->scales + 32 * i);
+            for (int t = 0; t < NT; t++) isum[k][t] = _mm256_sub_epi32(_mm256_setzero_si256(), q6_offset8(sc[k], Q8K(t)));
+        }
+        for (int h = 0; h < 2; h++)
+            for (int m = 0; m < 4; m++) {
+                __m256i sum[2][2][NT];
+                for (int k = 0; k < G; k++)
+                    for (int t = 0; t < NT; t++) sum[k][0][t] = sum[k][1][t] = _mm256_setzero_si256();
+                for (int i = 0; i < 4; i++) {
+                    __m256i q0[2], q1[2];
+                    for (int k = 0; k < G; k++) {
+                        q0[k] = q6_chunk(w[k], h, m, i);
+                        q1[k] = q6_chunk(w[k], h, m, i + 4);
+                    }
+                    for (int t = 0; t < NT; t++) {
+                        const int8_t *x = Q8K(t)->qs + 128 * h + 32 * m + 4 * i;
+                        const __m256i x0 = bcast4(x), x1 = bcast4(x + 16);
+                        for (int k = 0; k < G; k++) {
+                            sum[k][0][t] = dot4(sum[k][0][t], q0[k], x0);
+                            sum[k][1][t] = dot4(sum[k][1][t], q1[k], x1);
+                        }
+                    }
+                }
+                for (int k = 0; k < G; k++) {
+                    /* row r's int8 scales of sub-blocks 8h + 2m and 8h + 2m + 1, sign-extended */
+                    const __m256i sc0 = _mm256_srai_epi32(shuffle(sc[k][2 * h + m / 2], ctl_word_hi[2 * (m % 2)]), 24);
+                    const __m256i sc1 = _mm256_srai_epi32(shuffle(sc[k][2 * h + m / 2], ctl_word_hi[2 * (m % 2) + 1]), 24);
+                    for (int t = 0; t < NT; t++)
+                        isum[k][t] = _mm256_add_epi32(isum[k][t], _mm256_add_epi32(_mm256_mullo_epi32(sum[k][0][t], sc0),
+                                                                                   _mm256_mullo_epi32(sum[k][1][t], sc1)));
+                }
+            }
+        for (int k = 0; k < G; k++) {
+            const __m256 dw = cvt8h(w[k]->d);
+            for (int t = 0; t < NT; t++)
+                acc[k][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(Q8K(t)->d)), _mm256_cvtepi32_ps(isum[k][t]),
+                                            acc[k][t]);
+        }
+    }
+    for (int k = 0; k < G; k++)
+        for (int t = 0; t < NT; t++) _mm256_storeu_ps(s + (size_t)t * ss + 8 * k, acc[k][t]);
+}
+static void q6_Kx8(int64_t n, float *s, size_t ss, const void *vw, const uint8_t *a, size_t as) {
+    q6_Kx8_g(n, 1, s, ss, &vw, a, as);
 }
 
 #undef Q8K
@@ -213,10 +264,10 @@ static void q5_0x8(int64_t n, float *s, size_t ss, const void *w, const uint8_t 
     q45_0x8(n, 1, s, ss, w, a, as);
 }
 static void q4_Kx8(int64_t n, float *s, size_t ss, const void *w, const uint8_t *a, size_t as) {
-    q45_Kx8(n, 0, s, ss, w, a, as);
+    q45_Kx8(n, 0, 1, s, ss, &w, a, as);
 }
 static void q5_Kx8(int64_t n, float *s, size_t ss, const void *w, const uint8_t *a, size_t as) {
-    q45_Kx8(n, 1, s, ss, w, a, as);
+    q45_Kx8(n, 1, 1, s, ss, &w, a, as);
 }
 
 /* a full tile here; fewer tokens on the AVX2 kernel (the same bits) */
@@ -235,5 +286,16 @@ VNNI_ENTRY(rk_vnni_vec_dot_packed_q8_0, q8_0x8, blk_q8_0x8, rk_avx2_vec_dot_pack
 VNNI_ENTRY(rk_vnni_vec_dot_packed_q4_K, q4_Kx8, void, rk_avx2_vec_dot_packed_q4_K)
 VNNI_ENTRY(rk_vnni_vec_dot_packed_q5_K, q5_Kx8, void, rk_avx2_vec_dot_packed_q5_K)
 VNNI_ENTRY(rk_vnni_vec_dot_packed_q6_K, q6_Kx8, void, rk_avx2_vec_dot_packed_q6_K)
+
+/* 16 rows (two groups, group_bytes apart) x RK_DOT_ROWS tokens: s[t * ss + r], r < 16 */
+#define VNNI_ENTRY16(name, call)                                                                                \
+    void name(int64_t n, float *s, size_t ss, const void *w, size_t group_bytes, const void *a, size_t as) {    \
+        const void *vw[2] = {w, (const uint8_t *)w + group_bytes};                                              \
+        call;                                                                                                   \
+    }
+
+VNNI_ENTRY16(rk_vnni_vec_dot_packed16_q4_K, q45_Kx8(n, 0, 2, s, ss, vw, (const uint8_t *)a, as))
+VNNI_ENTRY16(rk_vnni_vec_dot_packed16_q5_K, q45_Kx8(n, 1, 2, s, ss, vw, (const uint8_t *)a, as))
+VNNI_ENTRY16(rk_vnni_vec_dot_packed16_q6_K, q6_Kx8_g(n, 2, s, ss, vw, (const uint8_t *)a, as))
 
 #endif

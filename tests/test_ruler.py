@@ -131,9 +131,16 @@ def test_outputs_and_schema(gguf, done):
     md = (out / "ruler.md").read_text()
     assert md == res["tables"]
     assert md.count("| policy@budget | s1 | passkey | needle | avg3 | KV kept |") == 2
+    # the overview first: policies x (protocol, budget), the tasks' averages; the full cache once per protocol
+    assert md.startswith("**512 tokens, average over 3 task(s), x 100**")
+    assert "| policy | agnostic 0.25 | agnostic 64 tok | aware-full 0.25 | aware-full 64 tok |" in md
+    avg = {(r["policy"], r["protocol"], r["budget"]): f"{100 * r['avg']['mean']:.1f}" for r in sm["rows"]}
+    assert f"| full | {avg['full', 'agnostic', 1.0]} |  | {avg['full', 'aware-full', 1.0]} |  |" in md
+    assert (f"| snapkv | {avg['snapkv', 'agnostic', 0.25]} | {avg['snapkv', 'agnostic', 64.0]} | "
+            f"{avg['snapkv', 'aware-full', 0.25]} | {avg['snapkv', 'aware-full', 64.0]} |") in md
     assert "**512 tokens, protocol agnostic**" in md and "**512 tokens, protocol aware-full**" in md
     for lab in ("| full |", "| snapkv@0.25 |", "| snapkv@64 |", "| streaming@64 |"):
-        assert md.count(lab) == 2
+        assert md.count(lab) == (3 if lab == "| full |" else 2)  # full: a row of the overview too
     if importlib.util.find_spec("matplotlib") is not None:
         for name in ("acc_vs_budget_512_agnostic.png", "needle_full_1_aware-full.png",
                      "needle_snapkv_0.25_agnostic.png"):

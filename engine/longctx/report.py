@@ -129,13 +129,53 @@ def groups(obj: dict):
                 yield ctx, proto, rs
 
 
+def _budget_name(b: float) -> str:
+    return f"{b:g}" if b < 1 else f"{b:g} tok"
+
+
+def overview(obj: dict) -> str:
+    """One markdown table per length, the one to compare policies by: rows the policies, columns each
+    protocol's budgets, cells the average over the tasks (x 100; the full cache in the first budget's
+    column of each protocol). Empty when a length has a single protocol and budget."""
+    meta = obj["meta"]
+    out = []
+    for ctx in meta["lengths"]:
+        rows = [r for r in obj["summary"]["rows"] if r["ctx"] == ctx]
+        cols = []  # (protocol, budget) in the run's order, the full cache left out
+        for r in rows:
+            if r["policy"] != FULL and (r["protocol"], r["budget"]) not in cols:
+                cols.append((r["protocol"], r["budget"]))
+        if len(cols) < 2:
+            continue
+        policies = []
+        for r in rows:
+            if r["policy"] not in policies:
+                policies.append(r["policy"])
+        cell = {(r["policy"], r["protocol"], r["budget"]): r for r in rows}
+        n_tasks = max(r["avg"]["n_tasks"] for r in rows)
+        out.append(f"**{ctx} tokens, average over {n_tasks} task(s), x 100** (columns: protocol budget; the full "
+                   f"cache under each protocol's first column; * not every task has all its samples yet)\n")
+        out.append("| policy | " + " | ".join(f"{p} {_budget_name(b)}" for p, b in cols) + " |")
+        out.append("|---|" + "---:|" * len(cols))
+        for pol in policies:
+            cells = []
+            for i, (proto, b) in enumerate(cols):
+                first = i == 0 or cols[i - 1][0] != proto
+                r = cell.get((pol, proto, 1.0 if pol == FULL else b)) if pol != FULL or first else None
+                cells.append("" if r is None else _pct(r["avg"]["mean"]) + ("" if r["complete"] else "*"))
+            out.append(f"| {pol} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def tables(obj: dict, configs=None) -> str:
-    """One markdown table per (length, protocol): rows policy@budget, columns the tasks (mean score x 100),
-    their average with its 95% interval, the KV kept (mean fraction of the compressed span)."""
+    """The overview (per length: policies x protocol budgets, task averages), then one markdown table per
+    (length, protocol): rows policy@budget, columns the tasks (mean score x 100), their average with its
+    95% interval, the KV kept (mean fraction of the compressed span)."""
     meta = obj["meta"]
     tasks = list(meta["tasks"])
     model = os.path.basename(meta["model"])
-    out = []
+    out = [overview(obj)] if overview(obj) else []
     for ctx, proto, rs in groups(obj):
         ns = sorted({s["n"] for r in rs for s in r["tasks"].values()})
         nsamp = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"

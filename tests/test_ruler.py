@@ -142,7 +142,7 @@ def test_outputs_and_schema(gguf, done):
     for lab in ("| full |", "| snapkv@0.25 |", "| snapkv@64 |", "| streaming@64 |"):
         assert md.count(lab) == (3 if lab == "| full |" else 2)  # full: a row of the overview too
     if importlib.util.find_spec("matplotlib") is not None:
-        for name in ("acc_vs_budget_512_agnostic.png", "needle_full_1_aware-full.png",
+        for name in ("acc_vs_budget_512_agnostic.png", "needle_full_1_aware-full.png", "needle_all_aware-full.png",
                      "needle_snapkv_0.25_agnostic.png"):
             assert (out / name).stat().st_size > 1000
     else:

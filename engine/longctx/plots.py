@@ -6,6 +6,7 @@
                                        dashed
   needle_<policy>_<budget>_<protocol>.png   the needle test's heat map, depth (%) x length, ReST-KV's style
                                        (mean ROUGE-1 x 10 per cell, 0 red .. 10 green)
+  needle_all_<protocol>.png            those maps side by side, one colour scale (2 or more configurations)
 """
 
 from __future__ import annotations
@@ -99,7 +100,38 @@ def _acc_vs_budget(plt, out: str, obj: dict) -> list[str]:
     return written
 
 
+def _needle_grid(cs: list) -> tuple[list, list, list]:
+    """(lengths, depths, grid[depth][length] = mean score x 10, NaN where not run) of one configuration's cells"""
+    lengths = sorted({c["ctx"] for c in cs})
+    depths = sorted({c["depth"] for c in cs})
+    grid = [[float("nan")] * len(lengths) for _ in depths]
+    for c in cs:
+        grid[depths.index(c["depth"])][lengths.index(c["ctx"])] = 10 * c["mean"]
+    return lengths, depths, grid
+
+
+def _draw_needle(ax, cmap, cs: list, title: str, labels: bool = True, xlabel: bool = True, fontsize: int = 7):
+    lengths, depths, grid = _needle_grid(cs)
+    im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=10, aspect="auto", origin="upper")
+    ax.set_xticks(range(len(lengths)))
+    ax.set_xticklabels([str(n) for n in lengths], rotation=45 if len(lengths) > 6 else 0)
+    ax.set_yticks(range(len(depths)))
+    ax.set_yticklabels([f"{d:g}" for d in depths] if labels else [])
+    if xlabel:
+        ax.set_xlabel("context length (tokens)")
+    if labels:
+        ax.set_ylabel("needle depth (%)")
+    for i in range(len(depths)):
+        for j in range(len(lengths)):
+            if not math.isnan(grid[i][j]):
+                ax.text(j, i, f"{grid[i][j]:.1f}", ha="center", va="center", fontsize=fontsize)
+    ax.set_title(title, fontsize=10)
+    return im
+
+
 def _needle_maps(plt, out: str, obj: dict) -> list[str]:
+    """a heat map per (protocol, policy, budget), and per protocol with several configurations one figure
+    holding them all side by side (needle_all_<protocol>.png), on one colour scale"""
     cells = [c for c in obj["summary"].get("needle") or [] if c["task"] == "needle"]
     if not cells:
         return []
@@ -107,30 +139,33 @@ def _needle_maps(plt, out: str, obj: dict) -> list[str]:
 
     cmap = LinearSegmentedColormap.from_list("restkv_needle", NEEDLE_COLOURS)
     written = []
-    keys = list(dict.fromkeys((c["protocol"], c["policy"], c["budget"], c["task"]) for c in cells))
-    for proto, pol, b, task in keys:
-        cs = [c for c in cells if (c["protocol"], c["policy"], c["budget"], c["task"]) == (proto, pol, b, task)]
-        lengths = sorted({c["ctx"] for c in cs})
-        depths = sorted({c["depth"] for c in cs})
-        grid = [[float("nan")] * len(lengths) for _ in depths]
-        for c in cs:
-            grid[depths.index(c["depth"])][lengths.index(c["ctx"])] = 10 * c["mean"]
+    keys = list(dict.fromkeys((c["protocol"], c["policy"], c["budget"]) for c in cells))
+    of = {k: [c for c in cells if (c["protocol"], c["policy"], c["budget"]) == k] for k in keys}
+    label = {k: FULL if k[1] == FULL else f"{k[1]}@{k[2]:g}" for k in keys}
+    for key in keys:
+        proto, pol, b = key
+        lengths, depths, _ = _needle_grid(of[key])
         fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(lengths) + 2.5), 0.45 * len(depths) + 1.8))
-        im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=10, aspect="auto", origin="upper")
-        ax.set_xticks(range(len(lengths)))
-        ax.set_xticklabels([str(n) for n in lengths], rotation=45 if len(lengths) > 6 else 0)
-        ax.set_yticks(range(len(depths)))
-        ax.set_yticklabels([f"{d:g}" for d in depths])
-        ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel("needle depth (%)")
-        for i in range(len(depths)):
-            for j in range(len(lengths)):
-                if not math.isnan(grid[i][j]):
-                    ax.text(j, i, f"{grid[i][j]:.1f}", ha="center", va="center", fontsize=7)
+        im = _draw_needle(ax, cmap, of[key], f"needle: {label[key]}, {proto}")
         fig.colorbar(im, ax=ax, label="score (ROUGE-1 x 10)")
-        lab = FULL if pol == FULL else f"{pol}@{b:g}"
-        ax.set_title(f"{task}: {lab}, {proto}", fontsize=10)
         fig.tight_layout()
-        name = f"needle_{_fname(pol)}_{b:g}_{_fname(proto)}.png"
-        written.append(_save(plt, fig, os.path.join(out, name)))
+        written.append(_save(plt, fig, os.path.join(out, f"needle_{_fname(pol)}_{b:g}_{_fname(proto)}.png")))
+    for proto in dict.fromkeys(k[0] for k in keys):
+        ks = [k for k in keys if k[0] == proto]
+        if len(ks) < 2:
+            continue
+        ncol = min(4, len(ks))
+        nrow = (len(ks) + ncol - 1) // ncol
+        lengths, depths, _ = _needle_grid(cells)
+        w, h = max(3.0, 0.8 * len(lengths) + 1.2), 0.4 * len(depths) + 1.6
+        fig, axes = plt.subplots(nrow, ncol, figsize=(w * ncol + 1.2, h * nrow), squeeze=False)
+        for n, k in enumerate(ks):
+            im = _draw_needle(axes[n // ncol][n % ncol], cmap, of[k], label[k], labels=n % ncol == 0,
+                              xlabel=n + ncol >= len(ks), fontsize=6)
+        for n in range(len(ks), nrow * ncol):
+            axes[n // ncol][n % ncol].axis("off")
+        fig.subplots_adjust(hspace=0.35)
+        fig.colorbar(im, ax=axes, label="score (ROUGE-1 x 10)", shrink=0.8)
+        fig.suptitle(f"needle in a haystack, {proto}: depth x length per policy@budget", fontsize=11)
+        written.append(_save(plt, fig, os.path.join(out, f"needle_all_{_fname(proto)}.png")))
     return written

@@ -7,8 +7,9 @@ Measured (random token ids, the same for every engine):
   prefill P     P tokens into an empty cache, logits of the last (P = --prefill, default 512,2048)
   decode D      --gen single-token steps (default 128), each returning the next token's logits,
                 on top of a cache holding D tokens (D = --depths, default 0,4096,8192)
-  decode D @ B  the same after the D-token cache was compressed to budget B (--budget, default 0.1)
-                by --policy (default restkv) with the prefix schedule; our engine only
+  decode D @ B  the same after the D-token cache was compressed to budget B (--budget, default 0.1; a
+                comma list gives a case per budget) by --policy (default restkv) with the prefix
+                schedule; our engine only
 Each engine prefills every depth once and restores that state before each repetition (ours:
 Session.copy_state_from; llama.cpp: save_state/load_state), so only the decode steps are timed.
 With --vs-llama-cpp (needs llama-cpp-python: pip install '.[llama]') every measurement of ours is
@@ -51,7 +52,7 @@ import numpy as np
 from . import cli
 from .errors import EngineError
 
-# _ids, peak_rss, Ours, _rss_ours and _worker_main also run in --vs-build's worker processes, whose `engine`
+# _ids, peak_rss, budgets_of, Ours, _rss_ours and _worker_main also run in --vs-build's worker processes, whose `engine`
 # may be another build (an older one included): they use only the imports below (_WORKER_HEADER) and
 # the engine API every build since 166bd20 has.
 
@@ -82,6 +83,11 @@ def _ids(n_vocab: int, n: int, seed: int = 0) -> list[int]:
     return [int(t) for t in np.random.default_rng(seed).integers(100 if n_vocab > 200 else 0, n_vocab, n)]
 
 
+def budgets_of(budget) -> tuple:
+    """--budget as a tuple: one number, or a sequence of them"""
+    return tuple(float(b) for b in budget) if isinstance(budget, (list, tuple)) else (float(budget),)
+
+
 class Ours:
     name = "restkv-engine"
 
@@ -89,7 +95,7 @@ class Ours:
         import engine
 
         self.model = engine.Model(gguf, n_threads=threads)
-        self.gen, self.budget, self.policy = gen, budget, policy
+        self.gen, self.budgets, self.policy = gen, budgets_of(budget), policy
         self.prefill_sessions = {p: self.model.session(n_ctx=p, n_batch=512) for p in prefills}
         self.states = {}
 
@@ -108,8 +114,10 @@ class Ours:
         if depth:
             src.eval(ids[:depth], logits=None)
         full = self.model.session(n_ctx=n_ctx, n_batch=512)
-        comp = self.model.session(n_ctx=n_ctx, n_batch=512)
-        comp.set_eviction(Eviction(policy=self.policy, budget=self.budget))
+        comp = {}  # a session per budget
+        for b in self.budgets:
+            comp[b] = self.model.session(n_ctx=n_ctx, n_batch=512)
+            comp[b].set_eviction(Eviction(policy=self.policy, budget=b))
         self.states[depth] = (src, full, comp)
 
     def prefill(self, ids):
@@ -120,8 +128,9 @@ class Ours:
         return len(ids) / (time.perf_counter() - t)
 
     def decode(self, depth, ids, compressed=False):
+        """compressed: False (the full cache) or the budget to compress to (True: the first)"""
         src, full, comp = self.states[depth]
-        s = comp if compressed else full
+        s = full if compressed is False else comp[self.budgets[0] if compressed is True else compressed]
         s.copy_state_from(src)
         if compressed:
             s.compress()
@@ -350,7 +359,7 @@ _WORKER_BOOT = "import json, sys; exec(compile(json.loads(sys.stdin.readline()),
 
 
 def _worker_source() -> str:
-    parts = (_ids, peak_rss, Ours, _rss_ours, _worker_main)
+    parts = (_ids, peak_rss, budgets_of, Ours, _rss_ours, _worker_main)
     return _WORKER_HEADER + "\n\n".join(inspect.getsource(f) for f in parts) + "\n_worker_main()\n"
 
 
@@ -483,7 +492,7 @@ def _probe_worker(paths: list[str], label: str, gguf: str, threads: int, n_ctx: 
 
 # ---------------------------------------------------------------- the run
 
-def check_args(gguf: str, threads: int, reps: int, gen: int, budget: float, policy: str) -> None:
+def check_args(gguf: str, threads: int, reps: int, gen: int, budget, policy: str) -> None:
     """Everything run() would refuse, checked before any work."""
     from .perplexity import check_policy
 
@@ -491,11 +500,12 @@ def check_args(gguf: str, threads: int, reps: int, gen: int, budget: float, poli
     if reps < 1 or gen < 1 or threads < 1:
         raise EngineError("--reps, --gen and --threads must be >= 1")
     check_policy(policy)
-    cli.check_budget(budget)
+    for b in budgets_of(budget):
+        cli.check_budget(b)
 
 
 def run(gguf: str, threads: Optional[int] = None, reps: int = 3, vs: bool = False, prefills=(512, 2048),
-        depths=(0, 4096, 8192), gen: int = 128, budget: float = 0.1, policy: str = "restkv", rss: bool = True,
+        depths=(0, 4096, 8192), gen: int = 128, budget=0.1, policy: str = "restkv", rss: bool = True,
         log=None, vs_build: Optional[str] = None) -> dict:
     """threads: None = the cores available to the process. vs_build: another build of this engine (see
     build_path), measured alongside; this build and that one then each run in a Worker process. Ctrl-C
@@ -536,7 +546,8 @@ def run(gguf: str, threads: Optional[int] = None, reps: int = 3, vs: bool = Fals
                 eng.prepare(d, ids)
         cases = [(f"prefill {p}", "prefill", p, False) for p in prefills]
         cases += [(f"decode {gen} @ depth {d}", "decode", d, False) for d in depths]
-        cases += [(f"decode {gen} @ depth {d}, {policy} {budget:g}", "decode", d, True) for d in depths if d]
+        cases += [(f"decode {gen} @ depth {d}, {policy} {b:g}", "decode", d, b) for d in depths if d
+                  for b in budgets_of(budget)]
         samples = {c[0]: {k: [] for k in keys} for c in cases}
         kv = {k: {} for k in ("ours", "old")}
         done = 0  # timed rounds completed
@@ -548,7 +559,7 @@ def run(gguf: str, threads: Optional[int] = None, reps: int = 3, vs: bool = Fals
                 got = {c[0]: {k: [] for k in keys} for c in cases}
                 for label, kind, n, comp in cases:
                     for key, eng in engines:
-                        if comp and key == "llama.cpp":
+                        if comp is not False and key == "llama.cpp":
                             continue
                         if kind == "prefill":
                             v = eng.prefill(ids[:n])
@@ -610,7 +621,7 @@ def _report(gguf, threads, reps, gen, budget, policy, vs, cases, samples, kv, t0
         s = samples[label]
         o = statistics.median(s["ours"])
         # a compressed decode is compared with llama.cpp's full-cache decode at the same depth
-        theirs = samples[f"decode {gen} @ depth {n}" if comp else label].get("llama.cpp", [])
+        theirs = samples[f"decode {gen} @ depth {n}" if comp is not False else label].get("llama.cpp", [])
         ratio, rounds, spread = _ratios(s["ours"], theirs)
         row = {"case": label, "ours_tok_s": round(o, 1),
                "llama_cpp_tok_s": round(statistics.median(theirs), 1) if theirs else None,
@@ -625,7 +636,9 @@ def _report(gguf, threads, reps, gen, budget, policy, vs, cases, samples, kv, t0
                         "old_kv_bytes": kv["old"].get(label), "old_samples": s["old"]})
         row.update({"ours_samples": s["ours"], "llama_cpp_samples": s.get("llama.cpp", [])})
         rows.append(row)
-    out = {"model": gguf, "threads": threads, "reps": reps, "gen": gen, "budget": budget, "policy": policy,
+    bs = budgets_of(budget)
+    out = {"model": gguf, "threads": threads, "reps": reps, "gen": gen, "budget": bs[0] if len(bs) == 1 else list(bs),
+           "budgets": list(bs), "policy": policy,
            "vs_llama_cpp": vs, "vs_build": vs_build, "machine": machine_info(vs)}
     if builds:
         out["builds"] = builds
@@ -702,7 +715,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--prefill", default="512,2048", help="prompt lengths to prefill (default 512,2048)")
     ap.add_argument("--depths", default="0,4096,8192", help="cache depths to decode at (default 0,4096,8192)")
     ap.add_argument("--gen", type=cli.count, default=128, help="decode steps per measurement (default 128)")
-    ap.add_argument("--budget", type=float, default=0.1, help="KV budget of the compressed decode (default 0.1)")
+    ap.add_argument("--budget", default="0.1",
+                    help="KV budget of the compressed decode, or a comma list of budgets, a case each (fractions "
+                         "in (0, 1) or token counts; default 0.1)")
     ap.add_argument("--policy", default="restkv", help="policy of the compressed decode (default restkv)")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
     ap.add_argument("--json", dest="json_out",
@@ -731,11 +746,16 @@ def _main(a) -> int:
         threads = cli.check_threads(a.threads) or cli.available_cores()
         cli.check_output(a.json_out)
         prefills, depths = _ints(a.prefill, "--prefill", 1), _ints(a.depths, "--depths")
-        check_args(a.gguf, threads, a.reps, a.gen, a.budget, a.policy)
+        budgets = tuple(x.strip() for x in a.budget.split(",") if x.strip()) or (a.budget,)
+        for b in budgets:
+            cli.check_budget(b)
+        budgets = tuple(float(b) for b in budgets)
+        check_args(a.gguf, threads, a.reps, a.gen, budgets, a.policy)
         if a.vs_build is not None:
             build_path(a.vs_build)
     try:
-        res = run(a.gguf, threads, a.reps, a.vs_llama_cpp, prefills, depths, a.gen, a.budget, a.policy, not a.no_rss,
+        res = run(a.gguf, threads, a.reps, a.vs_llama_cpp, prefills, depths, a.gen,
+                  budgets[0] if len(budgets) == 1 else budgets, a.policy, not a.no_rss,
                   vs_build=a.vs_build)
     except cli.Interrupted as e:
         if e.result is not None:

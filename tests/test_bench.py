@@ -59,3 +59,19 @@ def test_bench_bad_arguments(tiny_gguf, tmp_path):
     with pytest.raises(EngineError, match="no such file"):
         bench.run(str(tmp_path / "none.gguf"))
     assert bench.main(["--gguf", tiny_gguf(weight_type="Q4_0"), "--depths", "a,b"]) == 2
+
+
+def test_bench_several_budgets(tiny_gguf, tmp_path):
+    """--budget 0.5,0.1,16: a compressed-decode case per budget, each session holding its own budget"""
+    out = tmp_path / "b.json"
+    rc = bench.main(["--gguf", tiny_gguf(weight_type="Q4_0"), "--threads", "1", "--reps", "1", "--prefill", "16",
+                     "--depths", "96", "--gen", "4", "--budget", "0.5,0.1,16", "--no-rss", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    by = {r["case"]: r for r in data["rows"]}
+    assert list(by) == ["prefill 16", "decode 4 @ depth 96", "decode 4 @ depth 96, restkv 0.5",
+                        "decode 4 @ depth 96, restkv 0.1", "decode 4 @ depth 96, restkv 16"]
+    assert data["budgets"] == [0.5, 0.1, 16.0] and data["budget"] == [0.5, 0.1, 16.0]
+    kv = [by[f"decode 4 @ depth 96, restkv {b}"]["kv_bytes"] for b in ("0.5", "16", "0.1")]
+    assert kv[0] > kv[1] > kv[2] > 0  # half of 96 > 16 tokens > a tenth (per layer and KV head)
+    assert bench.main(["--gguf", tiny_gguf(weight_type="Q4_0"), "--budget", "0.5,x"]) == 2

@@ -115,12 +115,12 @@ void rk_vnni_vec_dot_packed_q4_K(int64_t n, int nt, float *s, size_t ss, const v
 void rk_vnni_vec_dot_packed_q5_K(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
 void rk_vnni_vec_dot_packed_q6_K(int64_t n, int nt, float *s, size_t ss, const void *w, const void *a, size_t as);
 /* 16 rows, two 8-row groups sharing each activation load (rk_vec_dot_packed16_fn) */
-#define RK_VNNI_DOT16(t) \
-    void rk_vnni_vec_dot_packed16_##t(int64_t n, float *s, size_t ss, const void *w, size_t group_bytes, const void *a, size_t as);
-RK_VNNI_DOT16(q4_K)
-RK_VNNI_DOT16(q5_K)
-RK_VNNI_DOT16(q6_K)
-#undef RK_VNNI_DOT16
+void rk_vnni_vec_dot_packed16_q4_K(int64_t n, float *s, size_t ss, const void *w, size_t group_bytes, const void *a,
+                                   size_t as);
+void rk_vnni_vec_dot_packed16_q5_K(int64_t n, float *s, size_t ss, const void *w, size_t group_bytes, const void *a,
+                                   size_t as);
+void rk_vnni_vec_dot_packed16_q6_K(int64_t n, float *s, size_t ss, const void *w, size_t group_bytes, const void *a,
+                                   size_t as);
 
 /* attention (att_kernels in attention.c, attention_avx2.c): the query rows a kernel call serves
  * together, each K/V row read once, in its stored type (f16 or f32), for all of them */

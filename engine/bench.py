@@ -746,10 +746,7 @@ def _main(a) -> int:
         threads = cli.check_threads(a.threads) or cli.available_cores()
         cli.check_output(a.json_out)
         prefills, depths = _ints(a.prefill, "--prefill", 1), _ints(a.depths, "--depths")
-        budgets = tuple(x.strip() for x in a.budget.split(",") if x.strip()) or (a.budget,)
-        for b in budgets:
-            cli.check_budget(b)
-        budgets = tuple(float(b) for b in budgets)
+        budgets = tuple(cli.check_budget(x.strip()) for x in a.budget.split(","))
         check_args(a.gguf, threads, a.reps, a.gen, budgets, a.policy)
         if a.vs_build is not None:
             build_path(a.vs_build)

@@ -175,7 +175,8 @@ def tables(obj: dict, configs=None) -> str:
     meta = obj["meta"]
     tasks = list(meta["tasks"])
     model = os.path.basename(meta["model"])
-    out = [overview(obj)] if overview(obj) else []
+    ov = overview(obj)
+    out = [ov] if ov else []
     for ctx, proto, rs in groups(obj):
         ns = sorted({s["n"] for r in rs for s in r["tasks"].values()})
         nsamp = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"

@@ -12,7 +12,8 @@
 
 size_t rk_matmul_scratch_bytes(const rk_weight *w, int n_tokens) {
     const rk_type_traits *tr = rk_get_type_traits(w->type);
-    return (size_t)n_tokens * rk_row_bytes(tr->vec_dot_type, w->n_in);
+    /* with the block sums whichever kernel set is active then: the set can change between sessions */
+    return (size_t)n_tokens * rk_act_row_bytes(tr->vec_dot_type, w->n_in);
 }
 
 typedef struct {
@@ -22,6 +23,8 @@ typedef struct {
     float *const *y;
     int n_w;
     const rk_type_traits *act;  /* activation format traits */
+    int32_t act_type;
+    int act_sums;               /* the tiles read the rows' block sums (rk_act_row_bytes) */
     uint8_t *act_buf;
     size_t act_row;
     int64_t n_in;
@@ -35,7 +38,10 @@ static void quantize_task(void *ctx, int ith, int nth) {
     mm_job *j = ctx;
     long b, e;
     rk_split_range(j->n_tokens, ith, nth, 1, &b, &e);
-    for (long t = b; t < e; t++) j->act->from_float(j->x + t * j->n_in, j->act_buf + t * j->act_row, j->n_in);
+    for (long t = b; t < e; t++) {
+        j->act->from_float(j->x + t * j->n_in, j->act_buf + t * j->act_row, j->n_in);
+        if (j->act_sums) rk_act_block_sums(j->act_type, j->act_buf + t * j->act_row, j->n_in);
+    }
 }
 
 /* rows [r0, r1) of a repacked matrix (r0, r1 multiples of RK_PACK_ROWS): each group of
@@ -126,6 +132,16 @@ static void matmul_task(void *ctx, int ith, int nth) {
     }
 }
 
+/* the activation rows' format, and whether a full tile of some weight reads their block sums */
+static void act_format(mm_job *j, int32_t act_type) {
+    j->act = rk_get_type_traits(act_type);
+    j->act_type = act_type;
+    j->act_row = rk_act_row_bytes(act_type, j->n_in);
+    j->act_sums = 0;
+    for (int i = 0; i < j->n_w; i++)
+        j->act_sums |= j->n_tokens >= RK_DOT_ROWS && rk_get_type_traits(j->w[i]->type)->packed_act_sums;
+}
+
 static void run_matmul(rk_pool *pool, mm_job *j) {
     const int nth = rk_pool_size(pool);
     /* two chunks per thread: some evening out, while each chunk stays a long run of rows (a
@@ -144,8 +160,8 @@ static void run_matmul(rk_pool *pool, mm_job *j) {
 void rk_matmul(rk_pool *pool, const float *x, int n_tokens, const rk_weight *const *w, float *const *y, int n_w,
                void *scratch) {
     const rk_type_traits *tr = rk_get_type_traits(w[0]->type);
-    mm_job j = {x, n_tokens, w, y, n_w, rk_get_type_traits(tr->vec_dot_type), scratch,
-                rk_row_bytes(tr->vec_dot_type, w[0]->n_in), w[0]->n_in, 0, 0, 0, 0};
+    mm_job j = {.x = x, .n_tokens = n_tokens, .w = w, .y = y, .n_w = n_w, .act_buf = scratch, .n_in = w[0]->n_in};
+    act_format(&j, tr->vec_dot_type);
     for (int i = 0; i < n_w; i++) j.total_rows += w[i]->n_out;
     run_matmul(pool, &j);
 }
@@ -155,8 +171,9 @@ void rk_matmul_swiglu(rk_pool *pool, const float *x, int n_tokens, const rk_weig
     const rk_type_traits *tr = rk_get_type_traits(gate->type);
     const rk_weight *w[2] = {gate, up};
     float *const y[2] = {y_gate, y_up};
-    mm_job j = {x, n_tokens, w, y, 2, rk_get_type_traits(tr->vec_dot_type), scratch,
-                rk_row_bytes(tr->vec_dot_type, gate->n_in), gate->n_in, gate->n_out, 1, 0, 0};
+    mm_job j = {.x = x, .n_tokens = n_tokens, .w = w, .y = y, .n_w = 2, .act_buf = scratch, .n_in = gate->n_in,
+                .total_rows = gate->n_out, .swiglu = 1};
+    act_format(&j, tr->vec_dot_type);
     run_matmul(pool, &j);
 }
 

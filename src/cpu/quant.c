@@ -723,6 +723,7 @@ static void init_kernels(void) {
         v[RK_TYPE_Q4_1].vec_dot_packed = rk_vnni_vec_dot_packed_q4_1;
         v[RK_TYPE_Q5_0].vec_dot_packed = rk_vnni_vec_dot_packed_q5_0;
         v[RK_TYPE_Q8_0].vec_dot_packed = rk_vnni_vec_dot_packed_q8_0;
+        v[RK_TYPE_Q4_0].packed_act_sums = v[RK_TYPE_Q5_0].packed_act_sums = v[RK_TYPE_Q8_0].packed_act_sums = 1;
         v[RK_TYPE_Q4_K].vec_dot_packed = rk_vnni_vec_dot_packed_q4_K;
         v[RK_TYPE_Q5_K].vec_dot_packed = rk_vnni_vec_dot_packed_q5_K;
         v[RK_TYPE_Q6_K].vec_dot_packed = rk_vnni_vec_dot_packed_q6_K;
@@ -772,6 +773,23 @@ const rk_type_traits *rk_get_type_traits(int32_t type) {
     if (type < 0 || type >= N_TYPES) return NULL;
     const rk_type_traits *t = &atomic_load_explicit(&active, memory_order_acquire)[type];
     return t->name ? t : NULL;
+}
+
+size_t rk_act_row_bytes(int32_t act_type, int64_t n) {
+    const size_t blocks = rk_row_bytes(act_type, n);
+    return act_type == RK_TYPE_Q8_0 && blocks ? blocks + (size_t)(n / QK) * sizeof(int32_t) : blocks;
+}
+
+void rk_act_block_sums(int32_t act_type, void *row, int64_t n) {
+    if (act_type != RK_TYPE_Q8_0) return;
+    const blk_q8_0 *x = row;
+    uint8_t *tail = (uint8_t *)row + rk_row_bytes(act_type, n);
+    for (int64_t b = 0; b < n / QK; b++) {
+        int32_t s = 0;
+        for (int i = 0; i < QK; i++) s += x[b].qs[i];
+        s = -s;
+        memcpy(tail + (size_t)b * sizeof s, &s, sizeof s); /* the tail is not 4-byte aligned for every n */
+    }
 }
 
 size_t rk_row_bytes(int32_t type, int64_t n) {

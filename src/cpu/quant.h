@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef void (*rk_to_float_fn)(const void *src, float *dst, int64_t n);
 typedef void (*rk_from_float_fn)(const float *src, void *dst, int64_t n);
@@ -48,7 +49,21 @@ typedef struct {
     rk_vec_dot_tile_fn vec_dot_tile; /* several rows x RK_DOT_ROWS tokens; NULL: use vec_dot */
     rk_vec_dot_packed_fn vec_dot_packed; /* over repacked rows (repack.h); NULL: no packed layout */
     rk_vec_dot_packed16_fn vec_dot_packed16; /* two groups at once; NULL: vec_dot_packed on each */
+    int32_t packed_act_sums; /* vec_dot_packed's full tiles read the activation rows' block sums (below) */
 } rk_type_traits;
+
+/* An activation row as the matmul stores it: the blocks of its type, then, for Q8_0, one int32
+ * per block holding minus the sum of its 32 quants. Tiles that take the weights' quants unsigned
+ * (q + offset, quant_vnni_packed.c) take offset * sum back out with it: the same integers as
+ * signed quants give. rk_act_block_sums writes that tail (when the type has one). */
+size_t rk_act_row_bytes(int32_t act_type, int64_t n);
+void rk_act_block_sums(int32_t act_type, void *row, int64_t n);
+/* block b's entry of that tail, in a Q8_0 activation row of n elements */
+static inline int32_t rk_act_neg_sum_q8_0(const void *row, int64_t n, int64_t b) {
+    int32_t s;
+    memcpy(&s, (const uint8_t *)row + (size_t)(n / 32) * 34 + (size_t)b * sizeof s, sizeof s);
+    return s;
+}
 
 /* NULL for a type this engine does not handle. Calls rk_quant_init() itself. */
 const rk_type_traits *rk_get_type_traits(int32_t type);

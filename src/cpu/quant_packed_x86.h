@@ -96,6 +96,20 @@ INLINE void signed_quants(const void *vw, int five, int64_t b, __m256i qh, int c
                           _mm256_andnot_si256(fifth_bits(qh, 2 + c / 2, c % 2), hi4));
 }
 
+/* the quants of chunk c of block b taken unsigned, low and high nibbles: q (Q4_0: 0..15; Q5_0:
+ * 0..31 with the fifth bits from qh), to be offset by -8 or -16 after the integer sums */
+INLINE void unsigned_quants(const void *vw, int five, int64_t b, __m256i qh, int c, __m256i *lo, __m256i *hi) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i q = load256(five ? ((const blk_q5_0x8 *)vw)[b].qs + 32 * c : ((const blk_q4_0x8 *)vw)[b].qs + 32 * c);
+    *lo = _mm256_and_si256(q, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    if (five) {
+        const __m256i b4 = _mm256_set1_epi8(0x10);
+        *lo = _mm256_or_si256(*lo, _mm256_and_si256(fifth_bits(qh, c / 2, c % 2), b4));
+        *hi = _mm256_or_si256(*hi, _mm256_and_si256(fifth_bits(qh, 2 + c / 2, c % 2), b4));
+    }
+}
+
 /* The 8 rows' 6-bit (scale, min) pairs of a q4_K/q5_K block, k_scale_min on 8 lanes at once:
  * lane r of sc[0] holds row r's scales 0-3 (one byte each), sc[1] scales 4-7, mn the mins.
  * Scales/mins 0-3 are the low 6 bits of bytes 0-3/4-7 (chunks 0 and 1); 4-7 keep their low 4

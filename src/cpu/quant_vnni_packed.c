@@ -67,7 +67,16 @@ static void q4_1x8(int64_t n, float *s, size_t ss, const blk_q4_1x8 *w, const ui
     for (int t = 0; t < NT; t++) _mm256_storeu_ps(s + (size_t)t * ss, acc[t]);
 }
 
-/* Q4_0 or Q5_0 x Q8_0: as q45_0x8 (|q - z| against the activation with q - z's sign) */
+/* The "_0" types against Q8_0 take the weights' quants unsigned (Q4_0 q, Q5_0 q, Q8_0 q + 128) and
+ * start each token's integer sum at -offset * (the sum of its activation quants), which the matmul
+ * stores after each activation row (rk_act_row_bytes): the integers the AVX2 kernels reach with
+ * the sign trick (|q - z| against the activation with q - z's sign), with two instructions per
+ * chunk and token instead of four. Bounds: |sum| <= 255 * 128 * 32 < 2^31. */
+INLINE __m256i offset_start(const uint8_t *a, size_t as, int t, int64_t n, int64_t b, int shift) {
+    return _mm256_slli_epi32(_mm256_set1_epi32(rk_act_neg_sum_q8_0(a + (size_t)t * as, n, b)), shift);
+}
+
+/* Q4_0 or Q5_0 x Q8_0: as q45_0x8 */
 INLINE void q45_0x8(int64_t n, const int five, float *s, size_t ss, const void *vw, const uint8_t *a, size_t as) {
     const size_t bsize = five ? sizeof(blk_q5_0x8) : sizeof(blk_q4_0x8);
     __m256 acc[NT];
@@ -75,16 +84,18 @@ INLINE void q45_0x8(int64_t n, const int five, float *s, size_t ss, const void *
     for (int64_t b = 0; b < n / QK; b++) {
         __m256i lo_sum[NT], hi_sum[NT];
         prefetch_ahead((const uint8_t *)vw + (size_t)b * bsize, bsize);
-        for (int t = 0; t < NT; t++) lo_sum[t] = hi_sum[t] = _mm256_setzero_si256();
+        for (int t = 0; t < NT; t++) {
+            lo_sum[t] = offset_start(a, as, t, n, b, five ? 4 : 3);
+            hi_sum[t] = _mm256_setzero_si256();
+        }
         const __m256i qh = five ? load256(((const blk_q5_0x8 *)vw)[b].qh) : _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
             __m256i lo, hi;
-            signed_quants(vw, five, b, qh, c, &lo, &hi);
-            const __m256i alo = _mm256_sign_epi8(lo, lo), ahi = _mm256_sign_epi8(hi, hi);
+            unsigned_quants(vw, five, b, qh, c, &lo, &hi);
             for (int t = 0; t < NT; t++) {
                 const blk_q8_0 *x = (const blk_q8_0 *)(a + (size_t)t * as) + b;
-                lo_sum[t] = dot4(lo_sum[t], alo, _mm256_sign_epi8(bcast4(x->qs + 4 * c), lo));
-                hi_sum[t] = dot4(hi_sum[t], ahi, _mm256_sign_epi8(bcast4(x->qs + 16 + 4 * c), hi));
+                lo_sum[t] = dot4(lo_sum[t], lo, bcast4(x->qs + 4 * c));
+                hi_sum[t] = dot4(hi_sum[t], hi, bcast4(x->qs + 16 + 4 * c));
             }
         }
         const __m256 dw = cvt8h(five ? ((const blk_q5_0x8 *)vw)[b].d : ((const blk_q4_0x8 *)vw)[b].d);
@@ -99,18 +110,21 @@ INLINE void q45_0x8(int64_t n, const int five, float *s, size_t ss, const void *
 
 /* Q8_0 x Q8_0: as q8_0x8; even and odd chunks in two accumulators */
 static void q8_0x8(int64_t n, float *s, size_t ss, const blk_q8_0x8 *w, const uint8_t *a, size_t as) {
+    const __m256i flip = _mm256_set1_epi8((char)0x80); /* q + 128 as u8 */
     __m256 acc[NT];
     for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / QK; b++) {
         __m256i sum[2][NT];
         prefetch_ahead(w + b, sizeof w[b]);
-        for (int t = 0; t < NT; t++) sum[0][t] = sum[1][t] = _mm256_setzero_si256();
+        for (int t = 0; t < NT; t++) {
+            sum[0][t] = offset_start(a, as, t, n, b, 7);
+            sum[1][t] = _mm256_setzero_si256();
+        }
         for (int c = 0; c < 8; c++) {
-            const __m256i q = load256(w[b].qs + 32 * c);
-            const __m256i aq = _mm256_sign_epi8(q, q);
+            const __m256i u = _mm256_xor_si256(load256(w[b].qs + 32 * c), flip);
             for (int t = 0; t < NT; t++) {
                 const blk_q8_0 *x = (const blk_q8_0 *)(a + (size_t)t * as) + b;
-                sum[c % 2][t] = dot4(sum[c % 2][t], aq, _mm256_sign_epi8(bcast4(x->qs + 4 * c), q));
+                sum[c % 2][t] = dot4(sum[c % 2][t], u, bcast4(x->qs + 4 * c));
             }
         }
         const __m256 dw = cvt8h(w[b].d);

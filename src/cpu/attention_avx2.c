@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "exp_avx2.h"
 #include "quant_avx2.h"
 
 /* Why these shapes (perf, decode at depth 8192 on this 2-core Zen 1): attention was ~85% of a
@@ -222,24 +223,6 @@ float rk_avx2_att_max(const float *sc, int n) {
     return mx;
 }
 
-/* exp(x) for 8 lanes, Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial for
- * e^r, then 2^n put into the exponent bits (relative error ~2e-7, inputs clamped to +-88.38) */
-static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f)), _mm256_set1_ps(88.3762626647950f));
-    const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
 /* sc[i] = exp(sc[i] - mx), 0 where sc[i] is -inf; returns the sum, in double: four lanes over
  * elements i = j mod 4, added (0 + 1) + (2 + 3), then the tail in order */
 double rk_avx2_softmax_exp(float *sc, int n, float mx) {
@@ -248,7 +231,7 @@ double rk_avx2_softmax_exp(float *sc, int n, float mx) {
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256 x = _mm256_loadu_ps(sc + i);
-        const __m256 w = _mm256_andnot_ps(_mm256_cmp_ps(x, ninf, _CMP_EQ_OQ), exp8(_mm256_sub_ps(x, vmx)));
+        const __m256 w = _mm256_andnot_ps(_mm256_cmp_ps(x, ninf, _CMP_EQ_OQ), rk_exp8(_mm256_sub_ps(x, vmx)));
         _mm256_storeu_ps(sc + i, w);
         s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(w)));
         s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1)));
@@ -260,7 +243,7 @@ double rk_avx2_softmax_exp(float *sc, int n, float mx) {
         float buf[8];
         for (int k = 0; k < 8; k++) buf[k] = i + k < n ? sc[i + k] : -INFINITY;
         const __m256 x = _mm256_loadu_ps(buf);
-        _mm256_storeu_ps(buf, _mm256_andnot_ps(_mm256_cmp_ps(x, ninf, _CMP_EQ_OQ), exp8(_mm256_sub_ps(x, vmx))));
+        _mm256_storeu_ps(buf, _mm256_andnot_ps(_mm256_cmp_ps(x, ninf, _CMP_EQ_OQ), rk_exp8(_mm256_sub_ps(x, vmx))));
         for (int k = 0; i + k < n; k++) {
             sc[i + k] = buf[k];
             sum += buf[k];

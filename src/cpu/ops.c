@@ -115,11 +115,8 @@ static void matmul_task(void *ctx, int ith, int nth) {
             const long n_out = j->w[0]->n_out;
             weight_rows(j, j->w[0], j->y[0], b, e);
             weight_rows(j, j->w[1], j->y[1], b, e);
-            for (int t = 0; t < j->n_tokens; t++) {
-                float *g = j->y[0] + (size_t)t * (size_t)n_out;
-                const float *u = j->y[1] + (size_t)t * (size_t)n_out;
-                for (long r = b; r < e; r++) g[r] = silu(g[r]) * u[r];
-            }
+            for (int t = 0; t < j->n_tokens; t++)
+                rk_swiglu(j->y[0] + (size_t)t * (size_t)n_out + b, j->y[1] + (size_t)t * (size_t)n_out + b, (size_t)(e - b));
             continue;
         }
         long base = 0;
@@ -235,11 +232,12 @@ void rk_rope_apply_kind(int neox, float *x, int n_heads, int head_dim, int n_rot
 }
 
 /* ggml-cpu's GELU (GGML_GELU_FP16): the tanh formula, tabulated at every f16 value and rounded to f16;
- * x is rounded to f16 for the lookup, 0 below -10, x above 10 (one spare entry: see geglu_avx2.c) */
+ * x is rounded to f16 for the lookup, 0 below -10, x above 10 (one spare entry: see glu_avx2.c) */
 static uint16_t gelu_f16[(1 << 16) + 1];
 
 #if defined(RK_HAVE_X86)
 void rk_avx2_geglu(const uint16_t *table, float *a, const float *b, size_t n); /* the same bits */
+void rk_avx2_swiglu(float *a, const float *b, size_t n); /* silu's exp from exp_avx2.h, not libm's */
 #endif
 static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
 
@@ -271,5 +269,11 @@ void rk_softcap(float *x, size_t n, float cap) {
 }
 
 void rk_swiglu(float *a, const float *b, size_t n) {
+#if defined(RK_HAVE_X86)
+    if (rk_quant_avx2_active()) {
+        rk_avx2_swiglu(a, b, n);
+        return;
+    }
+#endif
     for (size_t i = 0; i < n; i++) a[i] = silu(a[i]) * b[i];
 }

@@ -219,7 +219,7 @@ static void test_elementwise(void) {
                              "neox,heads=3,head_dim=32,n_rot=24,pos0=77,scale=0.5", "n=480,x in [-12,12]",
                              "n=480,cap=1.5"};
     for (int i = 0; i < 7; i++)
-        /* GEGLU: the AVX2 lanes must give the portable loop's bits (geglu_avx2.c) */
+        /* GEGLU: the AVX2 lanes must give the portable loop's bits (glu_avx2.c) */
         if (selected(names[i]))
             report(names[i], params[i], nmse(out[0][i], out[1][i], (size_t)n * width), i == 5 ? 0.0 : 1e-7);
     free(x), free(y), free(w);

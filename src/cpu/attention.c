@@ -34,7 +34,7 @@
 #include "policy.h"
 
 #define DEC_SLOTS 256 /* slots per scoring job of a decode step */
-#define DEC_DIMS 32   /* head-dimension slice per value job of a decode step */
+#define DEC_MIN_DIMS 16 /* the narrowest head-dimension slice of a decode step's value job */
 #define CVT_MAX 512   /* the portable twins convert a K/V row once when it is at most this long */
 
 /* scores of keys [0, ns) for a set of rows, value sums into them, softmax exponentials.
@@ -361,18 +361,27 @@ static void decode_softmax_task(void *ctx, int ith, int nth) {
     }
 }
 
-/* job = (kv-head, DEC_DIMS-wide slice): every slot's V slice into the group's outputs, in slot order */
+/* V slices per kv-head of a decode step: as few as give every thread the same number of jobs.
+ * Whole rows where the kv-heads alone do (Qwen2.5-1.5B: 2 kv-heads, 2 threads): a job then streams
+ * its V rows once, front to back, where 32-wide slices read one cache line of every 256-byte row
+ * in each of 4 passes over the cache. Which slice an output element is in does not change its bits. */
+static int value_slices(int n_kv, int hd, int nth) {
+    int n = 1;
+    while ((n_kv * n) % nth && hd % (2 * n) == 0 && hd / (2 * n) >= DEC_MIN_DIMS && hd / (2 * n) % 8 == 0) n *= 2;
+    return n;
+}
+
+/* job = (kv-head, slice of the head dimension): every slot's V slice into the group's outputs, in slot order */
 static void decode_values_task(void *ctx, int ith, int nth) {
     const att_job *j = ctx;
     const rk_kv *kv = j->kv;
     const int hd = kv->head_dim, group = j->group, f16 = kv->type == RK_TYPE_F16;
     const size_t C1 = (size_t)j->c->n_ctx + 1;
-    const int n_slices = (hd + DEC_DIMS - 1) / DEC_DIMS;
+    const int n_slices = value_slices(kv->n_kv_heads, hd, nth), width = hd / n_slices;
     long b, e;
     rk_split_range((long)kv->n_kv_heads * n_slices, ith, nth, 1, &b, &e);
     for (long job = b; job < e; job++) {
-        const int g = (int)(job / n_slices), d0 = (int)(job % n_slices) * DEC_DIMS;
-        const int nd = d0 + DEC_DIMS < hd ? DEC_DIMS : hd - d0;
+        const int g = (int)(job / n_slices), d0 = (int)(job % n_slices) * width, nd = width;
         const int32_t n_used = kv->n_used[rk_kv_head_index(kv, j->il, g)];
         for (int h0 = g * group; h0 < (g + 1) * group; h0 += RK_ATT_ROWS) {
             att_rowset rs;

@@ -57,7 +57,8 @@ static const float *row_f32(const void *x, int f16, int n, float *buf) {
     return buf;
 }
 
-/* portable twins: one double accumulator per (key, row), in element order; values as in the AVX2 kernel */
+/* portable twins: one double accumulator per (key, row), in element order; values multiplied then added
+ * (the AVX2 kernel fuses them: the same order, rounding apart) */
 static void scores_c(int hd, int f16, int ns, const void *k, const int32_t *pos, float scale, const rk_att_rows *rw) {
     float buf[CVT_MAX];
     const size_t es = f16 ? 2 : 4;

@@ -1,8 +1,10 @@
 /*
  * attention_avx2.c: AVX2/FMA/F16C kernels of attention over keys and values in their stored type
  * (f16 or f32): key-query scores, value sums and the softmax exponentials. Built with
- * -ffp-contract=off: the value sums multiply then add, never fused, as the portable twins in
- * attention.c do; the dot products and exp use explicit FMAs.
+ * -ffp-contract=off, every FMA explicit: the dot products, exp and the value sums (one FMA per slot
+ * where the portable twins in attention.c multiply then add: the two sets agree to rounding, each
+ * with itself exactly; fused, the value sums took half the arithmetic: Qwen2.5-Coder-1.5B prefill
+ * 2048 1.061x, decode at depth 4096 1.065x against the multiply-add, perplexity within 0.09%).
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -129,8 +131,8 @@ void rk_avx2_att_scores(int hd, int f16, int ns, const void *k, const int32_t *p
 
 #define VAL_SLOTS 64 /* slots per pass over the tiles: their V rows stay in L1 */
 
-/* rows [r0, r0 + R) x dimensions [d0, d0 + 8D) over slots [s0, s1): out += w * v, a multiply then
- * an add, slot by slot; each V chunk converted once for the R rows. `check`: some weight of the
+/* rows [r0, r0 + R) x dimensions [d0, d0 + 8D) over slots [s0, s1): out += w * v, one FMA, slot
+ * by slot; each V chunk converted once for the R rows. `check`: some weight of the
  * chunk is exactly 0 (a masked slot), which must add nothing, not even 0 * inf. */
 ATT_INLINE void values_tile(int R, int D, int f16, const void *v, size_t vs, const rk_att_rows *rw, int r0, int d0,
                             int s0, int s1, int check, int pf_bytes) {
@@ -150,13 +152,13 @@ ATT_INLINE void values_tile(int R, int D, int f16, const void *v, size_t vs, con
             for (int d = 0; d < D; d++) {
                 const __m256 x = load8(v, (size_t)s * vs + d0 + 8 * d, f16);
                 for (int r = 0; r < R; r++)
-                    acc[r * D + d] = _mm256_add_ps(acc[r * D + d], _mm256_mul_ps(_mm256_broadcast_ss(w[r] + s), x));
+                    acc[r * D + d] = _mm256_fmadd_ps(_mm256_broadcast_ss(w[r] + s), x, acc[r * D + d]);
             }
         } else {
             for (int d = 0; d < D; d++) {
                 const __m256 x = load8(v, (size_t)s * vs + d0 + 8 * d, f16);
                 for (int r = 0; r < R; r++)
-                    if (w[r][s] != 0.0f) acc[r * D + d] = _mm256_add_ps(acc[r * D + d], _mm256_mul_ps(_mm256_broadcast_ss(w[r] + s), x));
+                    if (w[r][s] != 0.0f) acc[r * D + d] = _mm256_fmadd_ps(_mm256_broadcast_ss(w[r] + s), x, acc[r * D + d]);
             }
         }
     }

@@ -1,12 +1,12 @@
 /*
- * glu_avx2.c: the gated units' activations eight lanes at a time, compiled with -ffp-contract=off.
+ * glu_avx2.c: the gated units' activations eight lanes at a time, compiled with -ffp-contract=off
+ * (every multiply and add rounded on its own, as in ops.c's portable loops).
  *
- * ops.c's GEGLU (ggml's tabulated GELU times the up projection) eight lanes at a
- * time. Each lane does what the portable loop does, with the same bits: x rounded to f16 (F16C
- * rounds to nearest even, as the portable f2h), the table entry at that half read back exactly,
- * one rounded multiply by b (no FMA: this file is compiled with -ffp-contract=off), x * b above
- * 10 and 0 below -10 (NaN takes the table, as there). Gemma's feed-forward computes 2048 of these
- * per token and layer: the portable loop's branchy conversions were 5-8% of its prefill.
+ * GEGLU (ggml's tabulated GELU times the up projection): each lane does what the portable loop
+ * does, with the same bits: x rounded to f16 (F16C rounds to nearest even, as the portable f2h),
+ * the table entry at that half read back exactly, one rounded multiply by b, x * b above 10 and 0
+ * below -10 (NaN takes the table, as there). Gemma's feed-forward computes 2048 of these per token
+ * and layer: the portable loop's branchy conversions were 5-8% of its prefill.
  */
 #include <immintrin.h>
 #include <stddef.h>

@@ -23,7 +23,7 @@ typedef struct {
     float *const *y;
     int n_w;
     const rk_type_traits *act;  /* activation format traits */
-    int32_t act_type;
+    int32_t act_type;           /* its type (Q8_0 rows carry block sums) */
     int act_sums;               /* the tiles read the rows' block sums (rk_act_row_bytes) */
     uint8_t *act_buf;
     size_t act_row;

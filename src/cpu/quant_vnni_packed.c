@@ -142,7 +142,11 @@ static void q8_0x8(int64_t n, float *s, size_t ss, const blk_q8_0x8 *w, const ui
 /* Q4_K or Q5_K x Q8_K: as q45_Kx8, for G (1 or 2) groups of 8 rows, vw[0] and vw[1]. Group g's
  * chunk c feeds sub-block 2g (low nibbles) and 2g + 1 (high); each sub-block's i32 sum takes its
  * 6-bit scale with one multiply. Two groups share each activation broadcast: the tile's loop is
- * bound by its loads (9 per 8 dpbusd with one group, 5 with two). */
+ * bound by its loads (9 per 8 dpbusd with one group, 5 with two). Q4_K takes its high nibbles
+ * in place (q & 0xF0, one instruction where the shift made two, on the ports dpbusd needs) and
+ * its low sums' scales times 16, so the block's sum is 16x the integer, shifted back before it
+ * is converted: the same integers (|16 sum| <= 16 * 8 * 63 * 32 * 15 * 127 < 2^31), +7% on
+ * the tile; unrolling g (the scale shuffles' controls then immediates) is part of that. */
 INLINE void q45_Kx8(int64_t n, const int five, const int G, float *s, size_t ss, const void *const *vw,
                     const uint8_t *a, size_t as) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -170,6 +174,7 @@ INLINE void q45_Kx8(int64_t n, const int five, const int G, float *s, size_t ss,
         __m256i isum[2][NT];
         for (int k = 0; k < G; k++)
             for (int t = 0; t < NT; t++) isum[k][t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
         for (int g = 0; g < 4; g++) {
             __m256i lo_sum[2][NT], hi_sum[2][NT];
             for (int k = 0; k < G; k++)
@@ -179,11 +184,12 @@ INLINE void q45_Kx8(int64_t n, const int five, const int G, float *s, size_t ss,
                 for (int k = 0; k < G; k++) {
                     const __m256i q = in_reg(load256(qs[k] + 256 * g + 32 * c));
                     lo[k] = _mm256_and_si256(q, m4);
-                    hi[k] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
                     if (five) {
                         const __m256i h = load256(((const blk_q5_Kx8 *)blk[k])->qh + 32 * c);
                         lo[k] = _mm256_or_si256(lo[k], bit_to_4(h, 2 * g));
-                        hi[k] = _mm256_or_si256(hi[k], bit_to_4(h, 2 * g + 1));
+                        hi[k] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), bit_to_4(h, 2 * g + 1));
+                    } else {
+                        hi[k] = _mm256_andnot_si256(m4, q); /* 16 x the high nibble */
                     }
                 }
                 for (int t = 0; t < NT; t++) {
@@ -196,7 +202,8 @@ INLINE void q45_Kx8(int64_t n, const int five, const int G, float *s, size_t ss,
                 }
             }
             for (int k = 0; k < G; k++) {
-                const __m256i sc_lo = shuffle(sc[k][g / 2], ctl_word[(2 * g) % 4]);
+                /* Q4_K's high-nibble sums are 16x: the low ones' scale takes the same factor */
+                const __m256i sc_lo = _mm256_slli_epi32(shuffle(sc[k][g / 2], ctl_word[(2 * g) % 4]), five ? 0 : 4);
                 const __m256i sc_hi = shuffle(sc[k][g / 2], ctl_word[(2 * g + 1) % 4]);
                 for (int t = 0; t < NT; t++)
                     isum[k][t] = _mm256_add_epi32(isum[k][t], _mm256_add_epi32(_mm256_mullo_epi32(lo_sum[k][t], sc_lo),
@@ -206,8 +213,8 @@ INLINE void q45_Kx8(int64_t n, const int five, const int G, float *s, size_t ss,
         for (int k = 0; k < G; k++) {
             const __m256 dw = cvt8h(((const blk_q4_Kx8 *)blk[k])->d);
             for (int t = 0; t < NT; t++)
-                acc[k][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(Q8K(t)->d)), _mm256_cvtepi32_ps(isum[k][t]),
-                                            acc[k][t]);
+                acc[k][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(Q8K(t)->d)),
+                                            _mm256_cvtepi32_ps(_mm256_srai_epi32(isum[k][t], five ? 0 : 4)), acc[k][t]);
         }
     }
     for (int k = 0; k < G; k++)

@@ -58,10 +58,13 @@ typedef struct {
  * signed quants give. rk_act_block_sums writes that tail (when the type has one). */
 size_t rk_act_row_bytes(int32_t act_type, int64_t n);
 void rk_act_block_sums(int32_t act_type, void *row, int64_t n);
+/* ggml's Q8_0 block: 32 quants and an f16 scale (quant_avx2.h asserts blk_q8_0's size against it) */
+#define RK_Q8_0_ELEMS 32
+#define RK_Q8_0_BYTES 34
 /* block b's entry of that tail, in a Q8_0 activation row of n elements */
 static inline int32_t rk_act_neg_sum_q8_0(const void *row, int64_t n, int64_t b) {
     int32_t s;
-    memcpy(&s, (const uint8_t *)row + (size_t)(n / 32) * 34 + (size_t)b * sizeof s, sizeof s);
+    memcpy(&s, (const uint8_t *)row + (size_t)(n / RK_Q8_0_ELEMS) * RK_Q8_0_BYTES + (size_t)b * sizeof s, sizeof s);
     return s;
 }
 

@@ -47,7 +47,7 @@ _Static_assert(sizeof(blk_q4_0) == 18, "q4_0 layout");
 _Static_assert(sizeof(blk_q4_1) == 20, "q4_1 layout");
 _Static_assert(sizeof(blk_q5_0) == 22, "q5_0 layout");
 _Static_assert(sizeof(blk_q5_1) == 24, "q5_1 layout");
-_Static_assert(sizeof(blk_q8_0) == 34 && 34 == RK_Q8_0_BYTES && QK == RK_Q8_0_ELEMS, "q8_0 layout");
+_Static_assert(sizeof(blk_q8_0) == RK_Q8_0_BYTES && QK == RK_Q8_0_ELEMS, "q8_0 layout");
 _Static_assert(sizeof(blk_q8_1) == 36, "q8_1 layout");
 _Static_assert(sizeof(blk_q4_K) == 144, "q4_K layout");
 _Static_assert(sizeof(blk_q5_K) == 176, "q5_K layout");

@@ -297,3 +297,45 @@ def test_wilson_interval_and_plan():
                                                      ("aware", "snapkv@0.5"), ("aware", "snapkv@256")]
     assert runner_mod.plan_configs(["agnostic"], ["snapkv"], [0.5]) == [runner_mod.Config("agnostic", "snapkv", 0.5)]
     assert expand_tasks("ruler11")[:2] == ["niah_single_1", "niah_single_2"]
+
+
+def _runs(scores: dict) -> list[dict]:
+    """scores: {(policy, budget): {task: [score per sample]}} -> runs at 4096 tokens, aware-full"""
+    return [{"ctx": 4096, "protocol": "aware-full", "policy": pol, "budget": b, "task": t, "index": i, "score": s}
+            for (pol, b), per in scores.items() for t, ss in per.items() for i, s in enumerate(ss)]
+
+
+def test_paired_difference_against_the_exact_bootstrap():
+    import itertools
+
+    import numpy as np
+
+    ref = {"a": [1.0, 1.0, 0.0], "b": [0.5, 0.5, 1.0]}
+    snap = {"a": [0.0, 1.0, 0.0], "b": [0.5, 0.0, 0.0]}
+    full = {"a": [1.0, 1.0, 1.0], "b": [1.0, 1.0, 1.0]}
+    runs = _runs({("restkv", 0.1): ref, ("snapkv", 0.1): snap, ("full", 1.0): full})
+    meta = {"lengths": [4096], "protocols": ["aware-full"]}
+    cfgs = runner_mod.plan_configs(["aware-full"], ["full", "restkv", "snapkv"], [1.0, 0.1])
+    out = report.paired(runs, meta, cfgs)
+    assert [(r["other"], r["budget"]) for r in out] == [("full", 0.1), ("snapkv", 0.1)]
+    r = out[1]
+    # differences a: 1, 0, 0; b: 0, 0.5, 1 -> task means 1/3 and 1/2
+    assert r["delta"] == pytest.approx((1 / 3 + 1 / 2) / 2) and (r["wins"], r["losses"], r["n"]) == (3, 0, 6)
+    assert r["resampled"] == "samples within tasks"
+    # the exact bootstrap distribution: every resample of each task's 3 differences, equally likely
+    da, db = [1.0, 0.0, 0.0], [0.0, 0.5, 1.0]
+    exact = np.array([(np.mean(x) + np.mean(y)) / 2 for x in itertools.product(da, repeat=3)
+                      for y in itertools.product(db, repeat=3)])
+    lo, hi = np.percentile(exact, [2.5, 97.5])
+    assert r["ci95_low"] == pytest.approx(lo, abs=0.03) and r["ci95_high"] == pytest.approx(hi, abs=0.03)
+    assert report.paired(runs, meta, cfgs) == out  # seeded: the same interval every time
+    f = out[0]  # against the full cache (budget 1.0) at restkv's budget
+    assert f["delta"] == pytest.approx(((-1 / 3) + (-1 / 3)) / 2) and (f["wins"], f["losses"]) == (0, 3)
+    # equal differences everywhere: a degenerate interval; one sample per task: the tasks are resampled
+    same = report.paired(_runs({("restkv", 0.1): ref, ("snapkv", 0.1): ref}), meta, cfgs)[0]
+    assert (same["delta"], same["ci95_low"], same["ci95_high"], same["wins"], same["losses"]) == (0, 0, 0, 0, 0)
+    one = report.paired(_runs({("restkv", 0.1): {"a": [1.0], "b": [0.0]}, ("snapkv", 0.1): {"a": [0.0], "b": [0.0]}}),
+                        meta, cfgs)[0]
+    assert one["resampled"] == "tasks" and (one["ci95_low"], one["delta"], one["ci95_high"]) == (0.0, 0.5, 1.0)
+    md = report.paired_tables({"meta": meta, "summary": {"paired": out}})
+    assert "restkv minus each policy" in md and "| snapkv | +41.7 [" in md and "3/0 |" in md

@@ -102,8 +102,62 @@ def summarize(runs: list[dict], meta: dict, configs) -> dict:
     for (ctx, proto, pol, b, task, depth), sc in sorted(nd.items(), key=lambda kv: (kv[0][:2], str(kv[0][2:]))):
         needle.append({"ctx": ctx, "protocol": proto, "policy": pol, "budget": b, "label": _label(pol, b),
                        "task": task, "depth": depth, "n": len(sc), "mean": sum(sc) / len(sc)})
-    return {"rows": rows, "needle": needle, "interval": "Wilson score interval, 95%, on the mean score; avg: over "
-                                                        "the tasks, weighed equally"}
+    return {"rows": rows, "needle": needle, "paired": paired(runs, meta, configs),
+            "interval": "Wilson score interval, 95%, on the mean score; avg: over the tasks, weighed equally; "
+                        "paired: bootstrap interval, 95%, of a difference of averages on the same prompts"}
+
+
+PAIRED_REFERENCE = "restkv"  # the engine's subject: every other policy is compared with it
+BOOTSTRAP = 4000
+
+
+def paired(runs: list[dict], meta: dict, configs, reference: str = PAIRED_REFERENCE, seed: int = 0) -> list[dict]:
+    """`reference` against each other policy at the same (length, protocol, budget), and against the full
+    cache, on the same prompts: the difference of their task averages (reference minus other), the samples
+    each scores higher on, and a 95% bootstrap interval. Two policies' Wilson intervals overlap long after
+    a paired comparison separates them, since both see the same easy and hard prompts.
+
+    The bootstrap resamples each task's samples with replacement (the tasks stay weighed equally, as in
+    the averages); where some task has a single sample it resamples the tasks instead, and says so."""
+    import numpy as np
+
+    score: dict = {}
+    for r in runs:
+        score[(r["ctx"], r["protocol"], r["policy"], r["budget"], r["task"], r["index"])] = r["score"]
+    order = _order(configs)
+    out = []
+    for ctx in meta["lengths"]:
+        for proto, pol, b in order:
+            if pol != reference:
+                continue
+            for proto2, other, b2 in order:
+                if proto2 != proto or other == reference or (b2 != b and other != FULL):
+                    continue
+                diffs = {}
+                for (c, pr, po, bu, task, idx), sc in score.items():
+                    if (c, pr, po, bu) == (ctx, proto, reference, b):
+                        o = score.get((ctx, proto, other, b2, task, idx))
+                        if o is not None:
+                            diffs.setdefault(task, []).append(sc - o)
+                if not diffs:
+                    continue
+                d = [np.asarray(v, dtype=np.float64) for _, v in sorted(diffs.items())]
+                delta = float(np.mean([x.mean() for x in d]))
+                rng = np.random.default_rng(seed)
+                within = all(len(x) > 1 for x in d)
+                if within:  # per task: its samples resampled; then the task average
+                    boot = np.mean([x[rng.integers(0, len(x), size=(BOOTSTRAP, len(x)))].mean(axis=1) for x in d], axis=0)
+                else:
+                    means = np.array([x.mean() for x in d])
+                    boot = means[rng.integers(0, len(means), size=(BOOTSTRAP, len(means)))].mean(axis=1)
+                lo, hi = np.percentile(boot, [2.5, 97.5])
+                flat = np.concatenate(d)
+                out.append({"ctx": ctx, "protocol": proto, "budget": b, "reference": reference, "other": other,
+                            "other_label": _label(other, b2), "n_tasks": len(d), "n": int(flat.size),
+                            "delta": delta, "ci95_low": float(lo), "ci95_high": float(hi),
+                            "wins": int((flat > 0).sum()), "losses": int((flat < 0).sum()),
+                            "resampled": "samples within tasks" if within else "tasks"})
+    return out
 
 
 def _label(policy: str, budget: float) -> str:
@@ -168,6 +222,45 @@ def overview(obj: dict) -> str:
     return "\n".join(out)
 
 
+def _signed(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def paired_tables(obj: dict) -> str:
+    """Per (length, protocol): the reference policy minus each other policy (rows) at each budget
+    (columns), x 100, with the 95% bootstrap interval and the samples won/lost."""
+    pr = obj["summary"].get("paired") or []
+    out = []
+    for ctx in obj["meta"]["lengths"]:
+        for proto in obj["meta"]["protocols"]:
+            rs = [r for r in pr if r["ctx"] == ctx and r["protocol"] == proto]
+            if not rs:
+                continue
+            budgets, others = [], []
+            for r in rs:
+                if r["budget"] not in budgets:
+                    budgets.append(r["budget"])
+                if r["other"] not in others:
+                    others.append(r["other"])
+            cell = {(r["other"], r["budget"]): r for r in rs}
+            ref = rs[0]["reference"]
+            how = sorted({r["resampled"] for r in rs})
+            out.append(f"**{ctx} tokens, protocol {proto}: {ref} minus each policy at the same budget, on the same "
+                       f"prompts** (x 100; [95% bootstrap interval, resampling {' / '.join(how)}]; samples where "
+                       f"{ref} scored higher / lower)\n")
+            out.append("| other | " + " | ".join(_budget_name(b) for b in budgets) + " |")
+            out.append("|---|" + "---:|" * len(budgets))
+            for o in others:
+                cells = []
+                for b in budgets:
+                    r = cell.get((o, b))
+                    cells.append("" if r is None else f"{_signed(r['delta'])} [{_signed(r['ci95_low'])}, "
+                                                      f"{_signed(r['ci95_high'])}] {r['wins']}/{r['losses']}")
+                out.append(f"| {o} | " + " | ".join(cells) + " |")
+            out.append("")
+    return "\n".join(out)
+
+
 def tables(obj: dict, configs=None) -> str:
     """The overview (per length: policies x protocol budgets, task averages), then one markdown table per
     (length, protocol): rows policy@budget, columns the tasks (mean score x 100), their average with its
@@ -177,6 +270,9 @@ def tables(obj: dict, configs=None) -> str:
     model = os.path.basename(meta["model"])
     ov = overview(obj)
     out = [ov] if ov else []
+    pt = paired_tables(obj)
+    if pt:
+        out.append(pt)
     for ctx, proto, rs in groups(obj):
         ns = sorted({s["n"] for r in rs for s in r["tasks"].values()})
         nsamp = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"

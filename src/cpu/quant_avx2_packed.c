@@ -39,7 +39,7 @@
 /* y[t][r] = sum_b d_w[r] d_a[t] isum + m_w[r] s_a[t]  (Q4_1 x Q8_1) */
 INLINE void q4_1x8(int64_t n, const int nt, float *s, size_t ss, const blk_q4_1x8 *w, const uint8_t *a,
                    size_t as) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[RK_DOT_ROWS];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / QK; b++) {
@@ -47,8 +47,8 @@ INLINE void q4_1x8(int64_t n, const int nt, float *s, size_t ss, const blk_q4_1x
         prefetch_ahead(w + b, sizeof w[b]);
         for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
-            const __m256i q = load256(w[b].qs + 32 * c);
-            const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            __m256i lo, hi;
+            nibbles(load256(w[b].qs + 32 * c), &lo, &hi);
             for (int t = 0; t < nt; t++) {
                 const blk_q8_1 *x = (const blk_q8_1 *)(a + (size_t)t * as) + b;
                 /* u4 x s8 pairs <= 3840: eight of them stay inside i16 */

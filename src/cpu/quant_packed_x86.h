@@ -79,30 +79,38 @@ INLINE __m256i fifth_bits(__m256i qh, int k, int nib) {
     return _mm256_cmpeq_epi8(_mm256_and_si256(shuffle(qh, ctl_rep[k]), bit), bit);
 }
 
+/* the low and high nibbles of every byte of q, each in 0..15 */
+INLINE void nibbles(__m256i q, __m256i *lo, __m256i *hi) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    *lo = _mm256_and_si256(q, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+}
+
+/* chunk c of block b of a Q4_0 or Q5_0 matrix in the packed layout: 8 rows' nibbles */
+INLINE __m256i q45_0_chunk(const void *vw, int five, int64_t b, int c) {
+    return load256(five ? ((const blk_q5_0x8 *)vw)[b].qs + 32 * c : ((const blk_q4_0x8 *)vw)[b].qs + 32 * c);
+}
+
 /* the signed quants of chunk c of block b, low and high nibbles: q - 8 (Q4_0), or q - 16
  * with the fifth bits from qh (Q5_0) */
 INLINE void signed_quants(const void *vw, int five, int64_t b, __m256i qh, int c, __m256i *lo, __m256i *hi) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    nibbles(q45_0_chunk(vw, five, b, c), lo, hi);
     if (!five) {
-        const __m256i q = load256(((const blk_q4_0x8 *)vw)[b].qs + 32 * c), eight = _mm256_set1_epi8(8);
-        *lo = _mm256_sub_epi8(_mm256_and_si256(q, m4), eight);
-        *hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), eight);
+        const __m256i eight = _mm256_set1_epi8(8);
+        *lo = _mm256_sub_epi8(*lo, eight);
+        *hi = _mm256_sub_epi8(*hi, eight);
         return;
     }
-    const __m256i q = load256(((const blk_q5_0x8 *)vw)[b].qs + 32 * c), hi4 = _mm256_set1_epi8((char)0xF0);
     /* a clear fifth bit means q - 16 < 0: OR-ing 0xF0 into the nibble gives that value as int8 */
-    *lo = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_andnot_si256(fifth_bits(qh, c / 2, c % 2), hi4));
-    *hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
-                          _mm256_andnot_si256(fifth_bits(qh, 2 + c / 2, c % 2), hi4));
+    const __m256i hi4 = _mm256_set1_epi8((char)0xF0);
+    *lo = _mm256_or_si256(*lo, _mm256_andnot_si256(fifth_bits(qh, c / 2, c % 2), hi4));
+    *hi = _mm256_or_si256(*hi, _mm256_andnot_si256(fifth_bits(qh, 2 + c / 2, c % 2), hi4));
 }
 
 /* the quants of chunk c of block b taken unsigned, low and high nibbles: q (Q4_0: 0..15; Q5_0:
  * 0..31 with the fifth bits from qh), to be offset by -8 or -16 after the integer sums */
 INLINE void unsigned_quants(const void *vw, int five, int64_t b, __m256i qh, int c, __m256i *lo, __m256i *hi) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const __m256i q = load256(five ? ((const blk_q5_0x8 *)vw)[b].qs + 32 * c : ((const blk_q4_0x8 *)vw)[b].qs + 32 * c);
-    *lo = _mm256_and_si256(q, m4);
-    *hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    nibbles(q45_0_chunk(vw, five, b, c), lo, hi);
     if (five) {
         const __m256i b4 = _mm256_set1_epi8(0x10);
         *lo = _mm256_or_si256(*lo, _mm256_and_si256(fifth_bits(qh, c / 2, c % 2), b4));

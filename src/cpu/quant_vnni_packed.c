@@ -40,7 +40,6 @@ INLINE __m256i in_reg(__m256i v) {
 
 /* Q4_1 x Q8_1: as q4_1x8 */
 static void q4_1x8(int64_t n, float *s, size_t ss, const blk_q4_1x8 *w, const uint8_t *a, size_t as) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[NT];
     for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / QK; b++) {
@@ -48,8 +47,8 @@ static void q4_1x8(int64_t n, float *s, size_t ss, const blk_q4_1x8 *w, const ui
         prefetch_ahead(w + b, sizeof w[b]);
         for (int t = 0; t < NT; t++) lo_sum[t] = hi_sum[t] = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
-            const __m256i q = in_reg(load256(w[b].qs + 32 * c));
-            const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            __m256i lo, hi;
+            nibbles(in_reg(load256(w[b].qs + 32 * c)), &lo, &hi);
             for (int t = 0; t < NT; t++) {
                 const blk_q8_1 *x = (const blk_q8_1 *)(a + (size_t)t * as) + b;
                 lo_sum[t] = dot4(lo_sum[t], lo, bcast4(x->qs + 4 * c));

@@ -305,7 +305,7 @@ def _runs(scores: dict) -> list[dict]:
             for (pol, b), per in scores.items() for t, ss in per.items() for i, s in enumerate(ss)]
 
 
-def test_paired_difference_against_the_exact_bootstrap():
+def test_paired_difference_against_the_exact_bootstrap_and_sign_flips():
     import itertools
 
     import numpy as np
@@ -321,21 +321,35 @@ def test_paired_difference_against_the_exact_bootstrap():
     r = out[1]
     # differences a: 1, 0, 0; b: 0, 0.5, 1 -> task means 1/3 and 1/2
     assert r["delta"] == pytest.approx((1 / 3 + 1 / 2) / 2) and (r["wins"], r["losses"], r["n"]) == (3, 0, 6)
-    assert r["resampled"] == "samples within tasks"
-    # the exact bootstrap distribution: every resample of each task's 3 differences, equally likely
-    da, db = [1.0, 0.0, 0.0], [0.0, 0.5, 1.0]
-    exact = np.array([(np.mean(x) + np.mean(y)) / 2 for x in itertools.product(da, repeat=3)
-                      for y in itertools.product(db, repeat=3)])
-    lo, hi = np.percentile(exact, [2.5, 97.5])
-    assert r["ci95_low"] == pytest.approx(lo, abs=0.03) and r["ci95_high"] == pytest.approx(hi, abs=0.03)
+    # the exact bootstrap distribution: every draw of 6 of the 6 pairs (equal weights here), equally likely
+    d = [1.0, 0.0, 0.0, 0.0, 0.5, 1.0]
+    exact = np.array([np.mean(x) for x in itertools.product(d, repeat=6)])
+    for q, x in ((0.025, r["ci95_low"]), (0.975, r["ci95_high"])):  # x is a q-quantile of it, give or take 1%
+        assert (exact < x - 1e-9).mean() <= q + 0.01 and (exact <= x + 1e-9).mean() >= q - 0.01
+    # sign flips of the three nonzero differences 1, 0.5, 1: only all + and all - reach |2.5|: p = 2/8
+    assert r["p"] == 0.25
     assert report.paired(runs, meta, cfgs) == out  # seeded: the same interval every time
     f = out[0]  # against the full cache (budget 1.0) at restkv's budget
-    assert f["delta"] == pytest.approx(((-1 / 3) + (-1 / 3)) / 2) and (f["wins"], f["losses"]) == (0, 3)
-    # equal differences everywhere: a degenerate interval; one sample per task: the tasks are resampled
+    assert f["delta"] == pytest.approx(((-1 / 3) + (-1 / 3)) / 2) and (f["wins"], f["losses"], f["p"]) == (0, 3, 0.25)
+    # equal scores everywhere: no difference, a degenerate interval, p = 1
     same = report.paired(_runs({("restkv", 0.1): ref, ("snapkv", 0.1): ref}), meta, cfgs)[0]
-    assert (same["delta"], same["ci95_low"], same["ci95_high"], same["wins"], same["losses"]) == (0, 0, 0, 0, 0)
-    one = report.paired(_runs({("restkv", 0.1): {"a": [1.0], "b": [0.0]}, ("snapkv", 0.1): {"a": [0.0], "b": [0.0]}}),
-                        meta, cfgs)[0]
-    assert one["resampled"] == "tasks" and (one["ci95_low"], one["delta"], one["ci95_high"]) == (0.0, 0.5, 1.0)
+    assert (same["delta"], same["ci95_low"], same["ci95_high"], same["wins"], same["losses"], same["p"]) == \
+        (0, 0, 0, 0, 0, 1.0)
+    # unequal sample counts: each pair weighs 1 / (tasks x its task's samples)
+    un = report.paired(_runs({("restkv", 0.1): {"a": [1.0], "b": [1.0, 0.0, 0.0]},
+                              ("snapkv", 0.1): {"a": [0.0], "b": [0.0, 0.0, 0.0]}}), meta, cfgs)[0]
+    assert un["delta"] == pytest.approx((1 + 1 / 3) / 2) and un["p"] == 0.5
     md = report.paired_tables({"meta": meta, "summary": {"paired": out}})
-    assert "restkv minus each policy" in md and "| snapkv | +41.7 [" in md and "3/0 |" in md
+    assert "restkv minus each policy" in md and "| snapkv | +41.7 [" in md and "3/0 p=0.25 |" in md
+
+
+def test_sign_flip_p_many_terms_against_the_binomial():
+    import math
+
+    import numpy as np
+
+    # 30 equal terms, 20 positive: |sum| >= 10 when the positives number >= 20 or <= 10
+    x = np.array([1.0] * 20 + [-1.0] * 10)
+    exact = 2 * sum(math.comb(30, k) for k in range(20, 31)) / 2 ** 30
+    p = report.sign_flip_p(x, np.random.default_rng(0))
+    assert p == pytest.approx(exact, abs=0.01)

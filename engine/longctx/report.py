@@ -104,7 +104,8 @@ def summarize(runs: list[dict], meta: dict, configs) -> dict:
                        "task": task, "depth": depth, "n": len(sc), "mean": sum(sc) / len(sc)})
     return {"rows": rows, "needle": needle, "paired": paired(runs, meta, configs),
             "interval": "Wilson score interval, 95%, on the mean score; avg: over the tasks, weighed equally; "
-                        "paired: bootstrap interval, 95%, of a difference of averages on the same prompts"}
+                        "paired: a difference of averages on the same prompts, its 95% bootstrap interval (pairs "
+                        "resampled) and sign-flip p-value"}
 
 
 PAIRED_REFERENCE = "restkv"  # the engine's subject: every other policy is compared with it
@@ -114,11 +115,17 @@ BOOTSTRAP = 4000
 def paired(runs: list[dict], meta: dict, configs, reference: str = PAIRED_REFERENCE, seed: int = 0) -> list[dict]:
     """`reference` against each other policy at the same (length, protocol, budget), and against the full
     cache, on the same prompts: the difference of their task averages (reference minus other), the samples
-    each scores higher on, and a 95% bootstrap interval. Two policies' Wilson intervals overlap long after
-    a paired comparison separates them, since both see the same easy and hard prompts.
+    each scores higher on, a 95% bootstrap interval and a sign-flip p-value. Two policies' Wilson
+    intervals overlap long after a paired comparison separates them, since both see the same easy and
+    hard prompts.
 
-    The bootstrap resamples each task's samples with replacement (the tasks stay weighed equally, as in
-    the averages); where some task has a single sample it resamples the tasks instead, and says so."""
+    Each (task, sample) pair weighs 1 / (tasks x the task's samples), as in the averages. The interval
+    resamples the pairs (all tasks pooled: with 1-3 samples a task, resampling within each task would
+    give a task whose samples agree no spread at all). The p-value is the two-sided randomization test
+    of "no difference": every pair's sign flipped at random (exactly, over every sign pattern, when at
+    most 16 pairs differ): 3 losses and no win give p = 0.25. Read the p-value where few samples differ:
+    a bootstrap never draws a sign it has not seen, so when every differing sample goes one way its
+    interval can exclude 0 at p = 0.125."""
     import numpy as np
 
     score: dict = {}
@@ -133,7 +140,7 @@ def paired(runs: list[dict], meta: dict, configs, reference: str = PAIRED_REFERE
             for proto2, other, b2 in order:
                 if proto2 != proto or other == reference or (b2 != b and other != FULL):
                     continue
-                diffs = {}
+                diffs: dict = {}
                 for (c, pr, po, bu, task, idx), sc in score.items():
                     if (c, pr, po, bu) == (ctx, proto, reference, b):
                         o = score.get((ctx, proto, other, b2, task, idx))
@@ -141,23 +148,39 @@ def paired(runs: list[dict], meta: dict, configs, reference: str = PAIRED_REFERE
                             diffs.setdefault(task, []).append(sc - o)
                 if not diffs:
                     continue
-                d = [np.asarray(v, dtype=np.float64) for _, v in sorted(diffs.items())]
-                delta = float(np.mean([x.mean() for x in d]))
+                d = np.concatenate([np.asarray(v, dtype=np.float64) for _, v in sorted(diffs.items())])
+                w = np.concatenate([np.full(len(v), 1.0 / (len(diffs) * len(v))) for _, v in sorted(diffs.items())])
+                delta = float(w @ d)
                 rng = np.random.default_rng(seed)
-                within = all(len(x) > 1 for x in d)
-                if within:  # per task: its samples resampled; then the task average
-                    boot = np.mean([x[rng.integers(0, len(x), size=(BOOTSTRAP, len(x)))].mean(axis=1) for x in d], axis=0)
-                else:
-                    means = np.array([x.mean() for x in d])
-                    boot = means[rng.integers(0, len(means), size=(BOOTSTRAP, len(means)))].mean(axis=1)
+                pick = rng.integers(0, d.size, size=(BOOTSTRAP, d.size))
+                boot = (w[pick] * d[pick]).sum(axis=1) / w[pick].sum(axis=1)
                 lo, hi = np.percentile(boot, [2.5, 97.5])
-                flat = np.concatenate(d)
                 out.append({"ctx": ctx, "protocol": proto, "budget": b, "reference": reference, "other": other,
-                            "other_label": _label(other, b2), "n_tasks": len(d), "n": int(flat.size),
+                            "other_label": _label(other, b2), "n_tasks": len(diffs), "n": int(d.size),
                             "delta": delta, "ci95_low": float(lo), "ci95_high": float(hi),
-                            "wins": int((flat > 0).sum()), "losses": int((flat < 0).sum()),
-                            "resampled": "samples within tasks" if within else "tasks"})
+                            "p": sign_flip_p(w * d, rng), "wins": int((d > 0).sum()), "losses": int((d < 0).sum())})
     return out
+
+
+SIGN_FLIPS = 20000
+
+
+def sign_flip_p(x, rng) -> float:
+    """Two-sided p of the randomization test that the terms x sum to 0 by chance: each nonzero term's
+    sign flipped with probability 1/2; every pattern when there are at most 16, else SIGN_FLIPS random
+    ones (then (1 + hits) / (1 + draws))."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    x = x[x != 0]
+    if x.size == 0:
+        return 1.0
+    obs = abs(x.sum()) * (1 - 1e-12)  # (rounding: the observed pattern itself counts)
+    if x.size <= 16:
+        signs = 1 - 2 * ((np.arange(2 ** x.size)[:, None] >> np.arange(x.size)) & 1)
+        return float(np.mean(np.abs(signs @ x) >= obs))
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(SIGN_FLIPS, x.size))
+    return float((1 + np.sum(np.abs(signs @ x) >= obs)) / (1 + SIGN_FLIPS))
 
 
 def _label(policy: str, budget: float) -> str:
@@ -228,7 +251,7 @@ def _signed(x: float) -> str:
 
 def paired_tables(obj: dict) -> str:
     """Per (length, protocol): the reference policy minus each other policy (rows) at each budget
-    (columns), x 100, with the 95% bootstrap interval and the samples won/lost."""
+    (columns), x 100, with the 95% bootstrap interval, the samples won/lost and the sign-flip p."""
     pr = obj["summary"].get("paired") or []
     out = []
     for ctx in obj["meta"]["lengths"]:
@@ -244,10 +267,9 @@ def paired_tables(obj: dict) -> str:
                     others.append(r["other"])
             cell = {(r["other"], r["budget"]): r for r in rs}
             ref = rs[0]["reference"]
-            how = sorted({r["resampled"] for r in rs})
             out.append(f"**{ctx} tokens, protocol {proto}: {ref} minus each policy at the same budget, on the same "
-                       f"prompts** (x 100; [95% bootstrap interval, resampling {' / '.join(how)}]; samples where "
-                       f"{ref} scored higher / lower)\n")
+                       f"prompts** (x 100; [95% bootstrap interval]; samples where {ref} scored higher / lower; "
+                       f"p of no difference, sign-flip test)\n")
             out.append("| other | " + " | ".join(_budget_name(b) for b in budgets) + " |")
             out.append("|---|" + "---:|" * len(budgets))
             for o in others:
@@ -255,7 +277,8 @@ def paired_tables(obj: dict) -> str:
                 for b in budgets:
                     r = cell.get((o, b))
                     cells.append("" if r is None else f"{_signed(r['delta'])} [{_signed(r['ci95_low'])}, "
-                                                      f"{_signed(r['ci95_high'])}] {r['wins']}/{r['losses']}")
+                                                      f"{_signed(r['ci95_high'])}] {r['wins']}/{r['losses']} "
+                                                      f"p={r['p']:.2g}")
                 out.append(f"| {o} | " + " | ".join(cells) + " |")
             out.append("")
     return "\n".join(out)

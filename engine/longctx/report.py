@@ -128,9 +128,9 @@ def paired(runs: list[dict], meta: dict, configs, reference: str = PAIRED_REFERE
     interval can exclude 0 at p = 0.125."""
     import numpy as np
 
-    score: dict = {}
+    score: dict = {}  # (ctx, protocol, policy, budget) -> {(task, sample index): score}
     for r in runs:
-        score[(r["ctx"], r["protocol"], r["policy"], r["budget"], r["task"], r["index"])] = r["score"]
+        score.setdefault((r["ctx"], r["protocol"], r["policy"], r["budget"]), {})[(r["task"], r["index"])] = r["score"]
     order = _order(configs)
     out = []
     for ctx in meta["lengths"]:
@@ -141,11 +141,10 @@ def paired(runs: list[dict], meta: dict, configs, reference: str = PAIRED_REFERE
                 if proto2 != proto or other == reference or (b2 != b and other != FULL):
                     continue
                 diffs: dict = {}
-                for (c, pr, po, bu, task, idx), sc in score.items():
-                    if (c, pr, po, bu) == (ctx, proto, reference, b):
-                        o = score.get((ctx, proto, other, b2, task, idx))
-                        if o is not None:
-                            diffs.setdefault(task, []).append(sc - o)
+                theirs = score.get((ctx, proto, other, b2), {})
+                for (task, idx), sc in score.get((ctx, proto, reference, b), {}).items():
+                    if (task, idx) in theirs:
+                        diffs.setdefault(task, []).append(sc - theirs[(task, idx)])
                 if not diffs:
                     continue
                 d = np.concatenate([np.asarray(v, dtype=np.float64) for _, v in sorted(diffs.items())])

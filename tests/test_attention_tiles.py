@@ -4,7 +4,10 @@ dimensions or 6 rows x 8-16, a short last tile of keys, value chunks of 64 slots
 blocks of 256 slots. Whatever the cut, a query row gets the same bits: a prefill batch, the batch
 fed in pieces or through a smaller n_batch, and single-token decode steps agree exactly, on the AVX2 kernels and (in an
 RK_CPU=scalar child) on their portable twins, for f16 and f32 caches; the two kernel sets agree
-to rounding. Sliding-window layers (a ring, masked slots between visible ones) too."""
+to rounding. Sliding-window layers (a ring, masked slots between visible ones) too. Where the CPU
+has the AVX512-VNNI tier, its 512-bit score and value kernels (attention_avx512.c: row pairs in
+the halves of a register, value tiles of up to 6 rows x 64 dimensions) must give the AVX2
+kernels' bits exactly, checked against an RK_CPU=avx2 child."""
 from __future__ import annotations
 
 import numpy as np
@@ -125,3 +128,32 @@ def test_wrapped_ring_agrees_bit_for_bit(tiny_gguf, kv_type):
             steps = [s.eval(prompt, logits="last")] + [s.eval([t]) for t in tail[:-1]]
             out["decode"] = np.stack(steps)
     assert check(out) == []
+
+
+AVX2_CHILD = """
+import json, sys
+import numpy as np
+import engine
+from test_attention_tiles import runs
+assert engine.cpu_features() == 'avx2 fma f16c', engine.cpu_features()
+res = {}
+for path in json.loads(sys.argv[1]):
+    for kv in ('f16', 'f32'):
+        res[path + ':' + kv] = {k: v.tolist() for k, v in runs(path, kv, small_batch=False).items()}
+print(json.dumps(res))
+"""
+
+
+def test_avx512_kernels_give_the_avx2_bits(tiny_gguf):
+    if "avx512vnni" not in engine.cpu_features().split():
+        pytest.skip("no AVX512-VNNI tier on this CPU: the AVX2 kernels run everywhere")
+    import json
+    paths = [model_path(tiny_gguf, s) for s in SHAPES] + [
+        tiny_gguf(arch="gemma3", n_embd=128, n_heads=6, n_kv_heads=1, n_layers=3, sliding_window=40, head_dim=32,
+                  weight_type="F32", seed=5)]
+    got = run_python_json(AVX2_CHILD, json.dumps(paths), env={"RK_CPU": "avx2"})
+    for path in paths:
+        for kv in ("f16", "f32"):
+            here = runs(path, kv, small_batch=False)
+            for k, v in here.items():
+                assert np.array_equal(v, np.array(got[path + ":" + kv][k], np.float32)), (path, kv, k)

@@ -108,6 +108,12 @@ static att_kernels pick_kernels(int head_dim) {
 #if defined(RK_HAVE_X86)
     if (head_dim % 8 == 0 && rk_quant_avx2_active())
         k = (att_kernels){rk_avx2_att_scores, rk_avx2_att_values, rk_avx2_att_max, rk_avx2_softmax_exp};
+#if defined(RK_HAVE_VNNI)
+    if (head_dim % 8 == 0 && rk_quant_avx512_active()) {
+        k.scores = rk_avx512_att_scores;
+        k.values = rk_avx512_att_values;
+    }
+#endif
 #else
     (void)head_dim;
 #endif

@@ -752,6 +752,11 @@ int rk_quant_avx2_active(void) {
     return atomic_load(&active) != scalar_traits;
 }
 
+int rk_quant_avx512_active(void) {
+    rk_quant_init();
+    return atomic_load(&active) == vnni_traits;
+}
+
 const char *rk_quant_features(void) {
     rk_quant_init();
     const rk_type_traits *a = atomic_load(&active);

@@ -76,6 +76,8 @@ void rk_quant_init(void);
 const char *rk_quant_features(void);
 /* 1 when the AVX2 kernels (with or without the VNNI tiles) are the active set */
 int rk_quant_avx2_active(void);
+/* the AVX512-VNNI tier is active (its CPUs also run the AVX-512 attention kernels) */
+int rk_quant_avx512_active(void);
 /* Force the portable scalar kernels (tests call this to exercise the fallback). 1 = scalar. */
 void rk_quant_force_scalar(int on);
 

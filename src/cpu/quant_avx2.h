@@ -137,6 +137,9 @@ typedef struct {
 void rk_avx2_att_scores(int hd, int f16, int ns, const void *k, const int32_t *pos, float scale, const rk_att_rows *r);
 /* o[r][0..nd) += sc[r][i] * v_i for i < ns in order, zero weights skipped; v_i = v + i * vs elements */
 void rk_avx2_att_values(int nd, int f16, int ns, const void *v, size_t vs, const rk_att_rows *r);
+/* the same two on 512-bit registers, the same bits (attention_avx512.c; CPUs of the VNNI tier) */
+void rk_avx512_att_scores(int hd, int f16, int ns, const void *k, const int32_t *pos, float scale, const rk_att_rows *r);
+void rk_avx512_att_values(int nd, int f16, int ns, const void *v, size_t vs, const rk_att_rows *r);
 float rk_avx2_att_max(const float *sc, int n);
 double rk_avx2_softmax_exp(float *sc, int n, float mx);
 

@@ -5,9 +5,10 @@ blocks of 256 slots. Whatever the cut, a query row gets the same bits: a prefill
 fed in pieces or through a smaller n_batch, and single-token decode steps agree exactly, on the AVX2 kernels and (in an
 RK_CPU=scalar child) on their portable twins, for f16 and f32 caches; the two kernel sets agree
 to rounding. Sliding-window layers (a ring, masked slots between visible ones) too. Where the CPU
-has the AVX512-VNNI tier, its 512-bit score and value kernels (attention_avx512.c: row pairs in
-the halves of a register, value tiles of up to 6 rows x 64 dimensions) must give the AVX2
-kernels' bits exactly, checked against an RK_CPU=avx2 child."""
+has the AVX512-VNNI tier, its 512-bit score, value and softmax kernels (attention_avx512.c: row
+pairs in the halves of a register, value tiles of up to 6 rows x 64 dimensions) and SwiGLU
+(glu_avx512.c) must give the AVX2 kernels' bits exactly: the whole forward pass against an
+RK_CPU=avx2 child."""
 from __future__ import annotations
 
 import numpy as np

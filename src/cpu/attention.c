@@ -112,6 +112,7 @@ static att_kernels pick_kernels(int head_dim) {
     if (head_dim % 8 == 0 && rk_quant_avx512_active()) {
         k.scores = rk_avx512_att_scores;
         k.values = rk_avx512_att_values;
+        k.softmax_exp = rk_avx512_softmax_exp;
     }
 #endif
 #else

@@ -21,6 +21,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "exp_avx512.h"
 #include "quant_avx2.h"
 
 #define ATT_INLINE static inline __attribute__((always_inline))
@@ -221,6 +222,48 @@ ATT_INLINE void values_all(int f16, int nd, int ns, const void *v, size_t vs, co
 void rk_avx512_att_values(int nd, int f16, int ns, const void *v, size_t vs, const rk_att_rows *r) {
     if (f16) values_all(1, nd, ns, v, vs, r);
     else values_all(0, nd, ns, v, vs, r);
+}
+
+/* ---- softmax ---- */
+
+/* rk_avx2_softmax_exp 16 lanes at a time, its sum in its order: a double accumulator per lane of
+ * an 8-float chunk (lanes 0-3 its s0, 4-7 its s1), chunk after chunk, then (l0 + l1) + (l2 + l3)
+ * with l = s0 + s1, then the tail in order */
+double rk_avx512_softmax_exp(float *sc, int n, float mx) {
+    const __m512 vmx = _mm512_set1_ps(mx), ninf = _mm512_set1_ps(-INFINITY);
+    __m512d s = _mm512_setzero_pd();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 x = _mm512_loadu_ps(sc + i);
+        const __mmask16 keep = _mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_UQ);
+        const __m512 w = _mm512_maskz_mov_ps(keep, rk_exp16(_mm512_sub_ps(x, vmx)));
+        _mm512_storeu_ps(sc + i, w);
+        s = _mm512_add_pd(s, _mm512_cvtps_pd(_mm512_castps512_ps256(w)));
+        s = _mm512_add_pd(s, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(w), 1))));
+    }
+    if (i + 8 <= n) { /* one chunk of 8 left: the same lanes */
+        const __m512 x = _mm512_maskz_loadu_ps(0xff, sc + i);
+        const __mmask16 keep = _mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_UQ) & 0xff;
+        const __m512 w = _mm512_maskz_mov_ps(keep, rk_exp16(_mm512_sub_ps(x, vmx)));
+        _mm512_mask_storeu_ps(sc + i, 0xff, w);
+        s = _mm512_add_pd(s, _mm512_cvtps_pd(_mm512_castps512_ps256(w)));
+        i += 8;
+    }
+    double l[8];
+    _mm512_storeu_pd(l, s);
+    double sum = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    if (i < n) { /* the tail through the same polynomial, zero-padded */
+        float buf[16];
+        for (int k = 0; k < 16; k++) buf[k] = i + k < n ? sc[i + k] : -INFINITY;
+        const __m512 x = _mm512_loadu_ps(buf);
+        const __mmask16 keep = _mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_UQ);
+        _mm512_storeu_ps(buf, _mm512_maskz_mov_ps(keep, rk_exp16(_mm512_sub_ps(x, vmx))));
+        for (int k = 0; i + k < n; k++) {
+            sc[i + k] = buf[k];
+            sum += buf[k];
+        }
+    }
+    return sum;
 }
 
 #endif

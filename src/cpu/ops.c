@@ -239,6 +239,9 @@ static uint16_t gelu_f16[(1 << 16) + 1];
 void rk_avx2_geglu(const uint16_t *table, float *a, const float *b, size_t n); /* the same bits */
 void rk_avx2_swiglu(float *a, const float *b, size_t n); /* silu's exp from exp_avx2.h, not libm's */
 #endif
+#if defined(RK_HAVE_VNNI)
+void rk_avx512_swiglu(float *a, const float *b, size_t n); /* the same bits, 16 lanes */
+#endif
 static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
 
 static void gelu_table(void) {
@@ -269,6 +272,12 @@ void rk_softcap(float *x, size_t n, float cap) {
 }
 
 void rk_swiglu(float *a, const float *b, size_t n) {
+#if defined(RK_HAVE_VNNI)
+    if (rk_quant_avx512_active()) {
+        rk_avx512_swiglu(a, b, n);
+        return;
+    }
+#endif
 #if defined(RK_HAVE_X86)
     if (rk_quant_avx2_active()) {
         rk_avx2_swiglu(a, b, n);

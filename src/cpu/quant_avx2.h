@@ -140,6 +140,7 @@ void rk_avx2_att_values(int nd, int f16, int ns, const void *v, size_t vs, const
 /* the same two on 512-bit registers, the same bits (attention_avx512.c; CPUs of the VNNI tier) */
 void rk_avx512_att_scores(int hd, int f16, int ns, const void *k, const int32_t *pos, float scale, const rk_att_rows *r);
 void rk_avx512_att_values(int nd, int f16, int ns, const void *v, size_t vs, const rk_att_rows *r);
+double rk_avx512_softmax_exp(float *sc, int n, float mx);
 float rk_avx2_att_max(const float *sc, int n);
 double rk_avx2_softmax_exp(float *sc, int n, float mx);
 

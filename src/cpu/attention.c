@@ -103,13 +103,17 @@ static double softmax_exp_c(float *sc, int n, float mx) {
     return sum;
 }
 
-static att_kernels pick_kernels(int head_dim) {
+/* wide: the 512-bit kernels of the VNNI tier (the same bits) may serve; for prefill jobs only, since
+ * an Intel core that runs them lowers its clock for a while, which the decode step around a few
+ * score blocks pays without gaining (measured: decode 0.95x with them) */
+static att_kernels pick_kernels(int head_dim, int wide) {
+    (void)wide;
     att_kernels k = {scores_c, values_c, max_c, softmax_exp_c};
 #if defined(RK_HAVE_X86)
     if (head_dim % 8 == 0 && rk_quant_avx2_active())
         k = (att_kernels){rk_avx2_att_scores, rk_avx2_att_values, rk_avx2_att_max, rk_avx2_softmax_exp};
 #if defined(RK_HAVE_VNNI)
-    if (head_dim % 8 == 0 && rk_quant_avx512_active()) {
+    if (wide && head_dim % 8 == 0 && rk_quant_avx512_active()) {
         k.scores = rk_avx512_att_scores;
         k.values = rk_avx512_att_values;
         k.softmax_exp = rk_avx512_softmax_exp;
@@ -408,7 +412,8 @@ static void decode_values_task(void *ctx, int ith, int nth) {
 
 void rk_cpu_attention(rk_backend_ctx *c, const rk_attn_args *a) {
     const int n = a->n, group = a->n_heads / a->kv->n_kv_heads;
-    att_job j = {c, a, a->kv, a->il, n, group, a->pos0, 1, 1, 0, 0, a->stats.acc != NULL, pick_kernels(a->kv->head_dim)};
+    att_job j = {c, a, a->kv, a->il, n, group, a->pos0, 1, 1, 0, 0, a->stats.acc != NULL,
+                 pick_kernels(a->kv->head_dim, n >= RK_ATT_TOKENS)};
     if (n == 1) {
         rk_pool_run(c->pool, decode_scores_task, &j);
         rk_pool_run(c->pool, decode_softmax_task, &j);

@@ -22,7 +22,8 @@
  * 8192 spent ~85% of a step in attention, a third each in converting K/V blocks to an f32
  * buffer, the dots, and the value sums reading that buffer back; prefill 2048 ~55% (the rest
  * the matmuls). The kernels now convert each element once in registers and tile rows x keys
- * (attention_avx2.c says why).
+ * (attention_avx2.c says why); on the AVX512-VNNI tier prefill jobs run them 16 lanes wide, with the
+ * same bits (attention_avx512.c).
  */
 #include <math.h>
 #include <stdint.h>
